@@ -1,0 +1,59 @@
+# disco: `make demo` shows it, `make test` proves it. Both install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PREFIX ?= /usr/local
+INSTALL_DIR ?= /opt/disco
+DEMO := .demo
+# What disco stands on (DESIGN §11), and what makes the virtual environment.
+APT_PACKAGES := bash coreutils diffutils util-linux rsync openssh-client python3 python3-venv
+
+.PHONY: demo test lint bench install system-deps venv clean
+
+demo: venv
+	rm -rf $(DEMO)
+	@echo '# the seed client settings, with the example server shipped in examples/seed'
+	$(BIN)/disco-param --state-dir $(DEMO) set disco/server/uri $(CURDIR)/examples/seed
+	$(BIN)/disco-param --state-dir $(DEMO) set disco/client/cmds/rsync 'rsync -aWH'
+	$(BIN)/disco-param --state-dir $(DEMO) dump
+	$(BIN)/disco --state-dir $(DEMO) dance --node localhost.localdomain
+	@echo '# what the dance fetched: the node parameters and its modules'
+	$(BIN)/disco-param --state-dir $(DEMO) dump localhost.localdomain
+	cd $(DEMO) && find modules -type f | sort
+
+test: lint
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: venv
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# disco for the whole system: its own virtual environment, commands linked into PREFIX.
+install: system-deps
+	@[ "$$(id -u)" = 0 ] || { echo "error: make install needs root; run it with sudo"; exit 1; }
+	$(PYTHON) -m venv $(INSTALL_DIR)
+	$(INSTALL_DIR)/bin/pip install -q --upgrade .
+	ln -sf $(INSTALL_DIR)/bin/disco $(INSTALL_DIR)/bin/disco-param $(INSTALL_DIR)/bin/disco-ball $(PREFIX)/bin/
+
+system-deps:
+	@command -v dpkg-query >/dev/null || { echo "not Debian: make sure these are installed: $(APT_PACKAGES)"; exit 0; }; \
+	missing=$$(for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	[ -z "$$missing" ] && exit 0; \
+	[ "$$(id -u)" = 0 ] || { echo "error: missing packages:" $$missing "; install them with apt-get as root"; exit 1; }; \
+	echo "installing:" $$missing; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
+
+venv: system-deps $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(DEMO) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

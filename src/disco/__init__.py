@@ -1,0 +1,3 @@
+"""disco: Dead Simple COnfiguration management for Linux."""
+
+__version__ = "0.1.0"

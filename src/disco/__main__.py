@@ -1,0 +1,3 @@
+from disco.cli.main import main
+
+raise SystemExit(main())

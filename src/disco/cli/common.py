@@ -1,0 +1,112 @@
+"""What every disco command shares: output lines, the state flag, error handling."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import TextIO
+
+from disco import __version__
+from disco.errors import EXIT_USAGE, DiscoError
+
+COLOURS = {"info": "32", "warning": "33", "error": "31", "report": "36"}
+
+
+class Output:
+    """Prints `info:`, `warning:`, `error:` lines, coloured only on a terminal."""
+
+    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+        self.out = out
+        self.err = err
+
+    def line(self, kind: str, text: str, stream: TextIO) -> None:
+        prefix = f"{kind}:"
+        if stream.isatty() and not os.environ.get("NO_COLOR"):
+            prefix = f"\033[{COLOURS[kind]}m{prefix}\033[0m"
+        print(f"{prefix} {text}", file=stream, flush=True)
+
+    def info(self, text: str) -> None:
+        self.line("info", text, self.out)
+
+    def warning(self, text: str) -> None:
+        self.line("warning", text, self.out)
+
+    def error(self, text: str) -> None:
+        self.line("error", text, self.err)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one `error:` line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        Output().error(f"{self.prog}: {message}; see '{self.prog} --help'")
+        sys.exit(EXIT_USAGE)
+
+
+def parser(prog: str, description: str, epilog: str) -> Parser:
+    p = Parser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help="log every command run; tracebacks")
+    return p
+
+
+def add_state_dir(p: argparse.ArgumentParser, default: object = None) -> None:
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=default,
+        help="client state directory (default: $DISCO_STATE or /var/disco)",
+    )
+
+
+def subparser(
+    subs: argparse._SubParsersAction[Parser], name: str, summary: str, example: str
+) -> Parser:
+    p: Parser = subs.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=f"example:\n  {example}\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Accepted after the verb too; SUPPRESS keeps a flag given before it.
+    add_state_dir(p, argparse.SUPPRESS)
+    return p
+
+
+def execute(
+    parse: Callable[[], argparse.Namespace], body: Callable[[argparse.Namespace], int]
+) -> int:
+    """Parse, run, and turn DiscoError into an `error:` line and its exit status."""
+    # Values are bytes on disk; print the ones that are not UTF-8 as they are.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="surrogateescape")
+    args = parse()
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG, format="debug: %(message)s", stream=sys.stderr)
+    try:
+        return body(args)
+    except DiscoError as e:
+        if args.debug:
+            traceback.print_exc()
+        Output().error(str(e))
+        return e.status
+    except KeyboardInterrupt:
+        Output().error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # A reader like `head` went away: not an error of ours. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -1,0 +1,164 @@
+"""Fetch what a node needs and plan its dance (DESIGN §5, §6 steps 1-2).
+
+Everything lands in a staging directory first; only when the node's parameters and
+every module are in does it replace the local copies, so a failed fetch leaves the
+last good copy as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from disco.errors import DiscoError
+from disco.modules import Module, check_module_name, load_module
+from disco.order import discover, order
+from disco.params import recover_swap, remove_tree, swap_in
+from disco.state import Settings, State
+from disco.transport import Kind, Missing, Server, changed_trees, fetch_into, parse_server
+
+
+@dataclass(frozen=True)
+class Plan:
+    node: str
+    server: Server
+    modules: tuple[Module, ...]  # in dance order
+    passed_over: tuple[DiscoError, ...] = ()  # servers tried first that did not answer
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(module.name for module in self.modules)
+
+
+def fetch(state: State, node: str, settings: Settings) -> Plan:
+    """Fetch the node's parameters and its modules, and put them in dance order."""
+    servers = [parse_server(uri) for uri in settings.servers]
+    recover(state, node)
+    staging = state.staging
+    if staging.exists():
+        remove_tree(staging)
+    try:
+        server, passed_over = fetch_parameters(state, node, settings, servers)
+        roots = modules_map(staging / "parameters" / node, node, server)
+        if server.kind is Kind.LOCAL:
+            # The server is a directory: read its requires files where they are, ask
+            # rsync which modules differ from our copies, and fetch those in one go.
+            wanted = discover(roots, lambda level: read_local(server, level))
+            sources = [server.module(name).rstrip("/") for name in sorted(wanted)]
+            changed = changed_trees(settings.rsync, server, sources, state.modules)
+            fetch_modules(state, settings, server, dict.fromkeys(sorted(changed), ""))
+        else:
+            wanted = discover(roots, lambda level: fetch_modules(state, settings, server, level))
+            changed = set(wanted)
+        modules = {
+            name: load_module((staging if name in changed else state.root) / "modules" / name, name)
+            for name in wanted
+        }
+        names = order(modules)
+        swap_in(staging / "parameters" / node, state.parameters / node)
+        for name in sorted(changed):
+            swap_in(staging / "modules" / name, state.modules / name)
+    finally:
+        if staging.exists():
+            remove_tree(staging)
+    modules_in_order = tuple(load_module(state.modules / name, name) for name in names)
+    return Plan(node, server, modules_in_order, passed_over)
+
+
+def not_on_server(name: str, wanted_by: str, server: Server) -> DiscoError:
+    return DiscoError(
+        f"module '{name}', required by {wanted_by}, is not on server {server.uri}",
+        f"add modules/{name}/ to the server, or remove the requirement",
+    )
+
+
+def read_local(server: Server, level: dict[str, str]) -> dict[str, Module]:
+    found: dict[str, Module] = {}
+    for name, wanted_by in level.items():
+        path = Path(server.base) / "modules" / name
+        if not path.is_dir():
+            raise not_on_server(name, wanted_by, server)
+        found[name] = load_module(path, name)
+    return found
+
+
+def fetch_modules(
+    state: State, settings: Settings, server: Server, level: dict[str, str]
+) -> dict[str, Module]:
+    """Fetch modules {name: who wants it} into staging, all in one rsync."""
+    dest = state.staging / "modules"
+    names = sorted(level)
+    if not names:
+        return {}
+    # No trailing '/': each module lands in a directory of its own name.
+    sources = [server.module(name).rstrip("/") for name in names]
+    try:
+        fetch_into(settings.rsync, server, sources, dest, state.modules)
+    except Missing:
+        for name in names:  # which one? ask for each alone
+            try:
+                fetch_into(settings.rsync, server, [server.module(name)], dest / name, None)
+            except Missing:
+                raise not_on_server(name, level[name], server) from None
+        raise
+    return {name: load_module(dest / name, name) for name in names}
+
+
+def fetch_parameters(
+    state: State, node: str, settings: Settings, servers: list[Server]
+) -> tuple[Server, tuple[DiscoError, ...]]:
+    """Fetch the node's tree from the first server that has it (failover)."""
+    dest = state.staging / "parameters" / node
+    failures: list[DiscoError] = []
+    for server in servers:
+        try:
+            fetch_into(
+                settings.rsync, server, [server.parameters(node)], dest, state.parameters / node
+            )
+            return server, tuple(failures)
+        except Missing:
+            failures.append(
+                DiscoError(
+                    f"node '{node}' is not on server {server.uri} (no parameters/{node}/ there)",
+                    f"add parameters/{node}/ to the server, or name the node with --node",
+                )
+            )
+        except DiscoError as e:
+            failures.append(
+                DiscoError(str(e), "check disco/server/uri (or --server) and that the server is up")
+            )
+        if dest.exists():
+            remove_tree(dest)
+    if len(failures) == 1:
+        raise failures[0]
+    raise DiscoError(
+        f"no server could give node '{node}': " + "; ".join(f.message for f in failures),
+        "check disco/server/uri (or --server) and that a server is up",
+    )
+
+
+def modules_map(tree: Path, node: str, server: Server) -> list[str]:
+    """The module names of the node's `modules` map, one entry per module."""
+    where = tree / "modules"
+    if not where.is_dir():
+        raise DiscoError(
+            f"node '{node}' has no modules map on server {server.uri}",
+            f"create parameters/{node}/modules/ there, with one empty file per module",
+        )
+    names = sorted(os.listdir(where))
+    for name in names:
+        try:
+            check_module_name(name, f"node '{node}' modules map: module name")
+        except DiscoError as e:
+            raise DiscoError(e.message, e.hint) from None
+    return names
+
+
+def recover(state: State, node: str) -> None:
+    """Put back a local copy that a crash left half-swapped."""
+    recover_swap(state.parameters / node)
+    if state.modules.is_dir():
+        for entry in os.listdir(state.modules):
+            if entry.startswith(".~") and entry.endswith(".old"):
+                recover_swap(state.modules / entry[2:-4])

@@ -1,0 +1,418 @@
+"""The parameters tree: a JSON document written as directories and files (DESIGN §3).
+
+A file is a value (its content, one trailing newline dropped), a directory is a map.
+Names that break the segment rule are not parameters: reads pass over them, which
+also hides the temporary files written here (their names carry a `~`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Union
+
+from disco.errors import DiscoError, UsageError
+
+Tree = dict[str, Union[str, "Tree"]]
+Value = Union[str, Tree]
+ParamPath = tuple[str, ...]
+
+SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
+MAP = "{}"  # how a map shows in output
+
+
+def check_segment(name: str, what: str) -> str:
+    """Return `name` if it is one valid segment, else raise naming `what` it is."""
+    bad = sorted(set(re.sub(r"[A-Za-z0-9_./-]", "", name)))
+    if not name:
+        raise UsageError(f"{what} is empty", "give a name made of A-Z a-z 0-9 _ . -")
+    if "/" in name:
+        raise UsageError(f"{what} '{name}' contains '/'", "a name is a single path segment")
+    if bad:
+        chars = " ".join(repr(c) for c in bad)
+        raise UsageError(
+            f"{what} '{name}' contains {chars}", "use only the characters A-Z a-z 0-9 _ . -"
+        )
+    if name in (".", ".."):
+        raise UsageError(f"{what} '{name}' is not a name", "'.' and '..' are not allowed")
+    return name
+
+
+def split_path(text: str) -> ParamPath:
+    """Parse a parameter path like `disco/server/uri` into its segments."""
+    if text.startswith("/"):
+        raise UsageError(
+            f"parameter path '{text}' is absolute",
+            f"write it without the leading /: '{text.lstrip('/')}'",
+        )
+    if text == "":
+        raise UsageError("parameter path is empty", "name a parameter, e.g. disco/server/uri")
+    segments = text.split("/")
+    if "" in segments:
+        raise UsageError(
+            f"parameter path '{text}' has an empty segment",
+            "write segments joined by single slashes, with none at the end",
+        )
+    for segment in segments:
+        check_segment(segment, f"parameter path '{text}': segment")
+    return tuple(segments)
+
+
+def join(path: ParamPath) -> str:
+    return "/".join(path)
+
+
+def is_name(name: str) -> bool:
+    return SEGMENT.fullmatch(name) is not None and name not in (".", "..")
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def decode(data: bytes) -> str:
+    text = data.decode("utf-8", errors="surrogateescape")
+    return text[:-1] if text.endswith("\n") else text
+
+
+def encode(value: str) -> bytes:
+    return (value + "\n").encode("utf-8", errors="surrogateescape")
+
+
+def read_tree(directory: Path) -> Tree:
+    """Read a directory as a tree; missing directory reads as an empty map."""
+    tree: Tree = {}
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return tree
+    for entry in entries:
+        if not is_name(entry.name):
+            continue
+        if entry.is_dir():
+            tree[entry.name] = read_tree(Path(entry.path))
+        elif entry.is_file():
+            tree[entry.name] = decode(Path(entry.path).read_bytes())
+    return tree
+
+
+def walk(tree: Tree, prefix: ParamPath = ()) -> Iterator[tuple[ParamPath, str | None]]:
+    """Yield (path, value) in sorted order, maps first with value None, then their children."""
+    for name in sorted(tree):
+        path = (*prefix, name)
+        child = tree[name]
+        if isinstance(child, dict):
+            yield path, None
+            yield from walk(child, path)
+        else:
+            yield path, child
+
+
+class ParamStore:
+    """A parameters tree on disk, rooted at `root` (the state's `parameters/`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def file(self, path: ParamPath) -> Path:
+        return self.root.joinpath(*path)
+
+    def kind(self, path: ParamPath) -> str | None:
+        """'map', 'value' or None when nothing is there."""
+        target = self.file(path)
+        if target.is_dir():
+            return "map"
+        if target.is_file():
+            return "value"
+        return None
+
+    def read(self, path: ParamPath = ()) -> Value:
+        kind = self.kind(path)
+        if kind is None:
+            raise self.missing(path)
+        if kind == "map":
+            return read_tree(self.file(path))
+        return decode(self.file(path).read_bytes())
+
+    def get(self, path: ParamPath) -> str | None:
+        """The value at `path`, None for a map; an error if nothing is there."""
+        kind = self.kind(path)
+        if kind is None:
+            raise self.missing(path)
+        return self.lookup(path) if kind == "value" else None
+
+    def lookup(self, path: ParamPath, default: str | None = None) -> str | None:
+        """The value at `path`, or `default` when there is none (settings use this)."""
+        if self.kind(path) != "value":
+            return default
+        return decode(self.file(path).read_bytes())
+
+    def keys(self, path: ParamPath = ()) -> list[str]:
+        value = self.read(path)
+        if not isinstance(value, dict):
+            raise DiscoError(
+                f"parameter '{join(path)}' is a value, not a map",
+                f"read it with 'disco-param get {join(path)}'",
+            )
+        return sorted(value)
+
+    def dump(self, path: ParamPath = ()) -> list[tuple[ParamPath, str | None]]:
+        value = self.read(path)
+        if not isinstance(value, dict):
+            return [(path, value)]
+        head: list[tuple[ParamPath, str | None]] = [(path, None)] if path else []
+        return head + list(walk(value, path))
+
+    def missing(self, path: ParamPath) -> DiscoError:
+        parent = join(path[:-1])
+        where = f"'disco-param keys {parent}'" if parent else "'disco-param keys'"
+        return DiscoError(
+            f"parameter '{join(path) or '/'}' does not exist", f"see what does with {where}"
+        )
+
+    # -- writing -----------------------------------------------------------------------
+
+    def check_set(
+        self,
+        path: ParamPath,
+        make_map: bool,
+        kind_at: Callable[[ParamPath], str | None] | None = None,
+    ) -> None:
+        """Refuse a set that would lose data: a value in the way, or a map replaced."""
+        kind_at = kind_at or self.kind
+        for depth in range(1, len(path)):
+            if kind_at(path[:depth]) == "value":
+                raise DiscoError(
+                    f"cannot set '{join(path)}': '{join(path[:depth])}' is a value, not a map",
+                    f"delete it first with 'disco-param delete {join(path[:depth])}'",
+                )
+        existing = kind_at(path)
+        if make_map and existing == "value":
+            raise DiscoError(
+                f"cannot make '{join(path)}' a map: it holds a value",
+                f"delete it first with 'disco-param delete {join(path)}'",
+            )
+        if not make_map and existing == "map":
+            raise DiscoError(
+                f"cannot set '{join(path)}' to a value: it is a map",
+                f"delete it first with 'disco-param delete -r {join(path)}'",
+            )
+
+    def set(self, path: ParamPath, value: str | None) -> None:
+        """Set a value, or make a map when `value` is None. Missing parent maps are made."""
+        self.check_set(path, value is None)
+        self.write(path, value)
+
+    def set_many(self, items: Sequence[tuple[ParamPath, str | None]]) -> None:
+        """Apply several sets, all of them or (when one would lose data) none."""
+        planned: dict[ParamPath, str] = {}
+
+        def kind_at(path: ParamPath) -> str | None:
+            return planned.get(path) or self.kind(path)
+
+        for path, value in items:
+            self.check_set(path, value is None, kind_at)
+            for depth in range(1, len(path)):
+                planned[path[:depth]] = "map"
+            planned[path] = "map" if value is None else "value"
+        for path, value in items:
+            self.write(path, value)
+
+    def write(self, path: ParamPath, value: str | None) -> None:
+        target = self.file(path)
+        if value is None:
+            target.mkdir(parents=True, exist_ok=True)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, encode(value))
+
+    def delete(self, path: ParamPath, recursive: bool = False) -> None:
+        kind = self.kind(path)
+        target = self.file(path)
+        if kind is None:
+            raise self.missing(path)
+        if kind == "value":
+            target.unlink()
+        elif any(is_name(name) for name in os.listdir(target)) and not recursive:
+            raise DiscoError(
+                f"parameter '{join(path)}' is a map with keys in it",
+                f"delete it and all below with 'disco-param delete -r {join(path)}'",
+            )
+        else:
+            remove_tree(target)
+
+    def replace(self, path: ParamPath, tree: Tree) -> None:
+        """Make `path` hold exactly `tree`: built beside it, then swapped in."""
+        for depth in range(1, len(path)):
+            if self.kind(path[:depth]) == "value":
+                raise DiscoError(
+                    f"cannot import into '{join(path)}': '{join(path[:depth])}' is a value",
+                    f"delete it first with 'disco-param delete {join(path[:depth])}'",
+                )
+        target = self.file(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=".~import.", dir=target.parent))
+        try:
+            write_tree(staged, tree)
+            swap_in(staged, target)
+        finally:
+            if staged.exists():
+                remove_tree(staged)
+
+
+def write_tree(directory: Path, tree: Tree) -> None:
+    for name, child in tree.items():
+        if isinstance(child, dict):
+            (directory / name).mkdir()
+            write_tree(directory / name, child)
+        else:
+            (directory / name).write_bytes(encode(child))
+
+
+def write_atomic(target: Path, data: bytes) -> None:
+    """Write beside `target` and rename over it, so a reader never sees half a value."""
+    fd, temp = tempfile.mkstemp(prefix=f".~{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def swap_in(new: Path, target: Path) -> None:
+    """Put directory `new` where `target` is, then remove the old `target`.
+
+    Between the two renames a crash leaves `target` missing and `.~NAME.old` beside it;
+    `recover_swap` puts it back.
+    """
+    old = target.with_name(f".~{target.name}.old")
+    if old.exists():
+        remove_tree(old)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(new, target)
+    if old.exists():
+        remove_tree(old)
+
+
+def recover_swap(target: Path) -> None:
+    old = target.with_name(f".~{target.name}.old")
+    if old.exists() and not target.exists():
+        os.rename(old, target)
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+# -- JSON and merging -----------------------------------------------------------------
+
+
+JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number"}
+
+
+def json_kind(value: object) -> str:
+    """'an object', 'a string', 'null'...: what a JSON value is, for messages."""
+    if value is None:
+        return "null"
+    kind = JSON_KINDS.get(type(value), "number")
+    return f"an {kind}" if kind[0] in "ao" else f"a {kind}"
+
+
+def check_tree(document: object, where: str = "") -> Tree:
+    """Check that a JSON document is an object of objects and strings, with valid names."""
+    if not isinstance(document, dict):
+        raise DiscoError(
+            f"cannot import: the document is {json_kind(document)}, not an object",
+            "give a JSON object whose members are objects or strings",
+        )
+    for name, child in document.items():
+        path = f"{where}/{name}" if where else name
+        if not is_name(name):
+            check_segment(name, f"cannot import: under '{where or '/'}', key")
+        if isinstance(child, dict):
+            check_tree(child, path)
+        elif not isinstance(child, str):
+            raise DiscoError(
+                f"cannot import: '{path}' is {json_kind(child)}, not a string or an object",
+                'values must be strings: write it in quotes, e.g. "42"',
+            )
+    return document
+
+
+def merge(layers: Iterable[Mapping[str, Value]]) -> Tree:
+    """Merge trees, lowest first; a later layer wins per key, maps merge recursively."""
+    merged: Tree = {}
+    for layer in layers:
+        for name, value in layer.items():
+            below = merged.get(name)
+            if isinstance(value, dict) and isinstance(below, dict):
+                merged[name] = merge([below, value])
+            elif isinstance(value, dict):
+                merged[name] = merge([value])
+            else:
+                merged[name] = value
+    return merged
+
+
+def node_view(settings: Tree, node: str, node_tree: Tree, module_defaults: Sequence[Tree]) -> Tree:
+    """The tree a module's steps see (DESIGN §3).
+
+    Each module's `parameters/` tree, in dance order, lies under the node's own
+    `parameters/`; the client's `disco/` settings ride along unchanged.
+    """
+    own = node_tree.get("parameters", {})
+    merged = merge([*module_defaults, own if isinstance(own, dict) else {}])
+    return {**settings, node: {**node_tree, "parameters": merged}}
+
+
+# -- the line format of `dump` and `set -` ---------------------------------------------
+
+
+def dump_line(path: ParamPath, value: str | None) -> str:
+    """`path = value`, maps as `path = {}`; backslash and line breaks escaped as in `set -`."""
+    if value is None:
+        return f"{join(path)} = {MAP}"
+    escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return f"{join(path)} = {escaped}"
+
+
+def parse_assignments(text: str) -> list[tuple[ParamPath, str | None]]:
+    """Parse `PATH=VALUE` (or dump's `PATH = VALUE`) lines; `{}` makes a map.
+
+    Blank lines and lines starting with `#` are skipped; `\\n`, `\\r` and `\\\\` in a
+    value stand for a newline, a carriage return and a backslash.
+    """
+    items: list[tuple[ParamPath, str | None]] = []
+    # Only "\n" ends a line: a value may hold any other character.
+    for number, line in enumerate(text.removesuffix("\n").split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        left, sep, right = line.partition("=")
+        if not sep:
+            raise UsageError(f"set -: line {number} has no '=': {line}", "write PATH=VALUE")
+        if left.endswith(" ") and right.startswith(" "):
+            right = right[1:]
+        try:
+            path = split_path(left.strip())
+        except UsageError as e:
+            raise UsageError(f"set -: line {number}: {e.message}", e.hint) from None
+        items.append((path, None if right == MAP else unescape(right)))
+    return items
+
+
+def unescape(text: str) -> str:
+    escapes = {"n": "\n", "r": "\r"}
+    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(1)), text, flags=re.DOTALL)

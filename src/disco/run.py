@@ -1,0 +1,50 @@
+"""The one way disco runs a program."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from disco.errors import CommandError
+
+log = logging.getLogger("disco")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `argv` and capture its output.
+
+    Stdin is closed unless `input` is given. `env` replaces the environment; by default
+    the child gets ours with messages forced to the C locale, so that the errors disco
+    parses read the same on every machine. If we are interrupted the child is killed
+    (subprocess.run does that on any exception). With `check`, a non-zero exit raises
+    CommandError carrying the command, its status and its stderr.
+    """
+    if env is None:
+        env = {**os.environ, "LC_ALL": "C"}
+    log.debug("run: %s", shlex.join(argv))
+    try:
+        result = subprocess.run(
+            list(argv),
+            env=dict(env),
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            cwd=cwd,
+            check=False,
+        )
+    except OSError as e:
+        raise CommandError(argv, 127, f"cannot run {argv[0]}: {e.strerror}") from e
+    if check and result.returncode != 0:
+        raise CommandError(argv, result.returncode, result.stderr.decode(errors="replace"))
+    return result

@@ -1,0 +1,156 @@
+"""Servers and how rsync reaches them (DESIGN §5)."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from disco.errors import CommandError, DiscoError
+from disco.run import run
+
+
+class Kind(enum.Enum):
+    LOCAL = "local directory"
+    SSH = "rsync daemon over ssh"
+    DAEMON = "rsync daemon"
+
+
+HOST = re.compile(r"(?:[A-Za-z0-9_.-]+@)?(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])")
+
+
+@dataclass(frozen=True)
+class Server:
+    uri: str
+    kind: Kind
+    base: str  # a directory, `user@host::` or `rsync://host:port/`
+
+    def parameters(self, node: str) -> str:
+        if self.kind is Kind.LOCAL:
+            return f"{self.base}/parameters/{node}/"
+        return f"{self.base}parameters/{node}/"
+
+    def module(self, name: str) -> str:
+        if self.kind is Kind.LOCAL:
+            return f"{self.base}/modules/{name}/"
+        return f"{self.base}{name}/"
+
+
+def parse_server(uri: str) -> Server:
+    """A local directory (has a '/'), `rsync://host[:port]/` or `[user@]host`."""
+    if uri.startswith("rsync://"):
+        return Server(uri, Kind.DAEMON, uri.rstrip("/") + "/")
+    if "/" in uri or uri in (".", ".."):
+        return Server(uri, Kind.LOCAL, str(Path(uri).absolute()).rstrip("/") or "/")
+    if HOST.fullmatch(uri):
+        return Server(uri, Kind.SSH, f"{uri}::")
+    raise DiscoError(
+        f"server URI '{uri}' is neither a directory, [user@]host nor rsync://host/",
+        "write a directory with a '/' in it (./srv), a host name, or an rsync:// URL",
+    )
+
+
+def has_rsh(rsync: tuple[str, ...]) -> bool:
+    """Does the rsync command already name a remote shell (-e / --rsh)?"""
+    for word in rsync[1:]:
+        if word.startswith("--rsh") or (
+            word.startswith("-") and not word.startswith("--") and "e" in word[1:]
+        ):
+            return True
+    return False
+
+
+def rsync_argv(
+    rsync: tuple[str, ...],
+    server: Server,
+    sources: list[str],
+    dest: Path,
+    link_dest: Path | None,
+) -> list[str]:
+    argv = [*rsync, "--delete"]
+    if server.kind is Kind.SSH and not has_rsh(rsync):
+        argv.append("--rsh=ssh")
+    if link_dest is not None:
+        # Unchanged files become hard links to the last copy: a full copy costs no more
+        # than an incremental one.
+        argv.append(f"--link-dest={link_dest}")
+    return [*argv, *sources, f"{dest}/"]
+
+
+def without_quiet(rsync: tuple[str, ...]) -> tuple[str, ...]:
+    """The rsync command with -q dropped: -q silences the change list we ask for."""
+    words: list[str] = []
+    for word in rsync:
+        if word == "--quiet":
+            continue
+        if word.startswith("-") and not word.startswith("--") and word[1:].isalpha():
+            word = word.replace("q", "")
+            if word == "-":
+                continue
+        words.append(word)
+    return tuple(words)
+
+
+def changed_trees(
+    rsync: tuple[str, ...], server: Server, sources: list[str], local: Path
+) -> set[str]:
+    """Which of the trees `sources` differ from their copies under `local` (a dry run)."""
+    if server.kind is Kind.LOCAL:
+        check_local(server, sources)
+    argv = rsync_argv(without_quiet(rsync), server, sources, local, None)
+    result = rpc(argv[:-1] + ["--dry-run", "--out-format=%i %n", argv[-1]], server)
+    # Each line is an 11-character change code, a space, then the path.
+    return {line[12:].split("/", 1)[0] for line in result.splitlines() if len(line) > 12}
+
+
+class Missing(DiscoError):
+    """The server answered, but has no such directory or rsync module."""
+
+
+def check_local(server: Server, sources: list[str]) -> None:
+    if not Path(server.base).is_dir():
+        raise DiscoError(f"server {server.uri} does not exist or is not a directory")
+    for source in sources:
+        if not Path(source).is_dir():
+            raise Missing(f"{source} is not on the server")
+
+
+def fetch_into(
+    rsync: tuple[str, ...],
+    server: Server,
+    sources: list[str],
+    dest: Path,
+    link_dest: Path | None,
+) -> None:
+    """Copy trees from the server into the new directory `dest`, in one rsync.
+
+    A source ending in '/' fills `dest` itself; one without lands in `dest/<its name>`.
+    """
+    if server.kind is Kind.LOCAL:
+        check_local(server, [source.rstrip("/") for source in sources])
+    dest.mkdir(parents=True, exist_ok=True)
+    link = link_dest if link_dest is not None and link_dest.is_dir() else None
+    rpc(rsync_argv(rsync, server, sources, dest, link), server)
+
+
+def rpc(argv: list[str], server: Server) -> str:
+    """Run one rsync against the server; its failures become errors a user can act on."""
+    try:
+        return run(argv).stdout.decode(errors="surrogateescape")
+    except CommandError as e:
+        if e.returncode == 127:
+            raise DiscoError(e.stderr, "install rsync (apt-get install rsync)") from None
+        reason = rsync_reason(e.stderr) or f"rsync exited with status {e.returncode}"
+        if "No such file or directory" in e.stderr or "Unknown module" in e.stderr:
+            raise Missing(f"not on the server ({reason})") from None
+        raise DiscoError(f"server {server.uri} did not answer: {reason}") from None
+
+
+def rsync_reason(stderr: str) -> str:
+    """The line of rsync's stderr that says what went wrong."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("rsync: ", "@ERROR", "ssh: ")) or "Connection refused" in line:
+            return line
+    return lines[0] if lines else ""
