@@ -41,6 +41,15 @@ def cmd(state: Path) -> Run:
     return run
 
 
+def assert_one_error(result: subprocess.CompletedProcess[str], status: int, *names: str) -> None:
+    """Exit `status`, and exactly one `error:` line on stderr naming every one of `names`."""
+    lines = result.stderr.splitlines()
+    assert result.returncode == status, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for name in names:
+        assert name in lines[0], lines[0]
+
+
 def tree_snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
     """Every path under `root` with its mode and content, to prove nothing changed."""
     snapshot: dict[str, tuple[int, bytes]] = {}

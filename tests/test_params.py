@@ -184,13 +184,14 @@ def test_delete_needs_recursive_for_a_map_with_keys(tmp_path: Path) -> None:
 
 
 def test_parse_assignments_forms() -> None:
-    text = "# comment\n\na=1\nb = two words\nc = {}\nd=x\\ny\\\\z\ne==\n"
+    text = "# comment\n\na=1\nb = two words\nc = {}\nd=x\\ny\\\\z\ne==\nf=C:\\temp\n"
     assert parse_assignments(text) == [
         (("a",), "1"),
         (("b",), "two words"),
         (("c",), None),
         (("d",), "x\ny\\z"),
         (("e",), "="),
+        (("f",), "C:\\temp"),
     ]
 
 

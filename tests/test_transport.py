@@ -59,8 +59,8 @@ def test_the_seed_rsync_command_keeps_its_quoted_ssh(tmp_path: Path) -> None:
     store.set(("disco", "server", "uri"), "/srv/a\n/srv/b\n")
     settings = load_settings(store)
     assert settings.rsync == ("rsync", "-qaWHe", "ssh -i /home/disco/.ssh/id_rsa_disco")
-    assert settings.servers == ("/srv/a", "/srv/b")
-    assert load_settings(store, ["/other"]).servers == ("/other",)
+    assert [server.uri for server in settings.servers] == ["/srv/a", "/srv/b"]
+    assert [server.uri for server in load_settings(store, ["/other"]).servers] == ["/other"]
 
 
 def test_rsync_defaults_and_bad_quoting(tmp_path: Path) -> None:

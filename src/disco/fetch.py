@@ -14,9 +14,9 @@ from pathlib import Path
 from disco.errors import DiscoError
 from disco.modules import Module, check_module_name, load_module
 from disco.order import discover, order
-from disco.params import recover_swap, remove_tree, swap_in
+from disco.params import is_name, recover_swap, remove_tree, swap_in
 from disco.state import Settings, State
-from disco.transport import Kind, Missing, Server, changed_trees, fetch_into, parse_server
+from disco.transport import Kind, Missing, Server, changed_trees, fetch_into
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,12 @@ class Plan:
 
 def fetch(state: State, node: str, settings: Settings) -> Plan:
     """Fetch the node's parameters and its modules, and put them in dance order."""
-    servers = [parse_server(uri) for uri in settings.servers]
     recover(state, node)
     staging = state.staging
     if staging.exists():
         remove_tree(staging)
     try:
-        server, passed_over = fetch_parameters(state, node, settings, servers)
+        server, passed_over = fetch_parameters(state, node, settings)
         roots = modules_map(staging / "parameters" / node, node, server)
         if server.kind is Kind.LOCAL:
             # The server is a directory: read its requires files where they are, ask
@@ -59,6 +58,7 @@ def fetch(state: State, node: str, settings: Settings) -> Plan:
         swap_in(staging / "parameters" / node, state.parameters / node)
         for name in sorted(changed):
             swap_in(staging / "modules" / name, state.modules / name)
+        prune(state, set(wanted))
     finally:
         if staging.exists():
             remove_tree(staging)
@@ -106,12 +106,12 @@ def fetch_modules(
 
 
 def fetch_parameters(
-    state: State, node: str, settings: Settings, servers: list[Server]
+    state: State, node: str, settings: Settings
 ) -> tuple[Server, tuple[DiscoError, ...]]:
     """Fetch the node's tree from the first server that has it (failover)."""
     dest = state.staging / "parameters" / node
     failures: list[DiscoError] = []
-    for server in servers:
+    for server in settings.servers:
         try:
             fetch_into(
                 settings.rsync, server, [server.parameters(node)], dest, state.parameters / node
@@ -139,20 +139,30 @@ def fetch_parameters(
 
 
 def modules_map(tree: Path, node: str, server: Server) -> list[str]:
-    """The module names of the node's `modules` map, one entry per module."""
+    """The module names of the node's `modules` map, one entry per module.
+
+    Hidden files (a `.gitkeep`, an editor's swap file) are not modules.
+    """
     where = tree / "modules"
     if not where.is_dir():
         raise DiscoError(
             f"node '{node}' has no modules map on server {server.uri}",
             f"create parameters/{node}/modules/ there, with one empty file per module",
         )
-    names = sorted(os.listdir(where))
+    names = sorted(name for name in os.listdir(where) if not name.startswith("."))
     for name in names:
         try:
             check_module_name(name, f"node '{node}' modules map: module name")
         except DiscoError as e:
             raise DiscoError(e.message, e.hint) from None
     return names
+
+
+def prune(state: State, wanted: set[str]) -> None:
+    """Remove local copies of modules that are no longer in the dance."""
+    for name in os.listdir(state.modules):
+        if name not in wanted and is_name(name):
+            remove_tree(state.modules / name)
 
 
 def recover(state: State, node: str) -> None:

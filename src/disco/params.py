@@ -122,6 +122,8 @@ class ParamStore:
 
     def kind(self, path: ParamPath) -> str | None:
         """'map', 'value' or None when nothing is there."""
+        if not path:
+            return "map"  # the root: empty until something is set
         target = self.file(path)
         if target.is_dir():
             return "map"
@@ -255,6 +257,7 @@ class ParamStore:
         target = self.file(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(prefix=".~import.", dir=target.parent))
+        os.chmod(staged, 0o755)  # mkdtemp's 0700, made like any map
         try:
             write_tree(staged, tree)
             swap_in(staged, target)
@@ -392,7 +395,8 @@ def parse_assignments(text: str) -> list[tuple[ParamPath, str | None]]:
     """Parse `PATH=VALUE` (or dump's `PATH = VALUE`) lines; `{}` makes a map.
 
     Blank lines and lines starting with `#` are skipped; `\\n`, `\\r` and `\\\\` in a
-    value stand for a newline, a carriage return and a backslash.
+    value stand for a newline, a carriage return and a backslash; any other backslash
+    is kept.
     """
     items: list[tuple[ParamPath, str | None]] = []
     # Only "\n" ends a line: a value may hold any other character.
@@ -414,5 +418,6 @@ def parse_assignments(text: str) -> list[tuple[ParamPath, str | None]]:
 
 
 def unescape(text: str) -> str:
-    escapes = {"n": "\n", "r": "\r"}
-    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(1)), text, flags=re.DOTALL)
+    escapes = {"n": "\n", "r": "\r", "\\": "\\"}
+    # An unknown escape (a Windows path's `\t`) stays as it was written.
+    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(0)), text, flags=re.DOTALL)

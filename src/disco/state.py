@@ -9,6 +9,7 @@ from pathlib import Path
 
 from disco.errors import DiscoError
 from disco.params import ParamStore
+from disco.transport import Server, parse_server
 
 DEFAULT_STATE = Path("/var/disco")
 DEFAULT_RSYNC = "rsync -aWH"
@@ -65,7 +66,7 @@ class State:
 class Settings:
     """Client settings for one dance: parameters, overridden by command-line flags."""
 
-    servers: tuple[str, ...]
+    servers: tuple[Server, ...]
     rsync: tuple[str, ...]
 
 
@@ -90,4 +91,4 @@ def load_settings(store: ParamStore, servers: list[str] | None = None) -> Settin
             "disco/client/cmds/rsync is empty",
             f"set it, e.g. 'echo {DEFAULT_RSYNC} | disco-param set disco/client/cmds/rsync'",
         )
-    return Settings(uris, rsync)
+    return Settings(tuple(parse_server(uri) for uri in uris), rsync)

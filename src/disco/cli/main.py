@@ -40,10 +40,12 @@ def build() -> argparse.ArgumentParser:
 
 def dance(args: argparse.Namespace) -> int:
     state = State.locate(args.state_dir)
-    node = check_segment(args.node or socket.getfqdn(), "node name")
+    node = check_segment(socket.getfqdn() if args.node is None else args.node, "node name")
+    # Settings are read (and checked) before the lock is taken: a bad URI or a missing
+    # server setting leaves a machine without state as it was.
+    settings = load_settings(state.params(), args.server)
     state.create()
     with hold(state.lock):
-        settings = load_settings(state.params(), args.server)
         plan = fetch(state, node, settings)
     out = Output()
     for failure in plan.passed_over:

@@ -11,7 +11,6 @@ from disco.errors import DiscoError, UsageError
 from disco.params import (
     MAP,
     ParamPath,
-    ParamStore,
     check_tree,
     decode,
     dump_line,
@@ -71,13 +70,14 @@ def optional(text: str | None) -> ParamPath:
 
 
 def body(args: argparse.Namespace) -> int:
-    store = State.locate(args.state_dir).params()
+    state = State.locate(args.state_dir)
+    store = state.params()
     verb = args.verb
     if verb == "get":
         value = store.get(split_path(args.path))
         print(MAP if value is None else value)
     elif verb == "set":
-        set_verb(store, args.path, args.value)
+        set_verb(state, args.path, args.value)
     elif verb == "keys":
         for key in store.keys(optional(args.path)):
             print(key)
@@ -90,19 +90,25 @@ def body(args: argparse.Namespace) -> int:
         path = optional(args.path)
         print(to_json(store.read(path), join(path)))
     elif verb == "import":
-        store.replace(optional(args.path), check_tree(read_json()))
+        path, tree = optional(args.path), check_tree(read_json())
+        state.create()
+        store.replace(path, tree)
     return 0
 
 
-def set_verb(store: ParamStore, target: str, value: str | None) -> None:
+def set_verb(state: State, target: str, value: str | None) -> None:
+    store = state.params()
     if target == "-":
         if value is not None:
             raise UsageError("set -: takes no VALUE", "give PATH=VALUE lines on stdin")
-        store.set_many(parse_assignments(sys.stdin.buffer.read().decode(errors="surrogateescape")))
+        items = parse_assignments(sys.stdin.buffer.read().decode(errors="surrogateescape"))
+        state.create()
+        store.set_many(items)
         return
     path = split_path(target)
     if value is None:
         value = decode(sys.stdin.buffer.read())
+    state.create()
     store.set(path, None if value == MAP else value)
 
 
