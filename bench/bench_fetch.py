@@ -60,12 +60,10 @@ def main() -> None:
         build_server(server)
         first = dance(server, state)
         repeats = [dance(server, state) for _ in range(5)]
-    print(f"fetch+order, {MODULES}-module chain, local server:")
-    print(f"  first dance   {first:6.2f} s  ({first / MODULES * 1000:5.1f} ms per module)")
     again = statistics.median(repeats)
-    print(
-        f"  repeat dance  {again:6.2f} s  ({again / MODULES * 1000:5.1f} ms per module, median of 5)"
-    )
+    print(f"fetch+order, {MODULES}-module chain, local server:")
+    for label, seconds in (("first dance", first), ("repeat dance (median of 5)", again)):
+        print(f"  {label:28} {seconds:6.2f} s  {seconds / MODULES * 1000:5.1f} ms per module")
 
 
 if __name__ == "__main__":
