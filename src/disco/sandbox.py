@@ -146,7 +146,9 @@ class Make:
         if self.kind == "dir":
             os.makedirs(self.path, self.mode, exist_ok=True)
         elif self.kind == "file":
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, self.mode))
+            # Opening an existing file for writing would copy it up into the layer.
+            if not os.path.lexists(self.path):
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, self.mode))
         elif self.kind == "chr":
             major, minor = map(int, self.arg.split())
             os.mknod(self.path, self.mode | stat.S_IFCHR, os.makedev(major, minor))
@@ -245,7 +247,7 @@ class Bind:
     """Show a host path inside the sandbox (e.g. the merged parameters, an interceptor)."""
 
     source: Path
-    target: str  # absolute path in the sandbox; must exist there or lie under `hide`
+    target: str  # absolute path in the sandbox; made there if missing
     readonly: bool = True
 
 
@@ -432,8 +434,8 @@ def plan(step: Step, subs: Sequence[Submount], host_name: str) -> list[Op]:
     for h in hide:
         ops.append(Mount(at(h), "tmpfs", "tmpfs", _SAFE, "mode=755,size=1m"))
     for b in step.binds:
-        if any(_under(b.target, h) for h in hide):
-            ops.append(Make("dir" if b.source.is_dir() else "file", at(b.target)))
+        # A missing mount point is made in the view (in the layer: excluded from reports).
+        ops.append(Make("dir" if b.source.is_dir() else "file", at(b.target)))
         ops.append(Mount(at(b.target), str(b.source), flags=MS_BIND | MS_REC))
         if b.readonly:
             ops.append(Mount(at(b.target), flags=MS_BIND | MS_REMOUNT | MS_RDONLY))
@@ -515,6 +517,22 @@ def loopback_network() -> Iterator[int]:
         yield net
     finally:
         os.close(net)
+
+
+def private_mounts() -> None:
+    """Give this process a mount namespace of its own, private from the host's, so what
+    a dance mounts for itself (a tmpfs for its layers) vanishes with it."""
+    _unshare(CLONE_NEWNS)
+    Mount("/", flags=MS_REC | MS_PRIVATE).do()
+
+
+def mount_tmpfs(path: Path) -> None:
+    Mount(str(path), "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=700").do()
+
+
+def bind_readonly(source: Path, target: Path) -> None:
+    Mount(str(target), str(source), flags=MS_BIND | MS_REC).do()
+    Mount(str(target), flags=MS_BIND | MS_REMOUNT | MS_RDONLY).do()
 
 
 def _fork(noop: bool) -> int:

@@ -20,9 +20,10 @@ COLOURS = {"info": "32", "warning": "33", "error": "31", "report": "36"}
 class Output:
     """Prints `info:`, `warning:`, `error:` lines, coloured only on a terminal."""
 
-    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
-        self.out = out
-        self.err = err
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        # Looked up now, not at import: a redirected sys.stdout is honoured.
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
 
     def line(self, kind: str, text: str, stream: TextIO) -> None:
         prefix = f"{kind}:"
@@ -39,13 +40,19 @@ class Output:
     def error(self, text: str) -> None:
         self.line("error", text, self.err)
 
+    def text(self, text: str) -> None:
+        """Lines as they are: a content diff."""
+        print(text, file=self.out, flush=True)
+
 
 class Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one `error:` line and exit status 2."""
 
+    usage_status = EXIT_USAGE
+
     def error(self, message: str) -> None:  # type: ignore[override]
         Output().error(f"{self.prog}: {message}; see '{self.prog} --help'")
-        sys.exit(EXIT_USAGE)
+        sys.exit(self.usage_status)
 
 
 def parser(prog: str, description: str, epilog: str) -> Parser:

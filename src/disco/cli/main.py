@@ -1,21 +1,33 @@
-"""disco: the client. `disco dance` fetches, orders and (next) applies a node's modules."""
+"""disco: the client. `disco dance` fetches a node's modules and applies them."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import sys
+from pathlib import Path
 
-from disco.cli.common import Output, add_state_dir, execute, parser, subparser
+from disco.cli import report
+from disco.cli.common import Output, Parser, add_state_dir, execute, parser, subparser
+from disco.dance import Dance, Options, Outcome, only
+from disco.errors import EXIT_FAILED, DiscoError, UsageError
 from disco.fetch import fetch
 from disco.lock import hold
+from disco.metrics import DanceReport, Meter, save, utc_now
 from disco.params import check_segment
 from disco.state import State, load_settings
 
 EPILOG = """\
 examples:
-  disco dance
-  disco dance --server ./examples/seed --node localhost.localdomain --state-dir /tmp/disco
+  NOOP=true disco dance
+  disco dance --server ./examples/seed --node localhost.localdomain --root /srv/image
+  disco report
 """
+
+# --detailed-exitcodes (Puppet's meaning)
+DETAILED_CHANGES = 2
+DETAILED_FAILURES = 4
 
 
 def build() -> argparse.ArgumentParser:
@@ -25,8 +37,8 @@ def build() -> argparse.ArgumentParser:
     s = subparser(
         subs,
         "dance",
-        "fetch the node's parameters and modules from the server and put them in order",
-        "disco dance --server /srv/disco --node web1.example.com",
+        "fetch the node's modules and apply them in order (NOOP: show what would change)",
+        "NOOP=true disco dance --server /srv/disco --node web1.example.com",
     )
     s.add_argument("--node", help="the node's name (default: this machine's FQDN)")
     s.add_argument(
@@ -35,27 +47,94 @@ def build() -> argparse.ArgumentParser:
         metavar="URI",
         help="server to fetch from, instead of disco/server/uri; repeat for failover",
     )
+    s.add_argument(
+        "--noop",
+        action="store_true",
+        help="change nothing, show what would change (also: NOOP set and not empty)",
+    )
+    s.add_argument(
+        "--root", default="/", metavar="DIR", help="apply to this root directory (default: /)"
+    )
+    s.add_argument(
+        "--module",
+        action="append",
+        metavar="M",
+        help="dance only M and the modules it requires; repeatable",
+    )
+    s.add_argument(
+        "--diff", choices=("normal", "unified"), default="normal", help="content diff format"
+    )
+    s.add_argument(
+        "--detailed-exitcodes",
+        action="store_true",
+        help="exit 0 no changes, 1 could not run, 2 changes, 4 failures, 6 both",
+    )
+    report.add_parser(subs)
     return p
 
 
 def dance(args: argparse.Namespace) -> int:
     state = State.locate(args.state_dir)
     node = check_segment(socket.getfqdn() if args.node is None else args.node, "node name")
+    root = Path(args.root).absolute()
+    if not root.is_dir():
+        raise UsageError(f"--root {args.root} is not a directory", "give the root to apply to")
+    noop = args.noop or bool(os.environ.get("NOOP"))
     # Settings are read (and checked) before the lock is taken: a bad URI or a missing
     # server setting leaves a machine without state as it was.
     settings = load_settings(state.params(), args.server)
     state.create()
-    with hold(state.lock):
-        plan = fetch(state, node, settings)
     out = Output()
-    for failure in plan.passed_over:
-        out.warning(f"{failure.message}; passed over")
-    if plan.passed_over:
-        out.info(f"Fetched from server {plan.server.uri}")
-    out.info(("Ready to dance : " + " ".join(plan.names)).rstrip())
-    return 0
+    meter = Meter()
+    started = utc_now()
+    with hold(state.lock):
+        with meter.measure("_internal", "fetch"):
+            plan = fetch(state, node, settings)
+        for failure in plan.passed_over:
+            out.warning(f"{failure.message}; passed over")
+        if plan.passed_over:
+            out.info(f"Fetched from server {plan.server.uri}")
+        if args.module:
+            unknown = sorted(set(args.module) - set(plan.names))
+            if unknown:
+                raise UsageError(
+                    f"--module {unknown[0]}: not a module of node '{node}'",
+                    "choose from: " + " ".join(plan.names),
+                )
+            plan = only(plan, args.module)
+        out.info(("Ready to dance : " + " ".join(plan.names)).rstrip())
+        options = Options(noop=noop, root=root, diff=args.diff)
+        outcome = Dance(state, plan, options, out, meter).run()
+        status = exit_status(outcome, args.detailed_exitcodes)
+        mode = "noop" if noop else "live"
+        records = tuple(meter.records)
+        changes = tuple(outcome.changes)
+        save(state.reports, DanceReport(started, node, mode, str(root), status, records, changes))
+    return status
+
+
+def exit_status(outcome: Outcome, detailed: bool) -> int:
+    failed = bool(outcome.failed or outcome.skipped)
+    if not detailed:
+        return EXIT_FAILED if failed else 0
+    return (DETAILED_CHANGES if outcome.changes else 0) + (DETAILED_FAILURES if failed else 0)
+
+
+def command(args: argparse.Namespace) -> int:
+    if args.command == "report":
+        return report.run(args)
+    detailed = getattr(args, "detailed_exitcodes", False)
+    try:
+        return dance(args)
+    except DiscoError as e:
+        if detailed:  # Puppet's meaning: 1, the dance could not run
+            e.status = EXIT_FAILED
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
     p = build()
-    return execute(lambda: p.parse_args(argv), dance)
+    words = sys.argv[1:] if argv is None else argv
+    if "--detailed-exitcodes" in words:
+        Parser.usage_status = EXIT_FAILED  # subcommand parsers too
+    return execute(lambda: p.parse_args(argv), command)

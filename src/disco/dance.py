@@ -1,0 +1,341 @@
+"""A dance: each module of a plan, step by step, in the sandbox (DESIGN §6-§8).
+
+Every step runs in a fresh overlay layer. In NOOP the layers stack, so a module sees
+what the modules before it would have written; live, each successful step is
+committed to the target root and the next one starts from there. Templates always
+run under NOOP rules and only their output is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from shlex import quote
+from typing import Protocol
+
+from disco.changes import (
+    DEFAULT_EXCLUDE,
+    Change,
+    content_diff,
+    header,
+    load_sensitive,
+    read_changes,
+)
+from disco.commit import apply, plan_commit
+from disco.fetch import Plan
+from disco.metrics import Meter, Record
+from disco.modules import Edge, Module
+from disco.params import Tree, node_view, read_tree
+from disco.sandbox import (
+    Bind,
+    Mode,
+    Step,
+    StepResult,
+    bind_readonly,
+    loopback_network,
+    mount_tmpfs,
+    private_mounts,
+    run_step,
+    upper_of,
+)
+from disco.state import State
+from disco.view import (
+    SANDBOX_PATH,
+    build_view,
+    intercepted_binaries,
+    load_noop_list,
+    write_parameters,
+)
+
+VIEW_AT = "/var/disco"
+
+
+class Sink(Protocol):
+    """Where a dance says what happens; the CLI prints it."""
+
+    def info(self, text: str) -> None: ...
+    def warning(self, text: str) -> None: ...
+    def error(self, text: str) -> None: ...
+    def text(self, text: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Options:
+    noop: bool
+    root: Path = Path("/")
+    diff: str = "normal"
+    etc: Path = Path("/etc/disco")  # noop.d/ and sensitive.d/ lists
+
+
+@dataclass
+class Outcome:
+    changes: list[dict[str, str]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def only(plan: Plan, wanted: list[str]) -> Plan:
+    """The plan cut down to `wanted` and the modules they require, transitively."""
+    by_name = {module.name: module for module in plan.modules}
+    keep: set[str] = set()
+    todo = list(wanted)
+    while todo:
+        name = todo.pop()
+        if name in keep:
+            continue
+        keep.add(name)
+        todo += [r.name for r in by_name[name].requires if r.edge is Edge.AFTER]
+    return Plan(plan.node, plan.server, tuple(m for m in plan.modules if m.name in keep))
+
+
+class Dance:
+    def __init__(self, state: State, plan: Plan, options: Options, sink: Sink, meter: Meter):
+        self.state = state
+        self.plan = plan
+        self.options = options
+        self.sink = sink
+        self.meter = meter
+        self.outcome = Outcome()
+        self.layers: list[Path] = []  # NOOP: the layers of this dance, oldest first
+        self.count = 0
+        root = os.path.realpath(options.root)
+        state_root = os.path.realpath(state.root)
+        # disco's own state is neither shown to the steps nor reported.
+        self.hidden: tuple[str, ...] = ()
+        if state_root == root or state_root.startswith(root.rstrip("/") + "/"):
+            self.hidden = ("/" + os.path.relpath(state_root, root),)
+        self.exclude = (*DEFAULT_EXCLUDE, *self.hidden)
+        self.sensitive = load_sensitive(options.etc)
+        self.noop_names = load_noop_list(options.etc)
+
+    def run(self) -> Outcome:
+        with ExitStack() as stack:
+            private_mounts()
+            work = self.state.txn / "run"
+            work.mkdir(parents=True, exist_ok=True)
+            mount_tmpfs(work)  # our own mount namespace: gone when we are
+            self.work = work
+            self.view = build_view(work / "view", self.noop_names)
+            bind_readonly(self.state.modules, self.view.path / "modules")
+            self.binaries = intercepted_binaries(self.options.root, self.noop_names)
+            self.network = stack.enter_context(loopback_network())
+            failed: set[str] = set()
+            for module in self.plan.modules:
+                blocker = next((r.name for r in module.requires if r.name in failed), None)
+                if blocker is not None and self.requires(module, blocker):
+                    self.sink.warning(f"Skipping {module.name}: requires {blocker}")
+                    self.outcome.skipped.append(module.name)
+                    failed.add(module.name)
+                    continue
+                self.sink.info(f"Processing {module.name}")
+                if not self.module(module):
+                    self.outcome.failed.append(module.name)
+                    failed.add(module.name)
+        return self.outcome
+
+    @staticmethod
+    def requires(module: Module, name: str) -> bool:
+        return any(r.name == name and r.edge is Edge.AFTER for r in module.requires)
+
+    # -- one module -----------------------------------------------------------------
+
+    def module(self, module: Module) -> bool:
+        write_parameters(self.view, self.parameters(module))
+        templates = (
+            sorted(
+                str(p.relative_to(module.part("templates")))
+                for p in module.part("templates").rglob("*")
+                if p.is_file() or p.is_symlink()
+            )
+            if module.part("templates").is_dir()
+            else []
+        )
+        for rel in templates:
+            if not self.template(module, rel):
+                return False
+        script = self.delivery(module, templates)
+        if script and not self.step(module, "fetch", None, ("bash", "-ec", script), False):
+            return False
+        scripts = (
+            sorted(p.name for p in module.part("scripts").iterdir())
+            if module.part("scripts").is_dir()
+            else []
+        )
+        for name in scripts:
+            path = f"{VIEW_AT}/modules/{module.name}/scripts/{name}"
+            if not self.step(
+                module, "exec", name, self.command(module.part("scripts") / name, path), True
+            ):
+                return False
+        return True
+
+    def parameters(self, module: Module) -> Tree:
+        node = self.plan.node
+        settings = read_tree(self.state.parameters / "disco")
+        node_tree = read_tree(self.state.parameters / node)
+        defaults = [m.defaults() for m in self.plan.modules]
+        view = node_view({"disco": settings} if settings else {}, node, node_tree, defaults)
+        own = view[node]
+        assert isinstance(own, dict)
+        own["current_module"] = module.name
+        return view
+
+    @staticmethod
+    def command(host_path: Path, path: str) -> tuple[str, ...]:
+        """A script with a `#!` line runs as itself if it is executable; else with bash."""
+        with host_path.open("rb") as f:
+            shebang = f.read(2) == b"#!"
+        if shebang and os.access(host_path, os.X_OK):
+            return (path,)
+        return ("bash", path)
+
+    def delivery(self, module: Module, templates: list[str]) -> str:
+        """The script of the module's delivery step: its files, then template outputs.
+
+        Only files are listed to rsync, so directories that exist keep their owner and
+        mode; a missing one is made with default attributes.
+        """
+        lines: list[str] = []
+        files = module.part("files")
+        if files.is_dir():
+            listing = self.view.out(module.name) / ".files"
+            names = sorted(
+                str(p.relative_to(files))
+                for p in files.rglob("*")
+                if not p.is_dir() or p.is_symlink()
+            )
+            if names:
+                listing.parent.mkdir(parents=True, exist_ok=True)
+                listing.write_text("".join(f"{n}\n" for n in names))
+                source = f"{VIEW_AT}/modules/{module.name}/files/"
+                lines.append(
+                    "rsync -rlptDHW --no-implied-dirs "
+                    f"--files-from={VIEW_AT}/out/{module.name}/.files {quote(source)} /"
+                )
+        for rel in templates:
+            mode = (module.part("templates") / rel).stat().st_mode & 0o7777
+            out = f"{VIEW_AT}/out/{module.name}/{rel}"
+            lines.append(f"install -D -m {mode:o} {quote(out)} {quote('/' + rel)}")
+        return "\n".join(lines)
+
+    # -- steps ----------------------------------------------------------------------
+
+    def template(self, module: Module, rel: str) -> bool:
+        out = self.view.out(module.name) / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        path = f"{VIEW_AT}/modules/{module.name}/templates/{rel}"
+        with self.layer() as layer, out.open("wb") as f:
+            result = self.sandboxed(("bash", path), layer, Mode.NOOP, True, stdout=f.fileno())
+        self.meter.add(record(module.name, "template", rel, result))
+        if result.returncode != 0:
+            self.sink.error(
+                f"{module.name}: template {rel} exited with status {result.returncode};"
+                f" /{rel} is left as it was"
+            )
+            return False
+        return True
+
+    def step(
+        self, module: Module, name: str, item: str | None, argv: tuple[str, ...], intercept: bool
+    ) -> bool:
+        mode = Mode.NOOP if self.options.noop else Mode.LIVE
+        label = item or name
+        with self.layer() as layer:
+            result = self.sandboxed(argv, layer, mode, intercept and self.options.noop)
+            self.meter.add(record(module.name, name, item, result))
+            if result.returncode != 0:
+                what = f"script {item}" if item else "delivery of files and templates"
+                self.sink.error(f"{module.name}: {what} exited with status {result.returncode}")
+                return False
+            with self.meter.measure(module.name, "diff", label):
+                changes = self.changes(module, label, layer)
+            if not self.options.noop and changes:
+                with self.meter.measure(module.name, "commit", label):
+                    apply(plan_commit(changes, self.options.root))
+            if self.options.noop:
+                self.layers.append(layer)
+        return True
+
+    def changes(self, module: Module, label: str, layer: Path) -> list[Change]:
+        lowers = [upper_of(x) for x in reversed(self.layers)] + [self.options.root]
+        changes = read_changes(
+            upper_of(layer), lowers, exclude=self.exclude, sensitive=self.sensitive
+        )
+        for change in changes:
+            line = header(change)
+            self.sink.info(line)
+            diff = content_diff(change, self.options.diff)
+            if diff:
+                self.sink.text(diff)
+            self.outcome.changes.append(
+                {
+                    "module": module.name,
+                    "step": label,
+                    "path": change.path,
+                    "kind": change.kind.value,
+                    "header": line,
+                }  # fmt: skip
+            )
+        return changes
+
+    @contextmanager
+    def layer(self) -> Iterator[Path]:
+        """A fresh layer; gone afterwards unless a NOOP step kept it for the stack."""
+        self.count += 1
+        path = self.work / "layers" / str(self.count)
+        path.mkdir(parents=True)
+        try:
+            yield path
+        finally:
+            if path not in self.layers:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def sandboxed(
+        self,
+        argv: tuple[str, ...],
+        layer: Path,
+        mode: Mode,
+        intercept: bool,
+        stdout: int | None = None,
+    ) -> StepResult:
+        env = {
+            "PATH": f"{VIEW_AT}/bin:{SANDBOX_PATH}",
+            "HOME": "/root",
+            "USER": "root",
+            "LOGNAME": "root",
+            "SHELL": "/bin/bash",
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "TERM": os.environ.get("TERM", "dumb"),
+            "DISCO_NODE": self.plan.node,
+        }
+        binds = [Bind(self.view.path, VIEW_AT)]
+        if mode is Mode.NOOP:
+            env["NOOP"] = "true"
+        if intercept:
+            env["PATH"] = f"{VIEW_AT}/noop:{env['PATH']}"
+            env["BASH_ENV"] = f"{VIEW_AT}/noop.bash"
+            binds += [Bind(self.view.interceptor, path) for path in self.binaries]
+        lowers = tuple(reversed(self.layers)) if self.options.noop else ()
+        return run_step(
+            Step(
+                argv,
+                root=self.options.root,
+                layer=layer,
+                lower_layers=lowers,
+                mode=mode,
+                env=env,
+                hostname=self.plan.node,
+                hide=self.hidden,
+                binds=tuple(binds),
+                network=self.network if mode is Mode.NOOP else None,
+                stdout=stdout,
+            )
+        )
+
+
+def record(module: str, step: str, item: str | None, result: StepResult) -> Record:
+    return Record(module, step, item, result.wall, result.usage, result.returncode)

@@ -1,0 +1,298 @@
+"""What each step of a dance cost, and the last 50 dances' reports on disk (DESIGN §9).
+
+A `Meter` collects one `Record` per step (or per template / script inside a step) while
+a dance runs; the dance wraps them with its change records in a `DanceReport`, which
+`save` writes as JSON and `disco report` reads back with `load_last`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import html
+import json
+import os
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from disco.errors import DiscoError
+from disco.sandbox import Usage
+
+FORMAT = 1  # bumped when a report's JSON changes incompatibly
+KEEP = 50  # history files kept
+INTERNAL = "_internal"  # the module name of disco's own steps
+USAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Usage))
+
+
+@dataclass(frozen=True)
+class Record:
+    module: str  # a module name, or "_internal"
+    step: str  # "fetch_params", "fetch", "template", "exec", "diff", "commit", ...
+    item: str | None  # a template's path under templates/ or a script's name; None: whole step
+    wall: float  # seconds
+    usage: Usage
+    exit: int  # the step's exit status (0 ok)
+
+
+@dataclass(frozen=True)
+class DanceReport:
+    started: str  # ISO 8601 UTC, see utc_now()
+    node: str
+    mode: str  # "noop" | "live"
+    root: str  # target root
+    exit: int  # the dance's exit status
+    records: tuple[Record, ...]
+    changes: tuple[dict[str, str], ...]  # {"module", "step", "path", "kind", "header"}
+
+
+def utc_now() -> str:
+    """A `started` value: sorts like the time it names, microseconds keep dances apart."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Probe:
+    """Handed to a measured block: set `exit` to record the step's exit status."""
+
+    exit: int = 0
+
+
+@dataclass
+class Meter:
+    """Collects the Records of one dance, in the order the steps ran."""
+
+    records: list[Record] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def measure(self, module: str, step: str, item: str | None = None) -> Iterator[Probe]:
+        """Time the block: wall clock, and disco's own usage plus that of children reaped
+        inside it. An exception records exit 1 (or the probe's status) and goes on."""
+        probe = Probe()
+        before = _rusage()
+        start = time.perf_counter()
+        try:
+            yield probe
+        except BaseException:
+            probe.exit = probe.exit or 1
+            raise
+        finally:
+            wall = time.perf_counter() - start
+            usage = _delta(before, _rusage())
+            self.records.append(Record(module, step, item, wall, usage, probe.exit))
+
+    def add(self, record: Record) -> None:
+        """A record measured elsewhere, e.g. from a sandboxed step's own wait4 usage."""
+        self.records.append(record)
+
+
+def _rusage() -> tuple[resource.struct_rusage, resource.struct_rusage]:
+    return resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+
+
+def _delta(before: tuple[Any, Any], after: tuple[Any, Any]) -> Usage:
+    """disco's own usage plus its reaped children's, between two _rusage() readings."""
+    values: dict[str, Any] = {}
+    for name in USAGE_FIELDS:
+        own0, kids0, own1, kids1 = (getattr(r, f"ru_{name}") for r in (*before, *after))
+        # maxrss is a high-water mark, not a counter: disco's own, or that of a larger
+        # child reaped inside the block (the children's mark only moves when one was).
+        values[name] = (
+            max(own1, kids1 if kids1 > kids0 else 0)
+            if name == "maxrss"
+            else own1 - own0 + kids1 - kids0
+        )
+    return Usage(**values)
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+
+def save(reports_dir: Path, report: DanceReport) -> Path:
+    """Write last.json and history/<started>-<pid>.json, keep the newest KEEP history files.
+
+    Returns the path of last.json."""
+    history = reports_dir / "history"
+    history.mkdir(mode=0o700, parents=True, exist_ok=True)
+    text = json.dumps(to_data(report), indent=1, sort_keys=True) + "\n"
+    name = report.started.replace(os.sep, "_")
+    _write_atomic(history / f"{name}-{os.getpid()}.json", text)
+    last = reports_dir / "last.json"
+    _write_atomic(last, text)
+    kept = sorted(p for p in history.glob("*.json") if not p.name.startswith("."))
+    for old in kept[:-KEEP]:
+        old.unlink()
+    return last
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside the target on the same filesystem, then rename over it."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "w", encoding="ascii") as f:  # json.dumps escapes all else
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+_REDO = "run 'disco dance' to write a new one"
+
+
+def load_last(reports_dir: Path) -> DanceReport:
+    path = reports_dir / "last.json"
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise DiscoError(
+            f"no report yet: {path} does not exist", "run 'disco dance' first"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DiscoError(f"cannot read the last report {path}: {e}", _REDO) from None
+    try:
+        return from_data(json.loads(text))
+    except (ValueError, TypeError, KeyError) as e:
+        raise DiscoError(f"the last report {path} is damaged ({e!r})", _REDO) from None
+
+
+def to_data(report: DanceReport) -> dict[str, Any]:
+    """A report as plain JSON data."""
+    return {"format": FORMAT, **dataclasses.asdict(report)}
+
+
+def from_data(data: Any) -> DanceReport:
+    """The inverse of to_data; TypeError, ValueError or KeyError if `data` is not one."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"not a disco report of format {FORMAT}")
+    kinds = {"started": str, "node": str, "mode": str, "root": str, "exit": int}
+    head = {k: _typed(data[k], kind) for k, kind in kinds.items()}
+    records = tuple(_record(r) for r in _typed(data["records"], list))
+    changes = tuple(_change(c) for c in _typed(data["changes"], list))
+    return DanceReport(**head, records=records, changes=changes)
+
+
+def _record(data: Any) -> Record:
+    item = _typed(data, dict)["item"]
+    usage = _typed(data["usage"], dict)
+    numbers = {k: _typed(usage[k], float if k in ("utime", "stime") else int) for k in USAGE_FIELDS}
+    return Record(
+        _typed(data["module"], str),
+        _typed(data["step"], str),
+        None if item is None else _typed(item, str),
+        _typed(data["wall"], float),
+        Usage(**numbers),
+        _typed(data["exit"], int),
+    )
+
+
+def _change(data: Any) -> dict[str, str]:
+    return {_typed(k, str): _typed(v, str) for k, v in _typed(data, dict).items()}
+
+
+def _typed(value: Any, kind: type) -> Any:
+    """`value` if it is a `kind` (an int will do for a float; a bool is never a number)."""
+    ok = isinstance(value, (int, float) if kind is float else kind)
+    if not ok or (kind in (int, float) and isinstance(value, bool)):
+        raise TypeError(f"expected {kind.__name__}, found {value!r}")
+    return float(value) if kind is float else value
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def select(report: DanceReport, module: str | None) -> DanceReport:
+    """Only `module`'s records and changes; DiscoError naming the known modules if absent."""
+    if module is None:
+        return report
+    known = sorted({r.module for r in report.records})
+    if module not in known:
+        raise DiscoError(
+            f"no module '{module}' in the last report (dance started {report.started})",
+            f"modules in it: {', '.join(known)}" if known else "it recorded no steps",
+        )
+    return dataclasses.replace(
+        report,
+        records=tuple(r for r in report.records if r.module == module),
+        changes=tuple(c for c in report.changes if c.get("module") == module),
+    )
+
+
+def report_lines(report: DanceReport, module: str | None = None) -> list[str]:
+    """The text after 'report: ' of each line, in the seed's format: one block per
+    (module, step) in sorted order, a step's items in the order they ran."""
+    groups: dict[tuple[str, str], list[Record]] = {}
+    for record in select(report, module).records:
+        groups.setdefault((record.module, record.step), []).append(record)
+    lines = []
+    for (mod, step), records in sorted(groups.items()):
+        lines.append(f"{mod}: {step}")
+        # A whole-step record (if any) comes before the items it may contain.
+        for record in sorted(records, key=lambda r: r.item is not None):
+            indent = "   "
+            if record.item is not None:
+                lines.append(f"{indent}{record.item} :")
+                indent = "       "
+            lines.extend(indent + text for text in metric_lines(record))
+    return lines
+
+
+def metric_lines(record: Record) -> list[str]:
+    u = record.usage
+    return [
+        f"time_real {record.wall:.2f} : time_user {u.utime:.2f} : time_sys {u.stime:.2f}",
+        # mem_avg: Linux keeps no integral memory sizes; GNU time prints 0 as well.
+        f"mem_avg 0 : mem_max {u.maxrss} : mem_faults_major {u.majflt}"
+        f" : mem_faults_minor {u.minflt}",
+        f"io_fsin {u.inblock} : io_fsout {u.oublock} : io_sockin {u.msgrcv}"
+        f" : io_sockout {u.msgsnd} : io_signals {u.nsignals}",
+        f"exit: {record.exit}",
+    ]
+
+
+def report_json(report: DanceReport, module: str | None = None) -> str:
+    return json.dumps(to_data(select(report, module)), indent=2, sort_keys=True)
+
+
+def report_html(report: DanceReport, module: str | None = None) -> str:
+    """A self-contained page: the dance, then a row per record in run order with a bar
+    as long as its wall time relative to the longest."""
+    chosen = select(report, module)
+    longest = max((r.wall for r in chosen.records), default=0.0) or 1.0
+    e = html.escape
+    rows = []
+    for r in chosen.records:
+        width = 100 * r.wall / longest
+        status = "ok" if r.exit == 0 else "failed"
+        rows.append(
+            f'<tr class="{status}"><td>{e(r.module)}</td><td>{e(r.step)}</td>'
+            f"<td>{e(r.item or '')}</td><td class=n>{r.wall:.2f}</td>"
+            f"<td class=n>{r.usage.utime:.2f}</td><td class=n>{r.usage.stime:.2f}</td>"
+            f"<td class=n>{r.usage.maxrss}</td><td class=n>{r.exit}</td>"
+            f'<td class=bar><div style="width:{width:.1f}%"></div></td></tr>'
+        )
+    title = e(f"disco dance on {chosen.node} at {chosen.started}")
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }} table {{ border-collapse: collapse; width: 100%; }}
+td, th {{ padding: 2px 8px; text-align: left; border-bottom: 1px solid #ddd; }}
+td.n {{ text-align: right; font-family: monospace; }} td.bar {{ width: 40%; }}
+td.bar div {{ background: #4a90d9; height: 1em; min-width: 1px; }}
+tr.failed td {{ color: #a00; }} tr.failed td.bar div {{ background: #d9534f; }}
+</style></head><body>
+<h1>{title}</h1>
+<p>mode {e(chosen.mode)}, root {e(chosen.root)}, exit {chosen.exit},
+{len(chosen.changes)} change(s)</p>
+<table>
+<tr><th>module</th><th>step</th><th>item</th><th>real s</th><th>user s</th><th>sys s</th>
+<th>max RSS KiB</th><th>exit</th><th>time</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
