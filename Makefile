@@ -12,14 +12,7 @@ APT_PACKAGES := bash coreutils diffutils util-linux rsync openssh-client python3
 
 demo: venv
 	rm -rf $(DEMO)
-	@echo '# the seed client settings, with the example server shipped in examples/seed'
-	$(BIN)/disco-param --state-dir $(DEMO) set disco/server/uri $(CURDIR)/examples/seed
-	$(BIN)/disco-param --state-dir $(DEMO) set disco/client/cmds/rsync 'rsync -aWH'
-	$(BIN)/disco-param --state-dir $(DEMO) dump
-	$(BIN)/disco --state-dir $(DEMO) dance --node localhost.localdomain
-	@echo '# what the dance fetched: the node parameters and its modules'
-	$(BIN)/disco-param --state-dir $(DEMO) dump localhost.localdomain
-	cd $(DEMO) && find modules -type f | sort
+	bash examples/demo.sh $(BIN) $(CURDIR)/$(DEMO)
 
 test: lint
 	$(BIN)/pytest

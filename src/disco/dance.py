@@ -42,6 +42,7 @@ from disco.sandbox import (
     run_step,
     upper_of,
 )
+from disco.stack import fold
 from disco.state import State
 from disco.view import (
     SANDBOX_PATH,
@@ -100,7 +101,8 @@ class Dance:
         self.sink = sink
         self.meter = meter
         self.outcome = Outcome()
-        self.layers: list[Path] = []  # NOOP: the layers of this dance, oldest first
+        # NOOP: what the steps so far would have written, folded into one layer.
+        self.below: Path | None = None
         self.count = 0
         root = os.path.realpath(options.root)
         state_root = os.path.realpath(state.root)
@@ -257,11 +259,18 @@ class Dance:
                 with self.meter.measure(module.name, "commit", label):
                     apply(plan_commit(changes, self.options.root))
             if self.options.noop:
-                self.layers.append(layer)
+                self.stack(layer)
         return True
 
+    def stack(self, layer: Path) -> None:
+        """Put a NOOP step's layer under the steps to come."""
+        if self.below is None:
+            self.below = layer
+        else:
+            fold(upper_of(layer), upper_of(self.below))
+
     def changes(self, module: Module, label: str, layer: Path) -> list[Change]:
-        lowers = [upper_of(x) for x in reversed(self.layers)] + [self.options.root]
+        lowers = [upper_of(x) for x in self.stacked()] + [self.options.root]
         changes = read_changes(
             upper_of(layer), lowers, exclude=self.exclude, sensitive=self.sensitive
         )
@@ -282,6 +291,9 @@ class Dance:
             )
         return changes
 
+    def stacked(self) -> tuple[Path, ...]:
+        return () if self.below is None else (self.below,)
+
     @contextmanager
     def layer(self) -> Iterator[Path]:
         """A fresh layer; gone afterwards unless a NOOP step kept it for the stack."""
@@ -291,7 +303,7 @@ class Dance:
         try:
             yield path
         finally:
-            if path not in self.layers:
+            if path != self.below:
                 shutil.rmtree(path, ignore_errors=True)
 
     def sandboxed(
@@ -319,7 +331,7 @@ class Dance:
             env["PATH"] = f"{VIEW_AT}/noop:{env['PATH']}"
             env["BASH_ENV"] = f"{VIEW_AT}/noop.bash"
             binds += [Bind(self.view.interceptor, path) for path in self.binaries]
-        lowers = tuple(reversed(self.layers)) if self.options.noop else ()
+        lowers = self.stacked() if self.options.noop else ()
         return run_step(
             Step(
                 argv,
