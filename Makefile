@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 PREFIX ?= /usr/local
 INSTALL_DIR ?= /opt/disco
 DEMO := .demo
+COMMANDS := disco disco-param disco-ball disco-fs-mount disco-fs-init disco-fs-diff \
+	disco-fs-unmount disco-sh-shell disco-sh-exec
 # What disco stands on (DESIGN §11), and what makes the virtual environment.
 APT_PACKAGES := bash coreutils diffutils util-linux rsync openssh-client python3 python3-venv
 
@@ -30,7 +32,7 @@ install: system-deps
 	@[ "$$(id -u)" = 0 ] || { echo "error: make install needs root; run it with sudo"; exit 1; }
 	$(PYTHON) -m venv $(INSTALL_DIR)
 	$(INSTALL_DIR)/bin/pip install -q --upgrade .
-	ln -sf $(INSTALL_DIR)/bin/disco $(INSTALL_DIR)/bin/disco-param $(INSTALL_DIR)/bin/disco-ball $(PREFIX)/bin/
+	for c in $(COMMANDS); do ln -sf $(INSTALL_DIR)/bin/$$c $(PREFIX)/bin/; done
 
 system-deps:
 	@command -v dpkg-query >/dev/null || { echo "not Debian: make sure these are installed: $(APT_PACKAGES)"; exit 0; }; \

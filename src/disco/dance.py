@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,7 @@ from disco.stack import fold
 from disco.state import State
 from disco.view import (
     SANDBOX_PATH,
+    View,
     build_view,
     intercepted_binaries,
     load_noop_list,
@@ -104,12 +105,7 @@ class Dance:
         # NOOP: what the steps so far would have written, folded into one layer.
         self.below: Path | None = None
         self.count = 0
-        root = os.path.realpath(options.root)
-        state_root = os.path.realpath(state.root)
-        # disco's own state is neither shown to the steps nor reported.
-        self.hidden: tuple[str, ...] = ()
-        if state_root == root or state_root.startswith(root.rstrip("/") + "/"):
-            self.hidden = ("/" + os.path.relpath(state_root, root),)
+        self.hidden = hidden_state(state.root, options.root)
         self.exclude = (*DEFAULT_EXCLUDE, *self.hidden)
         self.sensitive = load_sensitive(options.etc)
         self.noop_names = load_noop_list(options.etc)
@@ -162,38 +158,26 @@ class Dance:
         script = self.delivery(module, templates)
         if script and not self.step(module, "fetch", None, ("bash", "-ec", script), False):
             return False
+        # As run-parts: files only, and no hidden ones (an editor's swap file).
         scripts = (
-            sorted(p.name for p in module.part("scripts").iterdir())
+            sorted(
+                p.name
+                for p in module.part("scripts").iterdir()
+                if p.is_file() and not p.name.startswith(".")
+            )
             if module.part("scripts").is_dir()
             else []
         )
         for name in scripts:
             path = f"{VIEW_AT}/modules/{module.name}/scripts/{name}"
             if not self.step(
-                module, "exec", name, self.command(module.part("scripts") / name, path), True
+                module, "exec", name, command(module.part("scripts") / name, path), True
             ):
                 return False
         return True
 
     def parameters(self, module: Module) -> Tree:
-        node = self.plan.node
-        settings = read_tree(self.state.parameters / "disco")
-        node_tree = read_tree(self.state.parameters / node)
-        defaults = [m.defaults() for m in self.plan.modules]
-        view = node_view({"disco": settings} if settings else {}, node, node_tree, defaults)
-        own = view[node]
-        assert isinstance(own, dict)
-        own["current_module"] = module.name
-        return view
-
-    @staticmethod
-    def command(host_path: Path, path: str) -> tuple[str, ...]:
-        """A script with a `#!` line runs as itself if it is executable; else with bash."""
-        with host_path.open("rb") as f:
-            shebang = f.read(2) == b"#!"
-        if shebang and os.access(host_path, os.X_OK):
-            return (path,)
-        return ("bash", path)
+        return parameters(self.state, self.plan.node, self.plan.modules, module.name)
 
     def delivery(self, module: Module, templates: list[str]) -> str:
         """The script of the module's delivery step: its files, then template outputs.
@@ -215,7 +199,8 @@ class Dance:
                 listing.write_text("".join(f"{n}\n" for n in names))
                 source = f"{VIEW_AT}/modules/{module.name}/files/"
                 lines.append(
-                    "rsync -rlptDHW --no-implied-dirs "
+                    # -I: compare contents, never trust size and mtime alone.
+                    "rsync -rlptDHWI --no-implied-dirs "
                     f"--files-from={VIEW_AT}/out/{module.name}/.files {quote(source)} /"
                 )
         for rel in templates:
@@ -267,7 +252,7 @@ class Dance:
         if self.below is None:
             self.below = layer
         else:
-            fold(upper_of(layer), upper_of(self.below))
+            fold(upper_of(layer), upper_of(self.below), self.options.root)
 
     def changes(self, module: Module, label: str, layer: Path) -> list[Change]:
         lowers = [upper_of(x) for x in self.stacked()] + [self.options.root]
@@ -314,23 +299,10 @@ class Dance:
         intercept: bool,
         stdout: int | None = None,
     ) -> StepResult:
-        env = {
-            "PATH": f"{VIEW_AT}/bin:{SANDBOX_PATH}",
-            "HOME": "/root",
-            "USER": "root",
-            "LOGNAME": "root",
-            "SHELL": "/bin/bash",
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "TERM": os.environ.get("TERM", "dumb"),
-            "DISCO_NODE": self.plan.node,
-        }
+        env = step_env(self.plan.node, mode is Mode.NOOP, intercept)
         binds = [Bind(self.view.path, VIEW_AT)]
-        if mode is Mode.NOOP:
-            env["NOOP"] = "true"
         if intercept:
-            env["PATH"] = f"{VIEW_AT}/noop:{env['PATH']}"
-            env["BASH_ENV"] = f"{VIEW_AT}/noop.bash"
-            binds += [Bind(self.view.interceptor, path) for path in self.binaries]
+            binds += noop_binds(self.view, self.binaries)
         lowers = self.stacked() if self.options.noop else ()
         return run_step(
             Step(
@@ -347,6 +319,64 @@ class Dance:
                 stdout=stdout,
             )
         )
+
+
+def step_env(node: str, noop: bool, intercept: bool) -> dict[str, str]:
+    """The environment of a step: a clean one, the NOOP interceptors first on PATH."""
+    env = {
+        "PATH": f"{VIEW_AT}/bin:{SANDBOX_PATH}",
+        "HOME": "/root",
+        "USER": "root",
+        "LOGNAME": "root",
+        "SHELL": "/bin/bash",
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "TERM": os.environ.get("TERM", "dumb"),
+        "DISCO_NODE": node,
+    }
+    if noop:
+        env["NOOP"] = "true"
+    if intercept:
+        env["PATH"] = f"{VIEW_AT}/noop:{env['PATH']}"
+        env["BASH_ENV"] = f"{VIEW_AT}/noop.bash"  # builtins (kill) as functions
+    return env
+
+
+def noop_binds(view: View, binaries: list[str]) -> list[Bind]:
+    """The interceptor over each command's absolute path: `/usr/sbin/service` is caught."""
+    return [Bind(view.interceptor, path) for path in binaries]
+
+
+def hidden_state(state: Path, root: Path) -> tuple[str, ...]:
+    """disco's state as a path in the root, if it lies there: not shown, not reported."""
+    real_root, real_state = os.path.realpath(root), os.path.realpath(state)
+    if real_state == real_root or real_state.startswith(real_root.rstrip("/") + "/"):
+        return ("/" + os.path.relpath(real_state, real_root),)
+    return ()
+
+
+def parameters(
+    state: State, node: str, modules: Sequence[Module], current: str | None = None
+) -> Tree:
+    """What steps see at /var/disco/parameters: the client settings, and the node's tree
+    with the modules' defaults under its parameters (and its current_module)."""
+    settings = read_tree(state.parameters / "disco")
+    node_tree = read_tree(state.parameters / node)
+    defaults = [module.defaults() for module in modules]
+    view = node_view({"disco": settings} if settings else {}, node, node_tree, defaults)
+    own = view[node]
+    assert isinstance(own, dict)
+    if current is not None:
+        own["current_module"] = current
+    return view
+
+
+def command(host_path: Path, path: str) -> tuple[str, ...]:
+    """A script with a `#!` line runs as itself if it is executable; else with bash."""
+    with host_path.open("rb") as f:
+        shebang = f.read(2) == b"#!"
+    if shebang and os.access(host_path, os.X_OK):
+        return (path,)
+    return ("bash", path)
 
 
 def record(module: str, step: str, item: str | None, result: StepResult) -> Record:

@@ -24,9 +24,15 @@ def is_opaque(path: Path) -> bool:
         return False
 
 
-def fold(top: Path, below: Path) -> None:
+def fold(top: Path, below: Path, lower: Path | None) -> None:
     """Move upper dir `top` into upper dir `below`: afterwards `below` alone shows what
-    `below` then `top` showed together, over the same lower layers."""
+    `below` then `top` showed together, over the same lower layers.
+
+    `lower` is the same directory in the layer under `below` (the target root), or None
+    where nothing there can show through. overlayfs hides whiteouts only in directories
+    it merges with a lower one, so a deletion with nothing beneath it is applied, not
+    kept as a whiteout.
+    """
     copy_dir_meta(top, below)
     for entry in os.scandir(top):
         src, dst = Path(entry.path), below / entry.name
@@ -34,31 +40,46 @@ def fold(top: Path, below: Path) -> None:
             dst_st: os.stat_result | None = dst.lstat()
         except FileNotFoundError:
             dst_st = None
+        beneath = lower / entry.name if lower is not None else None
+        if beneath is not None and not os.path.lexists(beneath):
+            beneath = None
+        if is_whiteout(entry):
+            if dst_st is not None:
+                remove(dst)
+            if beneath is not None:
+                os.rename(src, dst)
+            continue
         if entry.is_dir(follow_symlinks=False) and not is_opaque(src):
             if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
-                fold(src, dst)  # both merge with what is below: merge them with each other
+                # Both merge with what is beneath: merge them with each other.
+                shows = beneath if beneath is not None and beneath.is_dir() else None
+                fold(src, dst, None if is_opaque(dst) else shows)
                 continue
             if dst_st is None:
                 os.rename(src, dst)
             else:
-                # It covers something of `below` (a file, a whiteout) that hid the
-                # layers further down: it must hide them too.
-                replace(src, dst)
+                # It covers something of `below` (a file, a whiteout) that hid what is
+                # beneath: it must hide it too.
+                remove(dst)
+                os.rename(src, dst)
                 os.setxattr(dst, OPAQUE, b"y", follow_symlinks=False)
             continue
-        # A file, a symlink, a whiteout or an opaque directory: it replaces all below.
-        if dst_st is None:
-            os.rename(src, dst)
-        else:
-            replace(src, dst)
+        # A file, a symlink or an opaque directory: it replaces all below.
+        if dst_st is not None:
+            remove(dst)
+        os.rename(src, dst)
 
 
-def replace(src: Path, dst: Path) -> None:
-    if dst.is_dir() and not dst.is_symlink():
-        shutil.rmtree(dst)
+def is_whiteout(entry: os.DirEntry[str]) -> bool:
+    st = entry.stat(follow_symlinks=False)
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
     else:
-        dst.unlink()
-    os.rename(src, dst)
+        path.unlink()
 
 
 def copy_dir_meta(src: Path, dst: Path) -> None:
