@@ -104,12 +104,15 @@ def dance(args: argparse.Namespace) -> int:
             plan = only(plan, args.module)
         out.info(("Ready to dance : " + " ".join(plan.names)).rstrip())
         options = Options(noop=noop, root=root, diff=args.diff)
-        outcome = Dance(state, plan, options, out, meter).run()
-        status = exit_status(outcome, args.detailed_exitcodes)
-        mode = "noop" if noop else "live"
-        records = tuple(meter.records)
-        changes = tuple(outcome.changes)
-        save(state.reports, DanceReport(started, node, mode, str(root), status, records, changes))
+        dancer = Dance(state, plan, options, out, meter)
+        status = EXIT_FAILED
+        try:
+            status = exit_status(dancer.run(), args.detailed_exitcodes)
+        finally:  # a dance cut short is reported too, as far as it went
+            mode = "noop" if noop else "live"
+            records, changes = tuple(meter.records), tuple(dancer.outcome.changes)
+            report_ = DanceReport(started, node, mode, str(root), status, records, changes)
+            save(state.reports, report_)
     return status
 
 
