@@ -622,3 +622,16 @@ def test_a_directory_in_scripts_is_no_crash(cmd: Run, tmp_path: Path, scratch_ro
     assert "ran" in result.stdout.splitlines()
     assert "Traceback" not in result.stderr, result.stderr
     assert cmd("disco", "report", "m").returncode == 0
+
+
+def test_delivery_replaces_a_symlink_never_writes_where_it_points(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    server = make_server(tmp_path / "srv", {"m": {"files/etc/resolv.conf": "nameserver ::1\n"}})
+    (scratch_root / "srv/target").write_text("untouched\n")
+    (scratch_root / "etc/resolv.conf").symlink_to("../srv/target")
+    result = dance(cmd, server, scratch_root, noop=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    conf = scratch_root / "etc/resolv.conf"
+    assert not conf.is_symlink() and conf.read_text() == "nameserver ::1\n"
+    assert (scratch_root / "srv/target").read_text() == "untouched\n"
