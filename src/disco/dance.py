@@ -137,8 +137,12 @@ class Dance:
             self.network = stack.enter_context(loopback_network())
             failed: set[str] = set()
             for module in self.plan.modules:
-                blocker = next((r.name for r in module.requires if r.name in failed), None)
-                if blocker is not None and self.requires(module, blocker):
+                # Only what the module runs after can fail it; `before X` does not.
+                blocker = next(
+                    (r.name for r in module.requires if r.edge is Edge.AFTER and r.name in failed),
+                    None,
+                )
+                if blocker is not None:
                     self.sink.warning(f"Skipping {module.name}: requires {blocker}")
                     self.outcome.skipped.append(module.name)
                     failed.add(module.name)
@@ -148,10 +152,6 @@ class Dance:
                     self.outcome.failed.append(module.name)
                     failed.add(module.name)
         return self.outcome
-
-    @staticmethod
-    def requires(module: Module, name: str) -> bool:
-        return any(r.name == name and r.edge is Edge.AFTER for r in module.requires)
 
     # -- one module -----------------------------------------------------------------
 
