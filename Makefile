@@ -6,9 +6,11 @@ PREFIX ?= /usr/local
 INSTALL_DIR ?= /opt/disco
 DEMO := .demo
 COMMANDS := disco disco-param disco-ball disco-fs-mount disco-fs-init disco-fs-diff \
-	disco-fs-unmount disco-sh-shell disco-sh-exec
-# What disco stands on (DESIGN §11), and what makes the virtual environment.
-APT_PACKAGES := bash coreutils diffutils util-linux rsync openssh-client python3 python3-venv
+	disco-fs-unmount disco-sh-shell disco-sh-exec disco-server
+# What disco stands on (DESIGN §11), what makes the virtual environment, and the sshd the
+# tests start on loopback.
+APT_PACKAGES := bash coreutils diffutils util-linux rsync openssh-client python3 python3-venv \
+	openssh-server
 
 .PHONY: demo test lint bench install system-deps venv clean
 

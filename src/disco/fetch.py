@@ -69,7 +69,10 @@ def fetch(state: State, node: str, settings: Settings) -> Plan:
 def not_on_server(name: str, wanted_by: str, server: Server) -> DiscoError:
     return DiscoError(
         f"module '{name}', required by {wanted_by}, is not on server {server.uri}",
-        f"add modules/{name}/ to the server, or remove the requirement",
+        f"add modules/{name}/ to the server, or remove the requirement"
+        if server.kind is Kind.LOCAL
+        else f"add modules/{name}/ and its [{name}] entry in rsyncd.conf to the server,"
+        " or remove the requirement",
     )
 
 
@@ -91,6 +94,15 @@ def fetch_modules(
     names = sorted(level)
     if not names:
         return {}
+    if server.kind is not Kind.LOCAL:  # a daemon serves one module per connection
+        for name in names:
+            try:
+                fetch_into(
+                    settings.rsync, server, [server.module(name)], dest / name, state.modules / name
+                )
+            except Missing:
+                raise not_on_server(name, level[name], server) from None
+        return {name: load_module(dest / name, name) for name in names}
     # No trailing '/': each module lands in a directory of its own name.
     sources = [server.module(name).rstrip("/") for name in names]
     try:
@@ -125,9 +137,8 @@ def fetch_parameters(
                 )
             )
         except DiscoError as e:
-            failures.append(
-                DiscoError(str(e), "check disco/server/uri (or --server) and that the server is up")
-            )
+            hint = e.hint or "check disco/server/uri (or --server) and that the server is up"
+            failures.append(DiscoError(e.message, hint))
         if dest.exists():
             remove_tree(dest)
     if len(failures) == 1:

@@ -141,6 +141,9 @@ def rpc(argv: list[str], server: Server) -> str:
     except CommandError as e:
         if e.returncode == 127:
             raise DiscoError(e.stderr, "install rsync (apt-get install rsync)") from None
+        ssh = ssh_problem(e.stderr, server)
+        if ssh is not None:
+            raise ssh from None
         reason = rsync_reason(e.stderr) or f"rsync exited with status {e.returncode}"
         if "No such file or directory" in e.stderr or "Unknown module" in e.stderr:
             raise Missing(f"not on the server ({reason})") from None
@@ -154,3 +157,30 @@ def rsync_reason(stderr: str) -> str:
         if line.startswith(("rsync: ", "@ERROR", "ssh: ")) or "Connection refused" in line:
             return line
     return lines[0] if lines else ""
+
+
+def ssh_problem(stderr: str, server: Server) -> DiscoError | None:
+    """What ssh said went wrong, in words an administrator can act on."""
+    if server.kind is not Kind.SSH:
+        return None
+    user, _, host = server.uri.rpartition("@")
+    offending = re.search(r"Offending \S+ key in (\S+):(\d+)", stderr)
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr and offending:
+        return DiscoError(
+            f"server {server.uri} sent an ssh host key that does not match the one in"
+            f" {offending[1]} (line {offending[2]})",
+            "if the server was reinstalled, check its new key, then remove the old one from"
+            " known_hosts with ssh-keygen -R",
+        )
+    if "Host key verification failed" in stderr:
+        return DiscoError(
+            f"server {server.uri}: its ssh host key is not in known_hosts",
+            "add it to known_hosts (ssh-keyscan, checked against the server's own key)",
+        )
+    if "Permission denied" in stderr:
+        return DiscoError(
+            f"server {server.uri} refused this node's ssh key (Permission denied)",
+            f"add the node's public key to ~{user or 'USER'}/.ssh/authorized_keys on {host},"
+            " or name the right key with -i in disco/client/cmds/rsync",
+        )
+    return None
