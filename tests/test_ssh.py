@@ -7,6 +7,7 @@ through `rsync -e "ssh ..."` as disco/client/cmds/rsync names it.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,9 +22,9 @@ __all__ = ["sshd_server"]  # the harness's fixture: imported to be used by the t
 
 SEED = EXAMPLES / "seed"
 NODE = "localhost.localdomain"
-# Today every rsync is an ssh session of its own: the node's parameters, then each module.
-# Sharing one connection for the whole dance (issue 4) brings it down to one.
-SESSIONS_PER_SEED_DANCE = 3
+# One ssh connection for the whole dance (OpenSSH connection sharing): the node's
+# parameters and every module ride on it.
+SESSIONS_PER_SEED_DANCE = 1
 UNRESOLVABLE = "no-such-host.invalid"  # RFC 6761: never resolves
 
 
@@ -213,13 +214,18 @@ def test_an_unreachable_server_is_one_error_with_a_fix_and_keeps_the_last_good_c
             assert after.get(path) == before.get(path), path
 
 
-def test_a_seed_dance_over_ssh_opens_one_session_per_rsync_today(
+def test_a_seed_dance_over_ssh_opens_one_connection_for_all_its_rsyncs(
     cmd: Run, tmp_path: Path, sshd_server: SSHServer, real_root_unchanged: None
 ) -> None:
     state = tmp_path / "state"
     configure(cmd, state, sshd_server.uri, sshd_server.rsync_command())
     for _ in range(2):  # a first dance, and one with every local copy there already
         before = sshd_server.sessions()
-        result = dance(cmd, state, noop=True, debug=True)  # today it fails, see above
+        result = dance(cmd, state, noop=True, debug=True)
+        assert result.returncode == 0, result.stderr
         rsyncs = sum(line.startswith("debug: run: rsync ") for line in result.stderr.splitlines())
-        assert sshd_server.sessions() - before == rsyncs == SESSIONS_PER_SEED_DANCE, result.stderr
+        assert rsyncs == 3  # the node's parameters, then each of the two modules
+        assert sshd_server.sessions() - before == SESSIONS_PER_SEED_DANCE, result.stderr
+    # The shared connection is closed when the dance ends: its socket is gone.
+    control = Path(re.findall(r"ControlPath=(\S+)/%C", result.stderr)[-1])
+    assert not control.exists() or not any(control.iterdir())

@@ -11,7 +11,7 @@ import pytest
 from disco.errors import DiscoError
 from disco.params import ParamStore
 from disco.state import load_settings
-from disco.transport import Kind, has_rsh, parse_server, rsync_argv, without_quiet
+from disco.transport import Kind, has_rsh, parse_server, rsync_argv, sharing, without_quiet
 
 SEED_RSYNC = tuple(shlex.split('rsync -qaWHe "ssh -i /home/disco/.ssh/id_rsa_disco"'))
 
@@ -107,3 +107,24 @@ def test_the_change_check_drops_quiet_only(
     argv: tuple[str, ...], quiet_free: tuple[str, ...]
 ) -> None:
     assert without_quiet(argv) == quiet_free
+
+
+OPTS = "-o ControlMaster=auto -o ControlPath=/st/ssh/%C -o ControlPersist=60"
+
+
+@pytest.mark.parametrize(
+    "argv, shared",
+    [
+        (SEED_RSYNC, ("rsync", "-qaWHe", f"ssh -i /home/disco/.ssh/id_rsa_disco {OPTS}")),
+        (("rsync", "-a"), ("rsync", "-a", f"--rsh=ssh {OPTS}")),
+        (("rsync", "--rsh=ssh -p 2222", "-a"), ("rsync", f"--rsh=ssh -p 2222 {OPTS}", "-a")),
+        (("rsync", "--rsh", "ssh", "-a"), ("rsync", "--rsh", f"ssh {OPTS}", "-a")),
+        (("rsync", "-essh"), ("rsync", f"-essh {OPTS}")),
+    ],
+    ids=["seed", "none", "rsh=", "rsh-word", "attached"],
+)
+def test_ssh_is_told_to_share_one_connection(
+    argv: tuple[str, ...], shared: tuple[str, ...]
+) -> None:
+    assert sharing(argv, Path("/st/ssh")) == shared
+    assert has_rsh(shared)

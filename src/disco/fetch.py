@@ -8,7 +8,12 @@ last good copy as it was.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from disco.errors import DiscoError
@@ -16,7 +21,15 @@ from disco.modules import Module, check_module_name, load_module
 from disco.order import discover, order
 from disco.params import is_name, recover_swap, remove_tree, swap_in
 from disco.state import Settings, State
-from disco.transport import Kind, Missing, Server, changed_trees, fetch_into
+from disco.transport import (
+    Kind,
+    Missing,
+    Server,
+    changed_trees,
+    close_shared,
+    fetch_into,
+    sharing,
+)
 
 
 @dataclass(frozen=True)
@@ -37,7 +50,8 @@ def fetch(state: State, node: str, settings: Settings) -> Plan:
     staging = state.staging
     if staging.exists():
         remove_tree(staging)
-    try:
+    with one_connection(state, settings) as settings, ExitStack() as cleanup:
+        cleanup.callback(lambda: remove_tree(staging) if staging.exists() else None)
         server, passed_over = fetch_parameters(state, node, settings)
         roots = modules_map(staging / "parameters" / node, node, server)
         if server.kind is Kind.LOCAL:
@@ -59,11 +73,34 @@ def fetch(state: State, node: str, settings: Settings) -> Plan:
         for name in sorted(changed):
             swap_in(staging / "modules" / name, state.modules / name)
         prune(state, set(wanted))
-    finally:
-        if staging.exists():
-            remove_tree(staging)
     modules_in_order = tuple(load_module(state.modules / name, name) for name in names)
     return Plan(node, server, modules_in_order, passed_over)
+
+
+PARALLEL = 4  # module fetches at once from a remote server, over one shared connection
+
+
+@contextmanager
+def one_connection(state: State, settings: Settings) -> Iterator[Settings]:
+    """The settings with an rsync whose ssh shares one connection per server for this
+    fetch (the control socket in a private directory of the state), closed afterwards."""
+    ssh = [server for server in settings.servers if server.kind is Kind.SSH]
+    if not ssh:
+        yield settings
+        return
+    control, private = state.root / "ssh", None
+    if len(str(control)) > 60:  # a socket's path must fit in ~107 bytes; %C takes 40
+        control = private = Path(tempfile.mkdtemp(prefix="disco-ssh-"))
+    control.mkdir(mode=0o700, exist_ok=True)
+    shared = replace(settings, rsync=sharing(settings.rsync, control))
+    try:
+        yield shared
+    finally:
+        if any(control.iterdir()):
+            for server in ssh:
+                close_shared(shared.rsync, server)
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
 
 
 def not_on_server(name: str, wanted_by: str, server: Server) -> DiscoError:
@@ -94,12 +131,19 @@ def fetch_modules(
     names = sorted(level)
     if not names:
         return {}
-    if server.kind is not Kind.LOCAL:  # a daemon serves one module per connection
+    if server.kind is not Kind.LOCAL:
+        # A daemon serves one module per rsync: fetch them side by side, each its own
+        # session over the one shared connection.
+        def one(name: str) -> None:
+            fetch_into(
+                settings.rsync, server, [server.module(name)], dest / name, state.modules / name
+            )
+
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            done = {name: pool.submit(one, name) for name in names}
         for name in names:
             try:
-                fetch_into(
-                    settings.rsync, server, [server.module(name)], dest / name, state.modules / name
-                )
+                done[name].result()
             except Missing:
                 raise not_on_server(name, level[name], server) from None
         return {name: load_module(dest / name, name) for name in names}

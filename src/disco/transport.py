@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,14 +52,50 @@ def parse_server(uri: str) -> Server:
     )
 
 
+def rsh_at(rsync: tuple[str, ...]) -> tuple[int, str] | None:
+    """Where the rsync command names its remote shell: the index of the word holding the
+    shell command and the text before the command in that word (`-e CMD`, `-qaWHe CMD`,
+    `-essh`, `--rsh=CMD`, `--rsh CMD`); None if it names none."""
+    for i, word in enumerate(rsync[1:], start=1):
+        if word.startswith("--rsh="):
+            return i, "--rsh="
+        if word == "--rsh" and i + 1 < len(rsync):
+            return i + 1, ""
+        if word.startswith("-") and not word.startswith("--") and "e" in word[1:]:
+            flags, _, attached = word[1:].partition("e")
+            if attached:
+                return i, f"-{flags}e"
+            if i + 1 < len(rsync):
+                return i + 1, ""
+    return None
+
+
 def has_rsh(rsync: tuple[str, ...]) -> bool:
     """Does the rsync command already name a remote shell (-e / --rsh)?"""
-    for word in rsync[1:]:
-        if word.startswith("--rsh") or (
-            word.startswith("-") and not word.startswith("--") and "e" in word[1:]
-        ):
-            return True
-    return False
+    return rsh_at(rsync) is not None
+
+
+def sharing(rsync: tuple[str, ...], control: Path) -> tuple[str, ...]:
+    """The rsync command with its ssh told to share one connection per server (OpenSSH
+    ControlMaster), so a dance authenticates once, however many modules it fetches.
+    Options the command gives itself come first, and ssh keeps the first it reads: a
+    `-o ControlMaster=no` of the admin's wins."""
+    options = f"-o ControlMaster=auto -o ControlPath={control}/%C -o ControlPersist=60"
+    at = rsh_at(rsync)
+    if at is None:
+        return (*rsync, f"--rsh=ssh {options}")
+    i, _ = at
+    return (*rsync[:i], f"{rsync[i]} {options}", *rsync[i + 1 :])
+
+
+def close_shared(rsync: tuple[str, ...], server: Server) -> None:
+    """Close the shared connection to `server`, if one is open."""
+    at = rsh_at(rsync)
+    if at is None or server.kind is not Kind.SSH:
+        return
+    i, prefix = at
+    ssh = shlex.split(rsync[i][len(prefix) :])
+    run([*ssh, "-O", "exit", server.base.rstrip(":")], check=False)
 
 
 def rsync_argv(
