@@ -113,8 +113,12 @@ def sshd_server() -> Iterator[SSHServer]:
 
 
 @contextlib.contextmanager
-def ssh_server(tree: Path = SEED) -> Iterator[SSHServer]:
-    """Serve `tree` (parameters/ and modules/, as examples/seed) over rsync+ssh."""
+def ssh_server(tree: Path = SEED, sshd_options: Iterable[str] = ()) -> Iterator[SSHServer]:
+    """Serve `tree` (parameters/ and modules/, as examples/seed) over rsync+ssh.
+
+    `sshd_options`: sshd_config lines that replace the harness's own (sshd keeps the first
+    value it reads for a keyword), e.g. "AllowTcpForwarding yes" to show that a key's own
+    restrictions, not the server's, refuse a port forward."""
     if os.geteuid() != 0:
         pytest.fail("the ssh tests create a user and start sshd: run them as root")
     if not SSHD.exists():
@@ -133,7 +137,7 @@ def ssh_server(tree: Path = SEED) -> Iterator[SSHServer]:
         client_key = keygen(tmp / "client", "client@disco-test")
         layout_home(tree, home, user, client_key.with_suffix(".pub"))
         host_key = keygen(tmp / "ssh_host_ed25519_key", "host@disco-test")
-        sshd, port = start_sshd(tmp, user, home, host_key)
+        sshd, port = start_sshd(tmp, user, home, host_key, sshd_options)
         known_hosts = tmp / "known_hosts"
         write_known_hosts(known_hosts, port, host_key.with_suffix(".pub"))
         yield SSHServer(LOOPBACK, port, user, home, client_key, known_hosts, tmp / "sshd.log", tmp)
@@ -208,15 +212,17 @@ LogLevel VERBOSE
 
 
 def start_sshd(
-    tmp: Path, user: str, home: Path, host_key: Path
+    tmp: Path, user: str, home: Path, host_key: Path, options: Iterable[str] = ()
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start sshd in the foreground on a free loopback port; return it once it answers."""
+    """Start sshd in the foreground on a free loopback port; return it once it answers.
+    `options`: sshd_config lines put first, so that they win over the harness's."""
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)  # sshd refuses to start without it
     config, log = tmp / "sshd_config", tmp / "sshd.log"
     for _ in range(3):  # another program may take the free port before sshd binds it
         port = free_port()
         config.write_text(
-            SSHD_CONFIG.format(
+            "".join(f"{option}\n" for option in options)
+            + SSHD_CONFIG.format(
                 host=LOOPBACK, port=port, host_key=host_key, tmp=tmp, home=home, user=user
             )
         )
