@@ -77,7 +77,7 @@ def fetch(state: State, node: str, settings: Settings) -> Plan:
     return Plan(node, server, modules_in_order, passed_over)
 
 
-PARALLEL = 4  # module fetches at once from a remote server, over one shared connection
+PARALLEL = 8  # module fetches at once over one shared connection (sshd allows 10)
 
 
 @contextmanager
@@ -174,11 +174,17 @@ def fetch_parameters(
             )
             return server, tuple(failures)
         except Missing:
-            failures.append(
-                DiscoError(
-                    f"node '{node}' is not on server {server.uri} (no parameters/{node}/ there)",
-                    f"add parameters/{node}/ to the server, or name the node with --node",
+            where = f"no parameters/{node}/ there"
+            hint = f"add parameters/{node}/ to the server, or name the node with --node"
+            if server.kind is not Kind.LOCAL:
+                # A key confined to another node gets the same answer as a missing node.
+                where += ", or none for this node's key"
+                hint += (
+                    "; if it is there, give this node's key access on the server:"
+                    f" disco-server add-node {node} KEY.pub"
                 )
+            failures.append(
+                DiscoError(f"node '{node}' is not on server {server.uri} ({where})", hint)
             )
         except DiscoError as e:
             hint = e.hint or "check disco/server/uri (or --server) and that the server is up"
