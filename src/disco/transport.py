@@ -178,9 +178,9 @@ def rpc(argv: list[str], server: Server) -> str:
     except CommandError as e:
         if e.returncode == 127:
             raise DiscoError(e.stderr, "install rsync (apt-get install rsync)") from None
-        ssh = ssh_problem(e.stderr, server)
-        if ssh is not None:
-            raise ssh from None
+        known = ssh_problem(e.stderr, server) or rsync_problem(e.stderr, server)
+        if known is not None:
+            raise known from None
         reason = rsync_reason(e.stderr) or f"rsync exited with status {e.returncode}"
         if "No such file or directory" in e.stderr or "Unknown module" in e.stderr:
             raise Missing(f"not on the server ({reason})") from None
@@ -219,5 +219,23 @@ def ssh_problem(stderr: str, server: Server) -> DiscoError | None:
             f"server {server.uri} refused this node's ssh key (Permission denied)",
             f"add the node's public key to ~{user or 'USER'}/.ssh/authorized_keys on {host},"
             " or name the right key with -i in disco/client/cmds/rsync",
+        )
+    return None
+
+
+def rsync_problem(stderr: str, server: Server) -> DiscoError | None:
+    """An rsync on the server too old for the command we run, in words to act on."""
+    unknown = re.search(r"on remote machine: (\S+): unknown option", stderr)
+    if unknown:
+        return DiscoError(
+            f"the rsync on server {server.uri} does not know the option {unknown[1]}"
+            " of disco/client/cmds/rsync (too old?)",
+            "upgrade rsync on the server, or take the option out of disco/client/cmds/rsync",
+        )
+    if "protocol version mismatch" in stderr:
+        return DiscoError(
+            f"the rsync on server {server.uri} speaks a protocol this one does not",
+            "upgrade rsync on the server; over ssh, also make sure the remote shell's"
+            " startup files print nothing",
         )
     return None
