@@ -92,7 +92,7 @@ def dance(args: argparse.Namespace) -> int:
             plan = fetch(state, node, settings)
         for failure in plan.passed_over:
             out.warning(f"{failure.message}; passed over")
-        if plan.passed_over:
+        if len(settings.servers) > 1:  # with failover, say which one it was
             out.info(f"Fetched from server {plan.server.uri}")
         if args.module:
             unknown = sorted(set(args.module) - set(plan.names))
