@@ -18,21 +18,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from disco.mounts import CLONE_NEWNS, MS_PRIVATE, MS_REC, Mount, read_mounts, submounts, unshare
 from disco.run import run
 from disco.sandbox import (
-    CLONE_NEWNS,
-    MS_PRIVATE,
-    MS_REC,
     Mode,
-    Mount,
     Step,
-    _unshare,
     describe,
     loopback_network,
     plan,
-    read_mounts,
     run_step,
-    submounts,
     upper_of,
 )
 
@@ -69,7 +63,7 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     if os.geteuid() != 0:
         sys.exit("bench_sandbox: run me as root")
-    _unshare(CLONE_NEWNS)
+    unshare(CLONE_NEWNS)
     Mount("/", flags=MS_REC | MS_PRIVATE).do()
     base = Path(tempfile.mkdtemp(prefix="disco-bench-", dir="/var/tmp"))  # same fs as /
     tmpfs = Path(tempfile.mkdtemp(prefix="disco-bench-", dir="/run"))

@@ -183,6 +183,17 @@ def test_delete_needs_recursive_for_a_map_with_keys(tmp_path: Path) -> None:
     assert store.read() == {}
 
 
+def test_a_value_that_reads_like_a_map_survives_dump_and_set_dash(tmp_path: Path) -> None:
+    store = ParamStore(tmp_path / "a")
+    store.set(("looks",), "{}")
+    store.set(("is",), None)
+    lines = [dump_line(p, v) for p, v in store.dump()]
+    assert lines == ["is = {}", "looks = \\{}"]
+    copy = ParamStore(tmp_path / "b")
+    copy.set_many(parse_assignments("\n".join(lines)))
+    assert copy.read() == {"is": {}, "looks": "{}"}
+
+
 def test_parse_assignments_forms() -> None:
     text = "# comment\n\na=1\nb = two words\nc = {}\nd=x\\ny\\\\z\ne==\nf=C:\\temp\n"
     assert parse_assignments(text) == [

@@ -12,18 +12,16 @@ from pathlib import Path
 import pytest
 
 from disco.errors import CommandError, DiscoError
+from disco.mounts import Submount, read_mounts, submounts
 from disco.run import run
 from disco.sandbox import (
     Bind,
     Mode,
     Step,
     StepResult,
-    Submount,
     loopback_network,
     plan,
-    read_mounts,
     run_step,
-    submounts,
     upper_of,
 )
 

@@ -29,16 +29,14 @@ from disco.commit import apply, plan_commit
 from disco.fetch import Plan
 from disco.metrics import Meter, Record
 from disco.modules import Edge, Module
+from disco.mounts import bind_readonly, mount_tmpfs, private_mounts
 from disco.params import Tree, node_view, read_tree
 from disco.sandbox import (
     Bind,
     Mode,
     Step,
     StepResult,
-    bind_readonly,
     loopback_network,
-    mount_tmpfs,
-    private_mounts,
     run_step,
     upper_of,
 )

@@ -388,6 +388,8 @@ def dump_line(path: ParamPath, value: str | None) -> str:
     if value is None:
         return f"{join(path)} = {MAP}"
     escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    if escaped == MAP:  # a value that reads like a map, told apart from one
+        escaped = "\\" + MAP
     return f"{join(path)} = {escaped}"
 
 
@@ -395,8 +397,8 @@ def parse_assignments(text: str) -> list[tuple[ParamPath, str | None]]:
     """Parse `PATH=VALUE` (or dump's `PATH = VALUE`) lines; `{}` makes a map.
 
     Blank lines and lines starting with `#` are skipped; `\\n`, `\\r` and `\\\\` in a
-    value stand for a newline, a carriage return and a backslash; any other backslash
-    is kept.
+    value stand for a newline, a carriage return and a backslash, and `\\{}` for a
+    value that is `{}`; any other backslash is kept.
     """
     items: list[tuple[ParamPath, str | None]] = []
     # Only "\n" ends a line: a value may hold any other character.
@@ -418,6 +420,6 @@ def parse_assignments(text: str) -> list[tuple[ParamPath, str | None]]:
 
 
 def unescape(text: str) -> str:
-    escapes = {"n": "\n", "r": "\r", "\\": "\\"}
+    escapes = {"n": "\n", "r": "\r", "\\": "\\", "{": "{"}
     # An unknown escape (a Windows path's `\t`) stays as it was written.
     return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(0)), text, flags=re.DOTALL)

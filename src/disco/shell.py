@@ -29,10 +29,11 @@ from disco.dance import VIEW_AT, command, hidden_state, noop_binds, parameters, 
 from disco.errors import EXIT_LOCKED, DiscoError
 from disco.lock import hold
 from disco.modules import Module, load_module
+from disco.mounts import mount_tmpfs
 from disco.order import order
 from disco.params import is_name
 from disco.run import run
-from disco.sandbox import Bind, Mode, Step, mount_tmpfs, run_step, upper_of
+from disco.sandbox import Bind, Mode, Step, run_step, upper_of
 from disco.state import State
 from disco.view import (
     View,
