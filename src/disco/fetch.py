@@ -17,9 +17,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from disco.errors import DiscoError
+from disco.files import recover_swap, remove_tree, swap_in
 from disco.modules import Module, check_module_name, load_module
 from disco.order import discover, order
-from disco.params import is_name, recover_swap, remove_tree, swap_in
+from disco.params import is_name
 from disco.state import Settings, State
 from disco.transport import (
     Kind,
@@ -212,10 +213,7 @@ def modules_map(tree: Path, node: str, server: Server) -> list[str]:
         )
     names = sorted(name for name in os.listdir(where) if not name.startswith("."))
     for name in names:
-        try:
-            check_module_name(name, f"node '{node}' modules map: module name")
-        except DiscoError as e:
-            raise DiscoError(e.message, e.hint) from None
+        check_module_name(name, f"node '{node}' modules map: module name")
     return names
 
 

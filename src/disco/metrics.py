@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from disco.errors import DiscoError
+from disco.files import write_atomic
 from disco.sandbox import Usage
 
 FORMAT = 1  # bumped when a report's JSON changes incompatibly
@@ -120,27 +121,13 @@ def save(reports_dir: Path, report: DanceReport) -> Path:
     history.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = json.dumps(to_data(report), indent=1, sort_keys=True) + "\n"
     name = report.started.replace(os.sep, "_")
-    _write_atomic(history / f"{name}-{os.getpid()}.json", text)
+    write_atomic(history / f"{name}-{os.getpid()}.json", text.encode("ascii"))
     last = reports_dir / "last.json"
-    _write_atomic(last, text)
+    write_atomic(last, text.encode("ascii"))  # json.dumps escapes all else
     kept = sorted(p for p in history.glob("*.json") if not p.name.startswith("."))
     for old in kept[:-KEEP]:
         old.unlink()
     return last
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write beside the target on the same filesystem, then rename over it."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "w", encoding="ascii") as f:  # json.dumps escapes all else
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 _REDO = "run 'disco dance' to write a new one"

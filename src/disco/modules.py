@@ -39,7 +39,12 @@ class Module:
 
 
 def check_module_name(name: str, where: str = "module name") -> str:
-    return check_segment(name, where)
+    """A module name read from the server (a requires file, a node's modules map): a bad
+    one is the server's error, not a usage error."""
+    try:
+        return check_segment(name, where)
+    except UsageError as e:
+        raise DiscoError(e.message, e.hint) from None
 
 
 def parse_requires(text: str, module: str) -> tuple[Requirement, ...]:
@@ -60,10 +65,7 @@ def parse_requires(text: str, module: str) -> tuple[Requirement, ...]:
                 f"{where}: cannot read '{line}'",
                 "write one module per line: NAME, 'after NAME' or 'before NAME'",
             )
-        try:
-            check_module_name(name, f"{where}: module name")
-        except UsageError as e:
-            raise DiscoError(e.message, e.hint) from None
+        check_module_name(name, f"{where}: module name")
         found.append(Requirement(edge, name, number))
     return tuple(found)
 
@@ -85,7 +87,7 @@ REQUIRES_TEMPLATE = """\
 
 def init_module(path: Path) -> Module:
     """Lay out a new module skeleton at `path`; its name is the last path component."""
-    name = check_module_name(path.name)
+    name = check_segment(path.name, "module name")  # given on the command line
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise DiscoError(
             f"cannot create module at {path}: it exists and is not an empty directory",

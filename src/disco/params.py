@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Union
 
 from disco.errors import DiscoError, UsageError
+from disco.files import remove_tree, swap_in, write_atomic
 
 Tree = dict[str, Union[str, "Tree"]]
 Value = Union[str, Tree]
@@ -273,50 +273,6 @@ def write_tree(directory: Path, tree: Tree) -> None:
             write_tree(directory / name, child)
         else:
             (directory / name).write_bytes(encode(child))
-
-
-def write_atomic(target: Path, data: bytes) -> None:
-    """Write beside `target` and rename over it, so a reader never sees half a value."""
-    fd, temp = tempfile.mkstemp(prefix=f".~{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def swap_in(new: Path, target: Path) -> None:
-    """Put directory `new` where `target` is, then remove the old `target`.
-
-    Between the two renames a crash leaves `target` missing and `.~NAME.old` beside it;
-    `recover_swap` puts it back.
-    """
-    old = target.with_name(f".~{target.name}.old")
-    if old.exists():
-        remove_tree(old)
-    if target.exists():
-        os.rename(target, old)
-    os.rename(new, target)
-    if old.exists():
-        remove_tree(old)
-
-
-def recover_swap(target: Path) -> None:
-    old = target.with_name(f".~{target.name}.old")
-    if old.exists() and not target.exists():
-        os.rename(old, target)
-
-
-def remove_tree(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
 
 
 # -- JSON and merging -----------------------------------------------------------------

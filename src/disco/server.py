@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from disco.errors import DiscoError, UsageError
+from disco.files import write_atomic
 from disco.modules import Module, load_module
 from disco.order import order
-from disco.params import check_segment, write_atomic
+from disco.params import check_segment
 
 HEADER = "# disco-server"  # `# disco-server: DIR`, so that `sync` needs no DIR
 NODE_HEADER = "# disco-server node"  # `# disco-server node: NODE` in a node's config
@@ -146,11 +147,11 @@ def render(root: Path, old: Config | None, node: str | None = None) -> str:
     return "\n".join([head, *items])
 
 
-def write(path: Path, text: str) -> None:
+def write(path: Path, text: str, mode: int = 0o644) -> None:
     """Write `path` beside it and rename it into place, making its directory if need be."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, text.encode())
+        write_atomic(path, text.encode(), mode)
     except OSError as e:
         raise DiscoError(f"cannot write {path}: {e.strerror}", "check where it goes") from None
 
@@ -204,8 +205,7 @@ def install_key(path: Path, line: str, blob: str) -> bool:
     mine = [i for i, o in enumerate(old) if not o.startswith("#") and blob in o.split()]
     lines = [o for i, o in enumerate(old) if i not in mine]
     lines.insert(mine[0] if mine else len(lines), line)
-    write(path, "\n".join(lines) + "\n")
-    path.chmod(0o600)
+    write(path, "\n".join(lines) + "\n", 0o600)
     return bool(mine)
 
 

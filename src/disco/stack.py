@@ -10,9 +10,10 @@ same filesystem, so it costs what the step wrote, not what the root holds.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from pathlib import Path
+
+from disco.files import remove_tree
 
 OPAQUE = "trusted.overlay.opaque"
 
@@ -45,7 +46,7 @@ def fold(top: Path, below: Path, lower: Path | None) -> None:
             beneath = None
         if is_whiteout(entry):
             if dst_st is not None:
-                remove(dst)
+                remove_tree(dst)
             if beneath is not None:
                 os.rename(src, dst)
             continue
@@ -60,26 +61,19 @@ def fold(top: Path, below: Path, lower: Path | None) -> None:
             else:
                 # It covers something of `below` (a file, a whiteout) that hid what is
                 # beneath: it must hide it too.
-                remove(dst)
+                remove_tree(dst)
                 os.rename(src, dst)
                 os.setxattr(dst, OPAQUE, b"y", follow_symlinks=False)
             continue
         # A file, a symlink or an opaque directory: it replaces all below.
         if dst_st is not None:
-            remove(dst)
+            remove_tree(dst)
         os.rename(src, dst)
 
 
 def is_whiteout(entry: os.DirEntry[str]) -> bool:
     st = entry.stat(follow_symlinks=False)
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
 
 
 def copy_dir_meta(src: Path, dst: Path) -> None:

@@ -111,8 +111,8 @@ def dance(args: argparse.Namespace) -> int:
         finally:  # a dance cut short is reported too, as far as it went
             mode = "noop" if noop else "live"
             records, changes = tuple(meter.records), tuple(dancer.outcome.changes)
-            report_ = DanceReport(started, node, mode, str(root), status, records, changes)
-            save(state.reports, report_)
+            summary = DanceReport(started, node, mode, str(root), status, records, changes)
+            save(state.reports, summary)
     return status
 
 
