@@ -18,17 +18,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from disco.mounts import CLONE_NEWNS, MS_PRIVATE, MS_REC, Mount, read_mounts, submounts, unshare
+from disco.mounts import MS_PRIVATE, MS_REC, Mount, read_mounts, submounts
 from disco.run import run
-from disco.sandbox import (
-    Mode,
-    Step,
-    describe,
-    loopback_network,
-    plan,
-    run_step,
-    upper_of,
-)
+from disco.sandbox import Mode, Step, Zygote, describe, make_dev, plan, run_step, upper_of
+from disco.zygote import CLONE_NEWNS, unshare
 
 
 def median_ms(fn: Callable[[], object], n: int) -> float:
@@ -79,17 +72,20 @@ def main() -> None:
 def measure(n: int, base: Path, tmpfs: Path) -> None:
     counter = iter(range(10**9))
 
+    zygote = Zygote()  # as a dance has it: one for all its steps, /dev made once
+    make_dev(tmpfs / "dev")
+
     def step(
         mode: Mode, store: Path = base, lowers: tuple[Path, ...] = (), cmd: str = "",
-        net: int | None = None,
+        shared: bool = True, own: bool = False,
     ) -> None:  # fmt: skip
         layer = store / f"s{next(counter)}"
         argv = ("bash", "-c", cmd) if cmd else ("/bin/true",)
         hide = (str(base), str(tmpfs))
-        s = Step(
-            argv, Path("/"), layer, lowers, mode, hostname="bench-node", hide=hide, network=net
-        )
-        run_step(s)
+        dev = tmpfs / "dev" if shared and mode is Mode.NOOP else None
+        s = Step(argv, Path("/"), layer, lowers, mode, hostname="bench-node", hide=hide,
+                 shared_network=shared, dev=dev)  # fmt: skip
+        run_step(s) if own else zygote.run(s)
         shutil.rmtree(layer)
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -100,14 +96,14 @@ def measure(n: int, base: Path, tmpfs: Path) -> None:
         ("direct: disco.run.run (subprocess)", median_ms(lambda: run(["/bin/true"]), n)),
         ("direct: os.fork + execv + wait", median_ms(fork_true, n)),
         ("a bare os.fork + _exit of this process", median_ms(bare_fork, n)),
+        ("live step, a zygote of its own", median_ms(lambda: step(Mode.LIVE, own=True), n)),
         ("live step, layer on the root fs", median_ms(lambda: step(Mode.LIVE), n)),
         ("NOOP step, layer on the root fs", median_ms(lambda: step(Mode.NOOP), n)),
-        ("NOOP step, layer on a tmpfs", median_ms(lambda: step(Mode.NOOP, tmpfs), n)),
+        ("NOOP step, layer on a tmpfs (as a dance)", median_ms(lambda: step(Mode.NOOP, tmpfs), n)),
         ("live step, layer on a tmpfs", median_ms(lambda: step(Mode.LIVE, tmpfs), n)),
     ]
-    with loopback_network() as net:
-        ms = median_ms(lambda: step(Mode.NOOP, tmpfs, net=net), n)
-        rows.append(("NOOP step, layer on a tmpfs, shared network", ms))
+    ms = median_ms(lambda: step(Mode.NOOP, tmpfs, shared=False), n)
+    rows.append(("NOOP step, tmpfs, own network and /dev", ms))
     stacked: dict[int, tuple[Path, ...]] = {0: ()}
     for depth in (10, 100):
         lowers: list[Path] = []

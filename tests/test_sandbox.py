@@ -19,7 +19,7 @@ from disco.sandbox import (
     Mode,
     Step,
     StepResult,
-    loopback_network,
+    Zygote,
     plan,
     run_step,
     upper_of,
@@ -196,14 +196,15 @@ def test_noop_on_the_real_root(tmp_path: Path) -> None:
 @root_only
 def test_noop_steps_can_share_one_loopback_network(tmp_path: Path) -> None:
     ours = os.readlink("/proc/self/ns/net")
-    out = tmp_path / "out"
-    with loopback_network() as net, out.open("w") as f:
-        assert os.readlink("/proc/self/ns/net") == ours
+    script = "ls /sys/class/net; cat /sys/class/net/lo/flags; readlink /proc/self/ns/net"
+    with Zygote() as zygote:
         for i in range(2):
-            script = "ls /sys/class/net; cat /sys/class/net/lo/flags; readlink /proc/self/ns/net"
-            sh(Path("/"), tmp_path / str(i), script, network=net, stdout=f.fileno(),
-               hide=(str(tmp_path),))  # fmt: skip
-    lines = out.read_text().split()
+            step = Step(("bash", "-ec", script), Path("/"), tmp_path / str(i),
+                        stdout=tmp_path / f"out{i}", shared_network=True,
+                        hide=(str(tmp_path),))  # fmt: skip
+            assert zygote.run(step).returncode == 0
+    assert os.readlink("/proc/self/ns/net") == ours
+    lines = (tmp_path / "out0").read_text().split() + (tmp_path / "out1").read_text().split()
     assert lines[:2] == ["lo", "0x9"] and lines[:3] == lines[3:]  # up; the same namespace
     assert lines[2] != ours
 

@@ -215,15 +215,43 @@ def content_diff(change: Change, style: str = "normal") -> str:
         return "(content hidden: sensitive)"
     if any(p is not None and b"\0" in _head(p) for p in (old, new)):
         return "Binary files differ"
+    if old is None or new is None:  # all lines added or all removed: no need for diff
+        one = new if old is None else old
+        assert one is not None
+        return _one_sided(one.read_bytes(), old is None, change.path, style)
     argv = ["diff", "--text"]
     if style == "unified":
         argv += ["-u", "--label", f"a{change.path}", "--label", f"b{change.path}"]
-    argv += [str(old or os.devnull), str(new or os.devnull)]
+    argv += [str(old), str(new)]
     result = run(argv, check=False)
     if result.returncode > 1:  # 1 only says that the files differ
         raise CommandError(argv, result.returncode, result.stderr.decode(errors="replace"))
     text = result.stdout.decode(errors="replace")
     return text[:-1] if text.endswith("\n") else text
+
+
+def _one_sided(data: bytes, added: bool, path: str, style: str) -> str:
+    """What GNU diff prints for a file against /dev/null (added) or the reverse."""
+    if not data:
+        return ""
+    lines = data.split(b"\n")
+    last_newline = lines[-1] == b""
+    if last_newline:
+        lines.pop()
+    n = len(lines)
+    span = "1" if n == 1 else f"1,{n}"
+    if style == "unified":
+        sign = "+" if added else "-"
+        count = "" if n == 1 else f",{n}"
+        hunk = f"@@ -0,0 +1{count} @@" if added else f"@@ -1{count} +0,0 @@"
+        head = [f"--- a{path}".encode(), f"+++ b{path}".encode(), hunk.encode()]
+    else:
+        sign = "> " if added else "< "
+        head = [(f"0a{span}" if added else f"{span}d0").encode()]
+    body = [sign.encode() + line for line in lines]
+    if not last_newline:
+        body.append(b"\\ No newline at end of file")
+    return b"\n".join(head + body).decode(errors="replace")
 
 
 # ---- rendering ----
@@ -316,6 +344,15 @@ def _resolve(dirs: _Dirs, rel: str) -> Path | None:
     for name in rel.split("/"):  # a non-dir leaves no dirs to look in: None below it
         found, dirs = _child(dirs, name)
     return found
+
+
+def lookup(lowers: Sequence[Path], rel: str) -> Path | None:
+    """The entry at `rel` ("" for the top) in the view `lowers` (upper dirs of layers,
+    newest first, then the target root), as overlayfs shows it; None if there is none."""
+    dirs: _Dirs = [(Path(p), i < len(lowers) - 1) for i, p in enumerate(lowers)]
+    if not rel:
+        return dirs[-1][0]
+    return _resolve(dirs, rel)
 
 
 class _Names:

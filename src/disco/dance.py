@@ -26,25 +26,21 @@ from disco.changes import (
     read_changes,
 )
 from disco.commit import apply, plan_commit
+from disco.errors import DiscoError
 from disco.fetch import Plan
+from disco.files import write_atomic
 from disco.metrics import Meter, Record
 from disco.modules import Edge, Module
 from disco.mounts import bind_readonly, mount_tmpfs, private_mounts
-from disco.params import Tree, node_view, read_tree
-from disco.sandbox import (
-    Bind,
-    Mode,
-    Step,
-    StepResult,
-    loopback_network,
-    run_step,
-    upper_of,
-)
+from disco.params import Tree, encode, node_view, read_tree
+from disco.sandbox import Bind, Mode, Step, StepResult, Zygote, make_dev, upper_of
 from disco.stack import fold
+from disco.staging import Source, stage
 from disco.state import State
 from disco.view import (
     SANDBOX_PATH,
     View,
+    build_shims,
     build_view,
     intercepted_binaries,
     load_noop_list,
@@ -52,20 +48,6 @@ from disco.view import (
 )
 
 VIEW_AT = "/var/disco"
-
-# The delivery step, run in the sandbox as `bash -ec DELIVER deliver SOURCE LIST ...`:
-# copies the files each LIST names (NUL-separated) from its SOURCE onto /. coreutils'
-# cp costs a few ms where rsync costs about 30 in a sandbox. --parents makes missing
-# directories (with the module's modes) and leaves existing ones as they are;
-# --remove-destination replaces a symlink instead of writing where it points.
-DELIVER = """\
-while [ $# -gt 0 ]; do
-  cd "$1"
-  mapfile -d '' -t names < "$2"
-  cp -RP --preserve=mode,timestamps,links --remove-destination --parents -- "${names[@]}" /
-  shift 2
-done
-"""
 
 
 class Sink(Protocol):
@@ -131,8 +113,11 @@ class Dance:
             self.work = work
             self.view = build_view(work / "view", self.noop_names)
             bind_readonly(self.state.modules, self.view.path / "modules")
-            self.binaries = intercepted_binaries(self.options.root, self.noop_names)
-            self.network = stack.enter_context(loopback_network())
+            binaries = intercepted_binaries(self.options.root, self.noop_names)
+            self.shims = build_shims(work / "shims", self.view, binaries, self.options.root)
+            make_dev(work / "dev")
+            self.zygote = stack.enter_context(Zygote())
+            write_parameters(self.view, parameters(self.state, self.plan.node, self.plan.modules))
             failed: set[str] = set()
             for module in self.plan.modules:
                 # Only what the module runs after can fail it; `before X` does not.
@@ -154,7 +139,9 @@ class Dance:
     # -- one module -----------------------------------------------------------------
 
     def module(self, module: Module) -> bool:
-        write_parameters(self.view, self.parameters(module))
+        # The merged parameters are written once; a module changes only current_module.
+        current = self.view.parameters / self.plan.node / "current_module"
+        write_atomic(current, encode(module.name))
         templates = (
             sorted(
                 str(p.relative_to(module.part("templates")))
@@ -167,9 +154,7 @@ class Dance:
         for rel in templates:
             if not self.template(module, rel):
                 return False
-        args = self.delivery(module, templates)
-        deliver = ("bash", "-ec", DELIVER, "deliver", *args)
-        if args and not self.step(module, "fetch", None, deliver, False):
+        if not self.deliver(module, bool(templates)):
             return False
         # As run-parts: files only, and no hidden ones (an editor's swap file).
         scripts = (
@@ -189,23 +174,25 @@ class Dance:
                 return False
         return True
 
-    def parameters(self, module: Module) -> Tree:
-        return parameters(self.state, self.plan.node, self.plan.modules, module.name)
-
-    def delivery(self, module: Module, templates: list[str]) -> tuple[str, ...]:
-        """The arguments of DELIVER for a module: its files, then its template outputs."""
-        args: list[str] = []
-        out = self.view.out(module.name)
-        for part, source, inside in (
-            ("files", module.part("files"), f"{VIEW_AT}/modules/{module.name}/files"),
-            ("templates", out / "tree", f"{VIEW_AT}/out/{module.name}/tree"),
-        ):
-            names = listing(source) if part == "files" else templates
-            if names:
-                out.mkdir(parents=True, exist_ok=True)
-                (out / f".{part}").write_bytes(b"".join(os.fsencode(n) + b"\0" for n in names))
-                args += [inside, f"{VIEW_AT}/out/{module.name}/.{part}"]
-        return tuple(args)
+    def deliver(self, module: Module, templates: bool) -> bool:
+        """Stage files/ and the templates' outputs into a layer, no sandbox needed; then
+        it is reported and committed (or stacked) like any step's."""
+        sources = [Source(module.part("files"), f"{module.name}/files")]
+        if templates:
+            tree = self.view.out(module.name) / "tree"
+            sources.append(Source(tree, f"{module.name}/templates", keep_owner=False))
+        if not any(s.tree.is_dir() for s in sources):
+            return True
+        with self.layer() as layer:
+            try:
+                with self.meter.measure(module.name, "fetch", None):
+                    upper_of(layer).mkdir()
+                    stage(sources, upper_of(layer), self.lowers())
+            except DiscoError as e:
+                self.sink.error(f"{module.name}: delivery of files and templates: {e}")
+                return False
+            self.settle(module, "fetch", layer)
+        return True
 
     # -- steps ----------------------------------------------------------------------
 
@@ -218,8 +205,8 @@ class Dance:
         for parent in Path(rel).parents:
             os.chmod(tree / parent, stat.S_IMODE((templates / parent).stat().st_mode))
         path = f"{VIEW_AT}/modules/{module.name}/templates/{rel}"
-        with self.layer() as layer, out.open("wb") as f:
-            result = self.sandboxed(("bash", path), layer, Mode.NOOP, True, stdout=f.fileno())
+        with self.layer() as layer:
+            result = self.sandboxed(("bash", path), layer, Mode.NOOP, True, stdout=out)
         self.meter.add(record(module.name, "template", rel, result))
         os.chmod(out, stat.S_IMODE((templates / rel).stat().st_mode))
         if result.returncode != 0:
@@ -234,22 +221,26 @@ class Dance:
         self, module: Module, name: str, item: str | None, argv: tuple[str, ...], intercept: bool
     ) -> bool:
         mode = Mode.NOOP if self.options.noop else Mode.LIVE
-        label = item or name
         with self.layer() as layer:
             result = self.sandboxed(argv, layer, mode, intercept and self.options.noop)
             self.meter.add(record(module.name, name, item, result))
             if result.returncode != 0:
-                what = f"script {item}" if item else "delivery of files and templates"
-                self.sink.error(f"{module.name}: {what} exited with status {result.returncode}")
+                self.sink.error(
+                    f"{module.name}: script {item} exited with status {result.returncode}"
+                )
                 return False
-            with self.meter.measure(module.name, "diff", label):
-                changes = self.changes(module, label, layer)
-            if not self.options.noop and changes:
-                with self.meter.measure(module.name, "commit", label):
-                    apply(plan_commit(changes, self.options.root))
-            if self.options.noop:
-                self.stack(layer)
+            self.settle(module, item or name, layer)
         return True
+
+    def settle(self, module: Module, label: str, layer: Path) -> None:
+        """Report a successful step's changes; commit them (live) or stack them (NOOP)."""
+        with self.meter.measure(module.name, "diff", label):
+            changes = self.changes(module, label, layer)
+        if not self.options.noop and changes:
+            with self.meter.measure(module.name, "commit", label):
+                apply(plan_commit(changes, self.options.root))
+        if self.options.noop:
+            self.stack(layer)
 
     def stack(self, layer: Path) -> None:
         """Put a NOOP step's layer under the steps to come."""
@@ -258,10 +249,13 @@ class Dance:
         else:
             fold(upper_of(layer), upper_of(self.below), self.options.root)
 
+    def lowers(self) -> list[Path]:
+        """What a step's layer lies on: the NOOP steps so far, then the target root."""
+        return [upper_of(x) for x in self.stacked()] + [self.options.root]
+
     def changes(self, module: Module, label: str, layer: Path) -> list[Change]:
-        lowers = [upper_of(x) for x in self.stacked()] + [self.options.root]
         changes = read_changes(
-            upper_of(layer), lowers, exclude=self.exclude, sensitive=self.sensitive
+            upper_of(layer), self.lowers(), exclude=self.exclude, sensitive=self.sensitive
         )
         for change in changes:
             line = header(change)
@@ -301,25 +295,24 @@ class Dance:
         layer: Path,
         mode: Mode,
         intercept: bool,
-        stdout: int | None = None,
+        stdout: Path | None = None,
     ) -> StepResult:
-        env = step_env(self.plan.node, mode is Mode.NOOP, intercept)
-        binds = [Bind(self.view.path, VIEW_AT)]
-        if intercept:
-            binds += noop_binds(self.view, self.binaries)
+        noop = mode is Mode.NOOP
         lowers = self.stacked() if self.options.noop else ()
-        return run_step(
+        return self.zygote.run(
             Step(
                 argv,
                 root=self.options.root,
                 layer=layer,
                 lower_layers=lowers,
                 mode=mode,
-                env=env,
+                env=step_env(self.plan.node, noop, intercept),
                 hostname=self.plan.node,
                 hide=self.hidden,
-                binds=tuple(binds),
-                network=self.network if mode is Mode.NOOP else None,
+                binds=(Bind(self.view.path, VIEW_AT),),
+                shims=self.shims if intercept else None,
+                dev=self.work / "dev" if noop else None,
+                shared_network=noop,
                 stdout=stdout,
             )
         )
@@ -381,15 +374,6 @@ def command(host_path: Path, path: str) -> tuple[str, ...]:
     if shebang and os.access(host_path, os.X_OK):
         return (path,)
     return ("bash", path)
-
-
-def listing(tree: Path) -> list[str]:
-    """Every entry of `tree` but directories (symlinks included), relative, sorted."""
-    if not tree.is_dir():
-        return []
-    return sorted(
-        str(p.relative_to(tree)) for p in tree.rglob("*") if not p.is_dir() or p.is_symlink()
-    )
 
 
 def record(module: str, step: str, item: str | None, result: StepResult) -> Record:

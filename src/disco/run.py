@@ -48,3 +48,14 @@ def run(
     if check and result.returncode != 0:
         raise CommandError(argv, result.returncode, result.stderr.decode(errors="replace"))
     return result
+
+
+def start(argv: Sequence[str], *, pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
+    """Start a long-lived helper (the zygote): an empty environment, our stdout and
+    stderr, `pass_fds` kept open under their numbers, stdin closed unless among them."""
+    log.debug("start: %s", shlex.join(argv))
+    stdin = None if 0 in pass_fds else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(list(argv), env={}, stdin=stdin, pass_fds=tuple(pass_fds))
+    except OSError as e:
+        raise CommandError(argv, 127, f"cannot run {argv[0]}: {e.strerror}") from e

@@ -1,21 +1,22 @@
-"""Run one step in a fresh overlay layer, in its own namespaces (DESIGN §7, §12).
+"""Run steps in fresh overlay layers, in namespaces of their own (DESIGN §7, §12).
 
 A layer is a directory holding `upper/` (the step's writes, laid out like the target
 root: a write to /home/x on its own partition lands in upper/home/x) and, while the
 step runs, `work/` (overlayfs work dirs and mount points, removed afterwards).
 
-The parent plans the sandbox as a list of small operations, forks one child that
-unshares its namespaces and does them with a few direct syscalls, then spawns the
+disco plans each step's sandbox as a list of small operations (disco.mounts) and hands
+it to the zygote (disco.zygote), a small process started once per dance, which forks
+the step's init: it unshares the namespaces, performs the operations, spawns the
 command and reaps its whole tree (as pid 1 of a new pid namespace in NOOP, as a
-subreaper killing what is left behind in live mode). Every mount lives in the child's
-private mount namespace and dies with it: nothing is ever unmounted by the parent.
-Each operation also describes itself as a shell command, so a failed setup comes back
-with a script that reproduces it.
+subreaper killing what is left behind in live mode). Every mount lives in the step's
+private mount namespace and dies with it: nothing is ever unmounted by disco. Each
+operation also describes itself as a shell command, so a failed setup comes back with
+a script that reproduces it. What a dance builds once (a /dev, the interceptors as a
+lower layer, the loopback network) the steps only mount or join.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import resource
@@ -23,21 +24,19 @@ import shlex
 import shutil
 import signal
 import stat
-import time
-from collections.abc import Iterator, Mapping, Sequence
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NoReturn
+from types import TracebackType
+from typing import Any
 
+from disco import zygote
 from disco.errors import CommandError, DiscoError
 from disco.mounts import (
     API_DIRS,
     CAPS,
-    CLONE_NEWIPC,
-    CLONE_NEWNET,
-    CLONE_NEWNS,
-    CLONE_NEWPID,
-    CLONE_NEWUTS,
     MS_BIND,
     MS_MOVE,
     MS_NODEV,
@@ -47,8 +46,6 @@ from disco.mounts import (
     MS_RDONLY,
     MS_REC,
     MS_REMOUNT,
-    PR_SET_CHILD_SUBREAPER,
-    PR_SET_PDEATHSIG,
     SAFE,
     DropCaps,
     Make,
@@ -58,13 +55,12 @@ from disco.mounts import (
     PivotRoot,
     SetHostname,
     Submount,
-    check,
-    libc,
     read_mounts,
     submounts,
     under,
-    unshare,
 )
+from disco.run import start
+from disco.zygote import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUTS
 
 # The capabilities that reach outside a NOOP sandbox.
 NOOP_DROP_CAPS = (
@@ -76,6 +72,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OVERLAY_OPTIONS = "redirect_dir=off,index=off,metacopy=off,xino=off"
 _DEVICES = {"null": "1 3", "zero": "1 5", "full": "1 7", "random": "1 8", "urandom": "1 9",
             "tty": "5 0"}  # fmt: skip
+_DEV_LINKS = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+              "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}  # fmt: skip
 _PAGE = 4096  # mount(2) options must fit in one page
 
 
@@ -108,10 +106,15 @@ class Step:
     hostname: str | None = None  # the node's name; None keeps the host's
     hide: tuple[str, ...] = ()  # sandbox paths covered by an empty tmpfs (disco's state)
     binds: tuple[Bind, ...] = ()
-    network: int | None = None  # NOOP: an fd from loopback_network(); None: a new one
-    stdin: int | None = None  # fds; None: /dev/null for stdin, ours for stdout/stderr
-    stdout: int | None = None
-    stderr: int | None = None
+    shims: Path | None = None  # a dir laid out like the root, shown over it (interceptors)
+    dev: Path | None = None  # NOOP: a /dev made by make_dev() to bind; None: a new one
+    shared_network: bool = False  # NOOP: join the zygote's loopback-only network
+    # None: /dev/null for stdin, ours for stdout/stderr; an fd (of the zygote's: pass it
+    # to Zygote(), as run_step does); or a file that stdout/stderr are written to.
+    stdin: int | None = None
+    stdout: int | Path | None = None
+    stderr: int | Path | None = None
+    timeout: float | None = None  # seconds; then the step is killed with its whole tree
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class Usage:
 
     utime: float
     stime: float
-    maxrss: int  # KiB; at least the RSS of disco at fork time (see docs/sandbox-notes.md)
+    maxrss: int  # KiB; at least the zygote's ~5 MB at fork (see docs/sandbox-notes.md)
     minflt: int
     majflt: int
     inblock: int
@@ -139,9 +142,10 @@ class Usage:
 @dataclass(frozen=True)
 class StepResult:
     returncode: int  # exit status, or -N if killed by signal N
-    wall: float  # seconds, sandbox setup included
+    wall: float  # seconds, from the fork of the step's init to its reaping
     usage: Usage
     stray_pids: tuple[int, ...] = ()  # live: processes the command left running, killed
+    timed_out: bool = False
 
 
 def upper_of(layer: Path) -> Path:
@@ -173,6 +177,25 @@ def _overlay(lowers: Sequence[Path], upper: Path, work: Path, target: str, flags
     return Mount(target, "overlay", "overlay", flags, data)
 
 
+def dev_ops(dev: str) -> list[Op]:
+    """A minimal /dev at `dev` (an existing dir): null, zero, full, random, urandom, tty,
+    a private devpts, shm, and the fd links."""
+    ops: list[Op] = [Mount(dev, "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=4m")]
+    ops += [Make("chr", f"{dev}/{n}", d, 0o666) for n, d in _DEVICES.items()]
+    pts = "newinstance,ptmxmode=0666,mode=620,gid=5"
+    ops += [Make("dir", f"{dev}/pts"), Make("dir", f"{dev}/shm", mode=0o1777),
+            Mount(f"{dev}/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC, pts)]  # fmt: skip
+    ops += [Make("link", f"{dev}/{n}", t) for n, t in _DEV_LINKS.items()]
+    return ops
+
+
+def make_dev(path: Path) -> None:
+    """Build, in our own mount namespace, the /dev that a dance's NOOP steps bind."""
+    path.mkdir(parents=True, exist_ok=True)
+    for op in dev_ops(str(path)):
+        zygote.do(op.wire())
+
+
 def plan(step: Step, subs: Sequence[Submount], host_name: str) -> list[Op]:
     """The operations that build the step's sandbox, in order."""
     noop = step.mode is Mode.NOOP
@@ -181,11 +204,13 @@ def plan(step: Step, subs: Sequence[Submount], host_name: str) -> list[Op]:
 
     def layers(rel: str) -> list[Path]:
         lows = [upper_of(x) / rel for x in step.lower_layers]
+        if step.shims is not None:
+            lows.append(step.shims / rel)
         return [p for p in lows if p.is_dir()] + [Path(root, rel)]
 
     ops: list[Op] = [Mount("/", flags=MS_REC | MS_PRIVATE)]
     if noop:
-        ops.append(Network(step.network))
+        ops.append(Network(step.shared_network))
     for i, sub in enumerate(subs, 1):  # sub-overlays first, so no upper nests in a mounted one
         if not sub.readonly:
             up, stage = upper_of(step.layer) / sub.path, str(work / f"m{i}")
@@ -193,7 +218,12 @@ def plan(step: Step, subs: Sequence[Submount], host_name: str) -> list[Op]:
     ops.append(_overlay(layers(""), upper_of(step.layer), work / "0", merged, ovl_flags))
     for i, sub in enumerate(subs, 1):
         target = os.path.join(merged, sub.path)
-        if sub.readonly:
+        shim = step.shims / sub.path if step.shims is not None else None
+        if sub.readonly and shim is not None and shim.is_dir():
+            # Interceptors over a read-only filesystem: an overlay with no upper, read-only.
+            data = f"lowerdir={shim}:{os.path.join(root, sub.path)},{OVERLAY_OPTIONS}"
+            ops.append(Mount(target, "overlay", "overlay", MS_RDONLY | ovl_flags, data))
+        elif sub.readonly:
             ops += [Mount(target, os.path.join(root, sub.path), flags=MS_BIND),
                     Mount(target, flags=MS_BIND | MS_REMOUNT | MS_RDONLY)]  # fmt: skip
         else:
@@ -210,22 +240,17 @@ def plan(step: Step, subs: Sequence[Submount], host_name: str) -> list[Op]:
                 Mount(at(p), at(p), flags=MS_BIND),
                 Mount(at(p), flags=MS_BIND | MS_REMOUNT | MS_RDONLY | SAFE),
             ]
-        ops += [
-            Mount(at("sys"), "sysfs", "sysfs", MS_RDONLY | SAFE),
-            Mount(at("dev"), "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=4m"),
-        ]
-        ops += [Make("chr", at(f"dev/{n}"), dev, 0o666) for n, dev in _DEVICES.items()]
-        pts = "newinstance,ptmxmode=0666,mode=620,gid=5"
-        ops += [Make("dir", at("dev/pts")), Make("dir", at("dev/shm"), mode=0o1777),
-                Mount(at("dev/pts"), "devpts", "devpts", MS_NOSUID | MS_NOEXEC, pts)]  # fmt: skip
-        links = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
-                 "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}  # fmt: skip
-        ops += [Make("link", at(f"dev/{n}"), t) for n, t in links.items()]
+        ops += [Mount(at("sys"), "sysfs", "sysfs", MS_RDONLY | SAFE)]
+        if step.dev is not None:
+            ops += [Mount(at("dev"), str(step.dev), flags=MS_BIND | MS_REC)]
+        else:
+            ops += dev_ops(at("dev"))
         ops += [Mount(at("run"), "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")]
     else:
         ops += [Mount(at(d), f"/{d}", flags=MS_BIND | MS_REC) for d in API_DIRS]
     fresh = [f"/{d}" for d in API_DIRS] if noop else []  # already new and empty
-    hide = [h for h in step.hide if Path(root, h.lstrip("/")).is_dir()]
+    covered = {b.target for b in step.binds if b.source.is_dir()}  # a bind hides it anyway
+    hide = [h for h in step.hide if Path(root, h.lstrip("/")).is_dir() and h not in covered]
     hide = [h for h in hide if not any(under(h, d) for d in fresh)]
     for h in hide:
         ops.append(Mount(at(h), "tmpfs", "tmpfs", SAFE, "mode=755,size=1m"))
@@ -240,20 +265,29 @@ def plan(step: Step, subs: Sequence[Submount], host_name: str) -> list[Op]:
         ops.append(SetHostname(step.hostname))
     ops.append(PivotRoot(merged, step.cwd))
     if noop:
-        last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-        ops.append(DropCaps(tuple(n for n in map(CAPS.index, NOOP_DROP_CAPS) if n <= last)))
+        ops.append(DropCaps(tuple(n for n in map(CAPS.index, NOOP_DROP_CAPS) if n <= _last_cap())))
     return ops
+
+
+_LAST_CAP: list[int] = []
+
+
+def _last_cap() -> int:
+    if not _LAST_CAP:
+        _LAST_CAP.append(int(Path("/proc/sys/kernel/cap_last_cap").read_text()))
+    return _LAST_CAP[0]
 
 
 def _unshare_flags(step: Step, host_name: str) -> int:
     if step.mode is Mode.NOOP:
-        return CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET * (step.network is None)
+        own_net = CLONE_NEWNET * (not step.shared_network)
+        return CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | own_net
     return CLONE_NEWNS | (CLONE_NEWUTS if step.hostname not in (None, host_name) else 0)
 
 
 def describe(step: Step, ops: Sequence[Op]) -> str:
     """A shell command that rebuilds the sandbox and runs the step, for a human to debug."""
-    flags = _unshare_flags(replace(step, network=None), os.uname().nodename)
+    flags = _unshare_flags(replace(step, shared_network=False), os.uname().nodename)
     bits = {CLONE_NEWUTS: "--uts", CLONE_NEWIPC: "--ipc", CLONE_NEWNET: "--net"}
     names = [n for bit, n in bits.items() if flags & bit]
     names += ["--pid", "--fork"] if step.mode is Mode.NOOP else []
@@ -292,165 +326,112 @@ def _prepare(step: Step, subs: Sequence[Submount]) -> None:
                 os.utime(up, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-@contextlib.contextmanager
-def loopback_network() -> Iterator[int]:
-    """A network namespace with only loopback, up, for the NOOP steps of one dance to share.
+def _stdio(spec: int | Path | None, flags: int) -> Any:
+    if isinstance(spec, Path):
+        return (str(spec), flags, 0o644)
+    return spec
 
-    Entering it costs a step microseconds where a new one costs about 1.5 ms. We make it
-    ourselves, keep an fd on it, and go back to ours at once.
+
+class Zygote:
+    """The step forker of a dance (disco.zygote), started once and serving every step.
+
+    `pass_fds` are fds of ours that steps may name as their stdin/stdout/stderr.
     """
-    ours = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        unshare(CLONE_NEWNET)
+
+    def __init__(self, pass_fds: Sequence[int] = ()) -> None:
+        req_r, self.req = os.pipe2(os.O_CLOEXEC)
+        self.rep, rep_w = os.pipe2(os.O_CLOEXEC)
+        argv = [sys.executable, "-I", "-S", zygote.__file__, str(req_r), str(rep_w)]
         try:
-            net = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            Network().do()
+            self.proc = start(argv, pass_fds=(req_r, rep_w, *pass_fds))
         finally:
-            check(libc.setns(ours, CLONE_NEWNET), "setns")
-    finally:
-        os.close(ours)
-    try:
-        yield net
-    finally:
-        os.close(net)
+            os.close(req_r)
+            os.close(rep_w)
+        self.host_name = os.uname().nodename
+        self.subs: dict[tuple[str, tuple[str, ...]], list[Submount]] = {}
 
+    def __enter__(self) -> Zygote:
+        return self
 
-def _fork(noop: bool) -> int:
-    """Fork; in NOOP the child is pid 1 of a new pid namespace, and we keep ours."""
-    if not noop:
-        return os.fork()
-    fd, pid = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC), -1
-    try:
-        unshare(CLONE_NEWPID)
-        pid = os.fork()
-    finally:
-        if pid != 0:
-            check(libc.setns(fd, CLONE_NEWPID), "setns")
-            os.close(fd)
-    return pid
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
-
-def _child(
-    step: Step, ops: Sequence[Op], flags: int, stdio: Sequence[int | None], w: int
-) -> NoReturn:
-    """The forked child: namespaces and mounts, then it spawns the command and reaps its
-    whole tree, as pid 1 of the step's pid namespace (NOOP) or as a subreaper (live)."""
-    code = 127
-    try:
-        umask = os.umask(0)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        unshare(flags)
-        for target, fd in enumerate(stdio):
-            if fd is not None:
-                os.dup2(fd, target)
-        for i, op in enumerate(ops):
+    def close(self) -> None:
+        for fd in (self.req, self.rep):
             try:
-                op.do()
-            except OSError as e:
-                os.write(w, f"E {i} {e.errno or 0}\n".encode())
-                os._exit(code)
-        os.umask(umask)
-        env = dict(step.env)
-        exe = shutil.which(step.argv[0], path=env.get("PATH", DEFAULT_PATH))
-        if exe is None:
-            os.write(w, b"X 2\n")
-            os._exit(code)
-        dfl = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE,
-               signal.SIGXFSZ)  # fmt: skip
-        if step.mode is Mode.LIVE:  # orphans of the command become ours, not init's
-            check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
-        try:
-            pid = os.posix_spawn(exe, step.argv, env, setsigdef=dfl)
-        except OSError as e:
-            os.write(w, f"X {e.errno}\n".encode())
-            os._exit(code)
-        if step.mode is Mode.NOOP:
-            Path("/proc/self/comm").write_text("disco-init")  # what `ps` shows as pid 1
-        for s in (signal.SIGINT, signal.SIGQUIT):  # the terminal signals the command itself
-            signal.signal(s, signal.SIG_IGN)
-        for s in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(s, lambda n, _f: os.kill(pid, n))
-        signal.signal(signal.SIGUSR1, lambda _n, _f: os.kill(pid, signal.SIGKILL))  # see _wait
-        status = 0
-        while True:
-            try:
-                got, st, _ = os.wait4(-1, 0)
-            except ChildProcessError:
-                break
-            if got == pid:
-                status = st
-                break
-        os.write(w, f"S {status}\n".encode())
-        if step.mode is Mode.LIVE:  # in NOOP, our exit as pid 1 kills the rest
-            os.write(w, f"K {' '.join(map(str, _kill_children()))}\n".encode())
-        code = 0
-    except BaseException as e:  # noqa: B036 -- the child must never return into our caller
-        os.write(w, f"F {type(e).__name__}: {e}".replace("\n", " ").encode() + b"\n")
-    os._exit(code)
-
-
-def _kill_children() -> list[int]:
-    """Kill and reap every process left behind (live daemons, reparented to us): they would
-    keep the step's mount namespace, and so its overlays, alive."""
-    killed: list[int] = []
-    me = os.getpid()
-    while True:
-        try:
-            kids = Path(f"/proc/{me}/task/{me}/children").read_text().split()
-        except OSError:  # kernel without CONFIG_PROC_CHILDREN
-            kids = [d for d in filter(str.isdigit, os.listdir("/proc")) if _ppid(d) == me]
-        for k in map(int, kids):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(k, signal.SIGKILL)
-            killed.append(k)
-        try:
-            os.wait4(-1, 0)
-        except ChildProcessError:
-            return sorted(set(killed))
-
-
-def _ppid(pid: str) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-    except (OSError, ValueError):
-        return 0
-
-
-def run_step(step: Step) -> StepResult:
-    """Run `step.argv` in a fresh overlay layer over the target root; see the module doc.
-
-    Raises DiscoError (with a script that reproduces the sandbox as hint) when the
-    sandbox cannot be built, CommandError (status 127) when the command cannot be run.
-    """
-    if not step.argv:
-        raise DiscoError("a step needs a command", "give at least the program to run")
-    step = _absolute(step)
-    host_name = os.uname().nodename
-    hidden = [str(step.root / h.lstrip("/")) for h in step.hide]
-    skip = [str(step.layer), *map(str, step.lower_layers), *hidden]
-    subs = submounts(str(step.root), read_mounts(), skip)
-    ops = plan(step, subs, host_name)
-    _prepare(step, subs)
-    flags = _unshare_flags(step, host_name)
-    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if step.stdin is None else None
-    stdio = (step.stdin if devnull is None else devnull, step.stdout, step.stderr)
-    r, w = os.pipe2(os.O_CLOEXEC)
-    start = time.monotonic()
-    try:
-        pid = _fork(step.mode is Mode.NOOP)
-        if pid == 0:
-            os.close(r)
-            _child(step, ops, flags, stdio, w)
-        os.close(w)
-        w = -1
-        msgs, ru, status = _wait(pid, r, step.mode)
-    finally:
-        for fd in (r, w, devnull):
-            if fd is not None and fd >= 0:
                 os.close(fd)
-    wall = time.monotonic() - start
-    shutil.rmtree(step.layer / "work", ignore_errors=True)
-    strays = tuple(map(int, msgs.get("K", "").split()))
+            except OSError:
+                pass
+        self.req = self.rep = -1
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def submounts(self, step: Step) -> list[Submount]:
+        """The filesystems under the root, read once per root: the steps' own mounts
+        live in their namespaces and never show in ours."""
+        hidden = [str(step.root / h.lstrip("/")) for h in step.hide]
+        skip = (*map(str, step.lower_layers), *hidden)
+        key = (str(step.root), skip)
+        if key not in self.subs:
+            self.subs[key] = submounts(str(step.root), read_mounts(), skip)
+        return self.subs[key]
+
+    def run(self, step: Step) -> StepResult:
+        """Run `step.argv` in a fresh overlay layer over the target root; see the module doc.
+
+        Raises DiscoError (with a script that reproduces the sandbox as hint) when the
+        sandbox cannot be built, CommandError (status 127) when the command cannot be run.
+        """
+        if not step.argv:
+            raise DiscoError("a step needs a command", "give at least the program to run")
+        step = _absolute(step)
+        subs = self.submounts(step)
+        ops = plan(step, subs, self.host_name)
+        _prepare(step, subs)
+        write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        request = {
+            "ops": [op.wire() for op in ops],
+            "flags": _unshare_flags(step, self.host_name),
+            "newpid": step.mode is Mode.NOOP,
+            "argv": list(step.argv),
+            "env": dict(step.env),
+            "stdio": [
+                ("/dev/null", os.O_RDONLY, 0) if step.stdin is None else step.stdin,
+                _stdio(step.stdout, write),
+                _stdio(step.stderr, write),
+            ],
+            "timeout": step.timeout or 0,
+        }
+        try:
+            zygote.send(self.req, request)
+            answer = self._answer()
+        finally:
+            shutil.rmtree(step.layer / "work", ignore_errors=True)
+        return _result(step, ops, answer)
+
+    def _answer(self) -> dict[str, Any]:
+        """The zygote's answer. If we are interrupted, the step is killed first."""
+        try:
+            answer = zygote.receive(self.rep)
+        except BaseException:
+            self.proc.send_signal(signal.SIGUSR1)
+            zygote.receive(self.rep)
+            raise
+        if answer is None:
+            raise DiscoError(
+                f"the sandbox helper (zygote) exited with status {self.proc.wait()}",
+                "run again with --debug; a kernel without overlayfs or namespaces cannot sandbox",
+            )
+        return dict(answer)
+
+
+def _result(step: Step, ops: Sequence[Op], answer: dict[str, Any]) -> StepResult:
+    msgs: dict[str, str] = answer["msgs"]
     if "E" in msgs:
         i, err = map(int, msgs["E"].split())
         raise DiscoError(
@@ -463,26 +444,18 @@ def run_step(step: Step) -> StepResult:
         )
     if "F" in msgs:
         raise DiscoError(f"the step's sandbox failed: {msgs['F']}", describe(step, ops))
-    if "S" in msgs:
-        status = int(msgs["S"])
-    return StepResult(os.waitstatus_to_exitcode(status), wall, Usage.of(ru), strays)
+    status = int(msgs["S"]) if "S" in msgs else answer["status"]
+    strays = tuple(map(int, msgs.get("K", "").split()))
+    usage = Usage(*answer["usage"])
+    code = os.waitstatus_to_exitcode(status)
+    return StepResult(code, answer["wall"], usage, strays, bool(answer["timed_out"]))
 
 
-def _wait(pid: int, r: int, mode: Mode) -> tuple[dict[str, str], resource.struct_rusage, int]:
-    """Read the child's messages until it is done, then reap it. If we are interrupted, kill
-    the step: pid 1 takes its namespace along (NOOP); a live child, on SIGUSR1, kills the
-    command, then whatever it left."""
-    try:
-        data = b""
-        while chunk := os.read(r, 4096):
-            data += chunk
-        _, status, ru = os.wait4(pid, 0)
-    except BaseException:
-        os.kill(pid, signal.SIGKILL if mode is Mode.NOOP else signal.SIGUSR1)
-        os.waitpid(pid, 0)
-        raise
-    msgs = {k: v for k, _, v in (ln.partition(" ") for ln in data.decode().splitlines())}
-    return msgs, ru, status
+def run_step(step: Step) -> StepResult:
+    """Run one step with a zygote of its own (a dance keeps one for all its steps)."""
+    fds = [fd for fd in (step.stdin, step.stdout, step.stderr) if isinstance(fd, int)]
+    with Zygote(pass_fds=fds) as z:
+        return z.run(step)
 
 
 def _absolute(step: Step) -> Step:

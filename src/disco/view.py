@@ -125,3 +125,31 @@ def intercepted_binaries(root: Path, names: tuple[str, ...]) -> list[str]:
             if candidate.startswith(real_root.rstrip("/") + "/") and os.path.isfile(candidate):
                 found["/" + os.path.relpath(candidate, real_root)] = None
     return list(found)
+
+
+def build_shims(path: Path, view: View, binaries: list[str], root: Path) -> Path:
+    """A directory laid out like `root` with the interceptor at each of `binaries`: shown
+    as a lower layer over the root, it catches `/usr/sbin/service` with no mount per
+    binary. Its directories carry the owner, mode and times of the root's, so that a
+    step's copy-up of them reads as unchanged."""
+    path.mkdir()
+    copy_meta(root, path)
+    data = view.interceptor.read_bytes()
+    for binary in binaries:
+        rel = binary.lstrip("/")
+        parent = Path(rel).parent
+        for part in reversed([parent, *parent.parents][:-1]):
+            if not (path / part).is_dir():
+                (path / part).mkdir()
+                copy_meta(root / part, path / part)
+        (path / rel).write_bytes(data)
+        (path / rel).chmod(0o755)
+        copy_meta(root / parent, path / parent)  # our write changed its times
+    return path
+
+
+def copy_meta(src: Path, dst: Path) -> None:
+    st = src.stat()
+    os.chown(dst, st.st_uid, st.st_gid)
+    os.chmod(dst, st.st_mode & 0o7777)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))

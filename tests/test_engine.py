@@ -1,0 +1,169 @@
+"""The engine of issue 8 (DESIGN §12): delivery staged into a layer without a sandbox,
+diffs of created and deleted files without a program, steps forked by the zygote with
+metrics of their own, and roots with every kind of submount. Live dances target scratch
+roots only."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import Run
+from disco.changes import _one_sided
+from test_dance_steps import NODE, dance, make_server, record_of, records
+
+# ---- diffs of a whole file added or removed: what GNU diff prints, without diff ----
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.lists(
+        st.sampled_from([b"a", b"b\n", b"\n", b"\r\n", b" x ", b"\xff", b"caf\xc3\xa9"]), max_size=8
+    ).map(b"".join),  # fmt: skip
+    added=st.booleans(),
+    style=st.sampled_from(["normal", "unified"]),
+)
+def test_a_created_or_deleted_files_diff_is_gnu_diffs(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, added: bool, style: str
+) -> None:
+    f = tmp_path_factory.mktemp("d") / "f"
+    f.write_bytes(data)
+    a, b = ("/dev/null", str(f)) if added else (str(f), "/dev/null")
+    labels = ["-u", "--label", "a/etc/x", "--label", "b/etc/x"] if style == "unified" else []
+    out = subprocess.run(["diff", "--text", *labels, a, b], capture_output=True).stdout
+    text = out.decode(errors="replace")
+    assert _one_sided(data, added, "/etc/x", style) == text.removesuffix("\n")
+
+
+# ---- delivery ----
+
+
+def test_files_arrive_with_owners_empty_dirs_and_links(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    server = make_server(tmp_path / "srv", {"m": {"files/srv/app/conf": "v1\n"}})
+    files = server / "modules/m/files"
+    (files / "srv/app/empty").mkdir()
+    os.chown(files / "srv/app/conf", 1234, 4321)
+    os.link(files / "srv/app/conf", files / "srv/app/conf.link")
+    (files / "srv/app/cache").symlink_to("/var/cache/app")
+    noop = dance(cmd, server, scratch_root)
+    assert noop.returncode == 0, noop.stderr
+    assert not (scratch_root / "srv/app").exists()
+    head, _ = record_of(noop, "/srv/app/empty")
+    assert "Created" in head and "type=[directory]" in head
+    assert "perms=[1234:4321 644]" in record_of(noop, "/srv/app/conf")[0]
+    live = dance(cmd, server, scratch_root, noop=False)
+    assert live.returncode == 0, live.stderr
+    assert sorted(records(live)) == sorted(records(noop))
+    conf = scratch_root / "srv/app/conf"
+    assert (conf.stat().st_uid, conf.stat().st_gid) == (1234, 4321)
+    assert (scratch_root / "srv/app/empty").is_dir()
+    assert os.readlink(scratch_root / "srv/app/cache") == "/var/cache/app"
+    again = dance(cmd, server, scratch_root, noop=False)
+    assert again.returncode == 0 and records(again) == [], again.stdout
+
+
+def test_a_symlinked_directory_of_the_target_is_followed_as_cp_would(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    (scratch_root / "srv/real").mkdir()
+    (scratch_root / "opt").symlink_to("srv/real")  # as /lib -> usr/lib
+    server = make_server(tmp_path / "srv", {"m": {"files/opt/tool/x.conf": "x\n"}})
+    for noop in (True, False):
+        result = dance(cmd, server, scratch_root, noop=noop)
+        assert result.returncode == 0, result.stderr
+        assert "Created" in record_of(result, "/srv/real/tool/x.conf")[0]
+    assert (scratch_root / "opt").is_symlink()
+    assert (scratch_root / "srv/real/tool/x.conf").read_text() == "x\n"
+
+
+def test_a_file_where_the_target_has_a_directory_fails_the_module(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    (scratch_root / "srv/taken").mkdir()
+    server = make_server(tmp_path / "srv", {"m": {"files/srv/taken": "x\n"}})
+    for noop in (True, False):
+        result = dance(cmd, server, scratch_root, noop=noop)
+        assert result.returncode == 1
+        assert "error: m: delivery of files and templates: cannot deliver m/files/taken" in (
+            result.stdout + result.stderr
+        ).replace("/srv/taken", "/taken")
+        assert "/srv/taken is a directory in the target" in result.stdout + result.stderr
+    assert (scratch_root / "srv/taken").is_dir()
+
+
+# ---- steps: metrics of their own ----
+
+
+def test_a_steps_memory_is_its_own_not_discos(cmd: Run, tmp_path: Path, state: Path) -> None:
+    server = make_server(tmp_path / "srv", {"m": {"scripts/10-x.sh": "true\n"}})
+    result = cmd("disco", "dance", "--server", str(server), "--node", NODE, "--noop")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((state / "reports" / "last.json").read_text())
+    (step,) = [r for r in report["records"] if r["step"] == "exec"]
+    # disco itself is ~30 MB; a fork of it reported >= 17 MB. bash alone is ~3 MB.
+    assert 0 < step["usage"]["maxrss"] < 12 * 1024
+
+
+# ---- roots with submounts of every kind ----
+
+
+@pytest.fixture
+def mounted_root(scratch_root: Path, tmp_path: Path) -> Iterator[Path]:
+    """The scratch root with /srv/ovl an overlayfs, /srv/tmp a tmpfs, /srv/bind a bind
+    mount and /srv/ro a read-only bind."""
+    lower, up, work = tmp_path / "ovl-lower", tmp_path / "ovl-up", tmp_path / "ovl-work"
+    for src in (lower, up, work, tmp_path / "bind-src", tmp_path / "ro-src"):
+        src.mkdir()
+    (lower / "old").write_text("old\n")
+    (tmp_path / "ro-src/readme").write_text("ro\n")
+    kinds = ("ovl", "tmp", "bind", "ro")
+    for kind in kinds:
+        (scratch_root / "srv" / kind).mkdir()
+    mounts = [
+        ["-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={up},workdir={work}"],
+        ["-t", "tmpfs", "tmpfs"],
+        ["--bind", str(tmp_path / "bind-src")],
+        ["--bind", "-o", "ro", str(tmp_path / "ro-src")],
+    ]
+    done: list[Path] = []
+    try:
+        for kind, args in zip(kinds, mounts):
+            subprocess.run(["mount", *args, str(scratch_root / "srv" / kind)], check=True)
+            done.append(scratch_root / "srv" / kind)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(scratch_root / "srv/ro")], check=True)
+        yield scratch_root
+    finally:
+        for point in reversed(done):
+            subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_root_with_overlay_tmpfs_bind_and_readonly_submounts_dances(
+    cmd: Run, tmp_path: Path, mounted_root: Path
+) -> None:
+    script = (
+        "for d in ovl tmp bind; do echo new > /srv/$d/new; done\n"
+        "echo more >> /srv/ovl/old\n"
+        "if echo x > /srv/ro/x 2>/dev/null; then exit 9; fi\n"
+        "cat /srv/ro/readme\n"
+    )
+    server = make_server(tmp_path / "srv", {"m": {"scripts/10-w.sh": script}})
+    want = ["/srv/bind/new", "/srv/ovl/new", "/srv/ovl/old", "/srv/tmp/new"]
+    for noop in (True, False):
+        result = dance(cmd, server, mounted_root, noop=noop)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "ro" in result.stdout.splitlines()
+        changed = sorted(line.split(" : ")[0].rsplit(": ", 1)[1] for line in records(result))
+        assert changed == want, result.stdout
+        if noop:
+            assert not (mounted_root / "srv/ovl/new").exists()
+    assert (mounted_root / "srv/ovl/old").read_text() == "old\nmore\n"
+    assert all((mounted_root / p.lstrip("/")).exists() for p in want)
