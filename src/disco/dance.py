@@ -236,6 +236,7 @@ class Dance:
         """Report a successful step's changes; commit them (live) or stack them (NOOP)."""
         with self.meter.measure(module.name, "diff", label):
             changes = self.changes(module, label, layer)
+        self.zygote.settle()  # the step's overlays are gone: now its layer may move
         if not self.options.noop and changes:
             with self.meter.measure(module.name, "commit", label):
                 apply(plan_commit(changes, self.options.root))
@@ -286,6 +287,7 @@ class Dance:
         try:
             yield path
         finally:
+            self.zygote.settle()
             if path != self.below:
                 shutil.rmtree(path, ignore_errors=True)
 

@@ -348,6 +348,7 @@ class Zygote:
             os.close(req_r)
             os.close(rep_w)
         self.host_name = os.uname().nodename
+        self.unsettled: Path | None = None
         self.subs: dict[tuple[str, tuple[str, ...]], list[Submount]] = {}
 
     def __enter__(self) -> Zygote:
@@ -359,6 +360,8 @@ class Zygote:
         self.close()
 
     def close(self) -> None:
+        if self.proc.poll() is None and self.req >= 0:
+            self.settle()
         for fd in (self.req, self.rep):
             try:
                 os.close(fd)
@@ -389,6 +392,7 @@ class Zygote:
         """
         if not step.argv:
             raise DiscoError("a step needs a command", "give at least the program to run")
+        self.settle()
         step = _absolute(step)
         subs = self.submounts(step)
         ops = plan(step, subs, self.host_name)
@@ -411,8 +415,21 @@ class Zygote:
             zygote.send(self.req, request)
             answer = self._answer()
         finally:
-            shutil.rmtree(step.layer / "work", ignore_errors=True)
+            self.unsettled = step.layer
         return _result(step, ops, answer)
+
+    def settle(self) -> None:
+        """Wait until the last step's sandbox is gone (its init reaped, its overlays
+        unmounted), then remove its work dir. The zygote answers a step before that, so
+        its changes can be read meanwhile; nothing may move in a layer, nor be committed
+        under it, before this returns (overlayfs leaves that undefined)."""
+        if self.unsettled is None:
+            return
+        layer, self.unsettled = self.unsettled, None
+        zygote.send(self.req, {"sync": True})
+        if zygote.receive(self.rep) is None:
+            raise DiscoError("the sandbox helper (zygote) exited", "run again with --debug")
+        shutil.rmtree(layer / "work", ignore_errors=True)
 
     def _answer(self) -> dict[str, Any]:
         """The zygote's answer. If we are interrupted, the step is killed first."""
@@ -446,7 +463,10 @@ def _result(step: Step, ops: Sequence[Op], answer: dict[str, Any]) -> StepResult
         raise DiscoError(f"the step's sandbox failed: {msgs['F']}", describe(step, ops))
     status = int(msgs["S"]) if "S" in msgs else answer["status"]
     strays = tuple(map(int, msgs.get("K", "").split()))
-    usage = Usage(*answer["usage"])
+    ints = ("maxrss", "minflt", "majflt", "inblock", "oublock", "msgsnd", "msgrcv", "nsignals",
+            "nvcsw", "nivcsw")  # fmt: skip
+    fields = Usage.__dataclass_fields__
+    usage = Usage(*(int(v) if f in ints else float(v) for f, v in zip(fields, answer["usage"])))
     code = os.waitstatus_to_exitcode(status)
     return StepResult(code, answer["wall"], usage, strays, bool(answer["timed_out"]))
 

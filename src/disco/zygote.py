@@ -15,8 +15,10 @@ sandbox operation, whoever runs it. Keep it free of imports beyond the few built
 from __future__ import annotations
 
 import ctypes
+import gc
 import marshal
 import os
+import resource  # noqa: F401 -- os.wait4's result type, loaded before any pivot_root
 import signal
 import struct
 import sys
@@ -176,6 +178,12 @@ class Zygote:
         self.current = 0  # the init of the running step
         self.live = False
         self.deadline_hit = False
+        self.pending = 0  # an init that has reported, still to be reaped
+
+    def reap(self) -> None:
+        if self.pending:
+            os.waitpid(self.pending, 0)
+            self.pending = 0
 
     def loopback(self) -> int:
         if self.net is None:
@@ -239,17 +247,28 @@ class Zygote:
             data = b""
             while chunk := os.read(r, 4096):
                 data += chunk
-            _, status, ru = os.wait4(pid, 0)
+            # Our init closed its end as it exited: what it said is all there. It takes a
+            # while yet to be gone (its mounts are torn down): when it reported the
+            # command's end, disco is answered first and the init reaped after (pending).
+            status, ru = 0, None
+            if b"\nU " not in data:
+                _, status, ru = os.wait4(pid, 0)
+            else:
+                self.pending = pid
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self.current = 0
             os.close(r)
         wall = time.monotonic() - start
         msgs = {k: v for k, _, v in (ln.partition(" ") for ln in data.decode().splitlines())}
+        if "U" in msgs:  # the command's own; else (no command ran) the init's
+            usage = tuple(float(x) for x in msgs.pop("U").split())
+        else:
+            usage = tuple(getattr(ru, f"ru_{f}") for f in _RUSAGE) if ru else (0,) * 12
         return {
             "msgs": msgs,
             "status": status,
-            "usage": tuple(getattr(ru, f"ru_{f}") for f in _RUSAGE),
+            "usage": usage,
             "wall": wall,
             "timed_out": bool(req.get("timeout")) and self.deadline_hit,
         }
@@ -296,22 +315,32 @@ def _init(req: dict[str, Any], ops: list[tuple[Any, ...]], stdio: list[int | Non
         for s in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, lambda n, _f: os.kill(pid, n))
         signal.signal(signal.SIGUSR1, lambda _n, _f: os.kill(pid, signal.SIGKILL))
-        status = 0
-        while True:  # waitpid, not wait4: its rusage type is a module the root may lack
+        # The usage of the command's tree, not ours: we are a fork of the zygote, and our
+        # memory is not the step's. (resource.struct_rusage was imported before the fork.)
+        status, usage = 0, [0.0] * len(_RUSAGE)
+        while True:
             try:
-                got, st = os.waitpid(-1, 0)
+                got, st, ru = os.wait4(-1, 0)
             except ChildProcessError:
                 break
+            _add(usage, ru)
             if got == pid:
                 status = st
                 break
-        os.write(w, f"S {status}\n".encode())
+        os.write(w, f"S {status}\nU {' '.join(map(repr, usage))}\n".encode())
         if live:  # in NOOP, our exit as pid 1 kills the rest
             os.write(w, f"K {' '.join(map(str, _kill_children()))}\n".encode())
         code = 0
     except BaseException as e:  # noqa: B036 -- the child must never return into the loop
         os.write(w, f"F {type(e).__name__}: {e}".replace("\n", " ").encode() + b"\n")
     os._exit(code)
+
+
+def _add(usage: list[float], ru: Any) -> None:
+    """Add a reaped child's rusage: times and counts add up, the peak RSS is the largest."""
+    for i, name in enumerate(_RUSAGE):
+        value = getattr(ru, f"ru_{name}")
+        usage[i] = max(usage[i], value) if name == "maxrss" else usage[i] + value
 
 
 def _kill_children() -> list[int]:
@@ -349,16 +378,22 @@ def main() -> None:
     req_fd, rep_fd = int(sys.argv[1]), int(sys.argv[2])
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # never outlive disco
     zygote = Zygote()
+    gc.freeze()  # a forked init then copies fewer of our pages: no collector touches them
+    gc.disable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # disco decides; the command gets its own
     signal.signal(signal.SIGALRM, zygote.stop_step)  # a step's timeout
     signal.signal(signal.SIGUSR1, zygote.stop_step)  # disco was interrupted
     while (req := receive(req_fd)) is not None:
+        if req.get("sync"):  # disco waits for the last step's init to be gone
+            send(rep_fd, {})
+            continue
         try:
             answer = zygote.run(req)
         except OSError as e:
             answer = {"msgs": {"F": f"zygote: {e}"}, "status": 0, "usage": (0,) * 12,
                       "wall": 0.0, "timed_out": False}  # fmt: skip
         send(rep_fd, answer)
+        zygote.reap()
 
 
 if __name__ == "__main__":
