@@ -167,3 +167,35 @@ def test_a_root_with_overlay_tmpfs_bind_and_readonly_submounts_dances(
             assert not (mounted_root / "srv/ovl/new").exists()
     assert (mounted_root / "srv/ovl/old").read_text() == "old\nmore\n"
     assert all((mounted_root / p.lstrip("/")).exists() for p in want)
+
+
+# ---- time limits ----
+
+
+@pytest.mark.parametrize("noop", [True, False])
+def test_a_step_past_its_time_limit_is_killed_with_its_tree_and_fails(
+    cmd: Run, tmp_path: Path, scratch_root: Path, noop: bool
+) -> None:
+    script = "echo partial > /srv/partial\n(sleep 300; echo late > /srv/late) &\nsleep 300\n"
+    server = make_server(tmp_path / "srv", {
+        "slow": {"scripts/10-hang.sh": script},
+        "after": {"requires": "slow\n", "scripts/10-x.sh": "echo x > /srv/after\n"},
+    })  # fmt: skip
+    result = dance(cmd, server, scratch_root, "--timeout", "1", noop=noop)
+    assert result.returncode == 1
+    err = result.stdout + result.stderr
+    assert "error: slow: script 10-hang.sh ran longer than its limit of 1 s" in err
+    assert "warning: Skipping after: requires slow" in err
+    assert not (scratch_root / "srv/partial").exists()  # nothing committed
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "sleep 300" not in ps  # the whole tree is gone
+
+
+def test_a_bad_time_limit_is_an_error(cmd: Run, tmp_path: Path, scratch_root: Path) -> None:
+    server = make_server(tmp_path / "srv", {"m": {"scripts/10-x.sh": "true\n"}})
+    result = dance(cmd, server, scratch_root, "--timeout", "soon")
+    assert result.returncode == 1
+    assert "error: --timeout is 'soon', not a number of seconds" in result.stderr
+    cmd("disco-param", "set", "disco/client/timeout/step", input="-3\n")
+    result = dance(cmd, server, scratch_root)
+    assert "error: disco/client/timeout/step is '-3', not a number of seconds" in result.stderr

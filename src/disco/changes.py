@@ -383,15 +383,30 @@ def _name(id: int, table: dict[int, str] | None, host: bool, ask: Callable[[], s
 
 
 def _table(path: Path | None) -> dict[int, str] | None:
-    """name:x:id:... lines as {id: name}, the first name of an id winning."""
-    if path is None or not path.is_file():
+    """name:x:id:... lines as {id: name}, the first name of an id winning. Read again
+    only when the file is another (each step of a dance asks for the same ones)."""
+    if path is None:
         return None
-    table: dict[int, str] = {}
-    for line in path.read_text(errors="replace").splitlines():
-        fields = line.split(":")
-        if len(fields) > 2 and fields[2].isdigit():
-            table.setdefault(int(fields[2]), fields[0])
-    return table
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _TABLES:
+        table: dict[int, str] = {}
+        for line in path.read_text(errors="replace").splitlines():
+            fields = line.split(":")
+            if len(fields) > 2 and fields[2].isdigit():
+                table.setdefault(int(fields[2]), fields[0])
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        _TABLES[key] = table
+    return _TABLES[key]
+
+
+_TABLES: dict[tuple[str, int, int, int, int], dict[int, str]] = {}
 
 
 def _md5(path: Path) -> str:

@@ -65,6 +65,7 @@ class Options:
     root: Path = Path("/")
     diff: str = "normal"
     etc: Path = Path("/etc/disco")  # noop.d/ and sensitive.d/ lists
+    timeout: float | None = None  # seconds a template or script may run
 
 
 @dataclass
@@ -211,7 +212,7 @@ class Dance:
         os.chmod(out, stat.S_IMODE((templates / rel).stat().st_mode))
         if result.returncode != 0:
             self.sink.error(
-                f"{module.name}: template {rel} exited with status {result.returncode};"
+                f"{module.name}: template {rel} {failure(result, self.options)};"
                 f" /{rel} is left as it was"
             )
             return False
@@ -225,9 +226,7 @@ class Dance:
             result = self.sandboxed(argv, layer, mode, intercept and self.options.noop)
             self.meter.add(record(module.name, name, item, result))
             if result.returncode != 0:
-                self.sink.error(
-                    f"{module.name}: script {item} exited with status {result.returncode}"
-                )
+                self.sink.error(f"{module.name}: script {item} {failure(result, self.options)}")
                 return False
             self.settle(module, item or name, layer)
         return True
@@ -316,6 +315,7 @@ class Dance:
                 dev=self.work / "dev" if noop else None,
                 shared_network=noop,
                 stdout=stdout,
+                timeout=self.options.timeout,
             )
         )
 
@@ -376,6 +376,15 @@ def command(host_path: Path, path: str) -> tuple[str, ...]:
     if shebang and os.access(host_path, os.X_OK):
         return (path,)
     return ("bash", path)
+
+
+def failure(result: StepResult, options: Options) -> str:
+    if result.timed_out:
+        return (
+            f"ran longer than its limit of {options.timeout:g} s and was killed with its"
+            " processes (raise --timeout or disco/client/timeout/step)"
+        )
+    return f"exited with status {result.returncode}"
 
 
 def record(module: str, step: str, item: str | None, result: StepResult) -> Record:

@@ -349,7 +349,7 @@ class Zygote:
             os.close(rep_w)
         self.host_name = os.uname().nodename
         self.unsettled: Path | None = None
-        self.subs: dict[tuple[str, tuple[str, ...]], list[Submount]] = {}
+        self.subs: dict[tuple[str, str, tuple[str, ...]], list[Submount]] = {}
 
     def __enter__(self) -> Zygote:
         return self
@@ -375,13 +375,15 @@ class Zygote:
             self.proc.wait()
 
     def submounts(self, step: Step) -> list[Submount]:
-        """The filesystems under the root, read once per root: the steps' own mounts
-        live in their namespaces and never show in ours."""
+        """The filesystems under the root, parsed again only when the mount table
+        changed (someone else mounted or unmounted: the steps' own mounts live in their
+        namespaces and never show in ours)."""
         hidden = [str(step.root / h.lstrip("/")) for h in step.hide]
         skip = (*map(str, step.lower_layers), *hidden)
-        key = (str(step.root), skip)
+        table = Path("/proc/self/mountinfo").read_text()
+        key = (table, str(step.root), skip)
         if key not in self.subs:
-            self.subs[key] = submounts(str(step.root), read_mounts(), skip)
+            self.subs = {key: submounts(str(step.root), read_mounts(table), skip)}
         return self.subs[key]
 
     def run(self, step: Step) -> StepResult:
@@ -463,10 +465,8 @@ def _result(step: Step, ops: Sequence[Op], answer: dict[str, Any]) -> StepResult
         raise DiscoError(f"the step's sandbox failed: {msgs['F']}", describe(step, ops))
     status = int(msgs["S"]) if "S" in msgs else answer["status"]
     strays = tuple(map(int, msgs.get("K", "").split()))
-    ints = ("maxrss", "minflt", "majflt", "inblock", "oublock", "msgsnd", "msgrcv", "nsignals",
-            "nvcsw", "nivcsw")  # fmt: skip
-    fields = Usage.__dataclass_fields__
-    usage = Usage(*(int(v) if f in ints else float(v) for f, v in zip(fields, answer["usage"])))
+    utime, stime, *counts = answer["usage"]  # getrusage(2) order, as Usage
+    usage = Usage(float(utime), float(stime), *map(int, counts))
     code = os.waitstatus_to_exitcode(status)
     return StepResult(code, answer["wall"], usage, strays, bool(answer["timed_out"]))
 

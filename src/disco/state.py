@@ -68,9 +68,15 @@ class Settings:
 
     servers: tuple[Server, ...]
     rsync: tuple[str, ...]
+    step_timeout: float | None = None  # seconds a template or script may run
 
 
-def load_settings(store: ParamStore, servers: list[str] | None = None) -> Settings:
+TIMEOUT_SETTING = ("disco", "client", "timeout", "step")
+
+
+def load_settings(
+    store: ParamStore, servers: list[str] | None = None, timeout: str | None = None
+) -> Settings:
     uri_text = "\n".join(servers) if servers else store.lookup(SERVER_SETTING, "")
     uris = tuple(line.strip() for line in (uri_text or "").splitlines() if line.strip())
     if not uris:
@@ -91,4 +97,24 @@ def load_settings(store: ParamStore, servers: list[str] | None = None) -> Settin
             "disco/client/cmds/rsync is empty",
             f"set it, e.g. 'echo {DEFAULT_RSYNC} | disco-param set disco/client/cmds/rsync'",
         )
-    return Settings(tuple(parse_server(uri) for uri in uris), rsync)
+    limit = timeout if timeout is not None else store.lookup(TIMEOUT_SETTING, "")
+    return Settings(tuple(parse_server(uri) for uri in uris), rsync, step_timeout(limit, timeout))
+
+
+def step_timeout(text: str | None, flag: str | None) -> float | None:
+    """The time limit of a step, from --timeout or disco/client/timeout/step; None: none."""
+    if not (text or "").strip():
+        return None
+    where = "--timeout" if flag is not None else "/".join(TIMEOUT_SETTING)
+    try:
+        seconds = float((text or "").strip())
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 10**7:
+        raise DiscoError(
+            f"{where} is {(text or '').strip()!r}, not a number of seconds",
+            f"give a positive number, e.g. '{where} 600'"
+            if flag is not None
+            else f"set it with 'echo 600 | disco-param set {where}'",
+        )
+    return seconds

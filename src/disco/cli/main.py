@@ -65,6 +65,12 @@ def build() -> argparse.ArgumentParser:
         "--diff", choices=("normal", "unified"), default="normal", help="content diff format"
     )
     s.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        help="kill a template or script running longer, with its whole process tree, and"
+        " fail it (default: disco/client/timeout/step, else no limit)",
+    )
+    s.add_argument(
         "--detailed-exitcodes",
         action="store_true",
         help="exit 0 no changes, 1 could not run, 2 changes, 4 failures, 6 both",
@@ -82,7 +88,7 @@ def dance(args: argparse.Namespace) -> int:
     noop = args.noop or bool(os.environ.get("NOOP"))
     # Settings are read (and checked) before the lock is taken: a bad URI or a missing
     # server setting leaves a machine without state as it was.
-    settings = load_settings(state.params(), args.server)
+    settings = load_settings(state.params(), args.server, args.timeout)
     state.create()
     out = Output()
     meter = Meter()
@@ -103,7 +109,7 @@ def dance(args: argparse.Namespace) -> int:
                 )
             plan = only(plan, args.module)
         out.info(("Ready to dance : " + " ".join(plan.names)).rstrip())
-        options = Options(noop=noop, root=root, diff=args.diff)
+        options = Options(noop=noop, root=root, diff=args.diff, timeout=settings.step_timeout)
         dancer = Dance(state, plan, options, out, meter)
         status = EXIT_FAILED
         try:
