@@ -199,3 +199,45 @@ def test_a_bad_time_limit_is_an_error(cmd: Run, tmp_path: Path, scratch_root: Pa
     cmd("disco-param", "set", "disco/client/timeout/step", input="-3\n")
     result = dance(cmd, server, scratch_root)
     assert "error: disco/client/timeout/step is '-3', not a number of seconds" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["mounted", "bound"])
+def test_a_root_whose_usr_is_an_overlay_dances_with_its_interceptors(
+    cmd: Run, tmp_path: Path, how: str
+) -> None:
+    """As container images and live systems are built: /usr an overlayfs, mounted there
+    directly or made elsewhere and bind-mounted there."""
+    root = tmp_path / "root"
+    for d in ("usr", "etc", "tmp", "srv", "var/tmp"):
+        (root / d).mkdir(parents=True)
+    for name in ("bin", "sbin", "lib", "lib64"):
+        if Path("/", name).is_symlink():
+            (root / name).symlink_to(os.readlink(Path("/", name)))
+    up, work, made = tmp_path / "up", tmp_path / "work", tmp_path / "made"
+    for d in (up, work, made):
+        d.mkdir()
+    target = root / "usr" if how == "mounted" else made
+    opts = f"lowerdir=/usr,upperdir={up},workdir={work}"
+    done: list[Path] = []
+    try:
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(target)], check=True)
+        done.append(target)
+        if how == "bound":
+            subprocess.run(["mount", "--bind", str(made), str(root / "usr")], check=True)
+            done.append(root / "usr")
+        script = "service postgresql stop\necho v > /usr/local/new\n"
+        server = make_server(tmp_path / "srv", {"m": {"scripts/10-x.sh": script}})
+        noop = dance(cmd, server, root)
+        assert noop.returncode == 0, noop.stdout + noop.stderr
+        assert "warning: Would execute : service postgresql stop" in noop.stderr
+        assert "Created" in record_of(noop, "/usr/local/new")[0]
+        assert not (root / "usr/local/new").exists()
+        script = "echo v > /usr/local/new\n"
+        server = make_server(tmp_path / "srv2", {"m": {"scripts/10-x.sh": script}})
+        live = dance(cmd, server, root, noop=False)
+        assert live.returncode == 0, live.stdout + live.stderr
+        assert (root / "usr/local/new").read_text() == "v\n"
+    finally:
+        for point in reversed(done):
+            subprocess.run(["umount", "-l", str(point)], check=False)
+    assert not Path("/usr/local/new").exists()
