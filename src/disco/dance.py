@@ -25,8 +25,8 @@ from disco.changes import (
     load_sensitive,
     read_changes,
 )
-from disco.commit import apply, plan_commit
 from disco.fetch import Plan
+from disco.journal import commit, recover
 from disco.metrics import Meter, Record
 from disco.modules import Edge, Module
 from disco.mounts import bind_readonly, mount_tmpfs, private_mounts
@@ -83,6 +83,7 @@ class Options:
     root: Path = Path("/")
     diff: str = "normal"
     etc: Path = Path("/etc/disco")  # noop.d/ and sensitive.d/ lists
+    dance: str = ""  # the dance's id in `disco history`: its commits' undo logs go there
 
 
 @dataclass
@@ -123,6 +124,7 @@ class Dance:
         self.noop_names = load_noop_list(options.etc)
 
     def run(self) -> Outcome:
+        recover(self.state.txn, self.sink.warning)  # a commit cut short: undone first
         with ExitStack() as stack:
             private_mounts()
             work = self.state.txn / "run"
@@ -246,7 +248,8 @@ class Dance:
                 changes = self.changes(module, label, layer)
             if not self.options.noop and changes:
                 with self.meter.measure(module.name, "commit", label):
-                    apply(plan_commit(changes, self.options.root))
+                    commit(self.state.txn, changes, self.options.root, self.options.dance,
+                           module.name, label)  # fmt: skip
             if self.options.noop:
                 self.stack(layer)
         return True
