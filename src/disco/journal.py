@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from disco.changes import Change, Meta, read_changes
+from disco.changes import DEFAULT_SENSITIVE, Change, Meta, read_changes
 from disco.commit import Op, Remove, apply, keep_links, plan_commit, temp_name
 from disco.errors import DiscoError
 
@@ -328,7 +328,9 @@ def restore(root: Path, desired: Desired, work: Path) -> int:
     return len(changes)
 
 
-def undo_changes(root: Path, desired: Desired, work: Path) -> list[Change]:
+def undo_changes(
+    root: Path, desired: Desired, work: Path, sensitive: Sequence[str] = DEFAULT_SENSITIVE
+) -> list[Change]:
     """The change records that bring `root` to `desired`, read from an undo layer built in
     `work` (left there: the records point into it)."""
     if work.exists():
@@ -360,7 +362,7 @@ def undo_changes(root: Path, desired: Desired, work: Path) -> list[Change]:
         else:
             os.mknod(dest, kind | 0o600, before.rdev)
         _give(dest, before)
-    return read_changes(upper, [root], exclude=())
+    return read_changes(upper, [root], exclude=(), sensitive=sensitive)
 
 
 def _parents_in(upper: Path, root: Path, rel: str) -> bool:
