@@ -58,8 +58,10 @@ def server_with(tmp_path: Path, scripts: dict[str, str], name: str = "srv") -> P
     return make_server(tmp_path / name, {"m": {f"scripts/{k}": v for k, v in scripts.items()}})
 
 
-def rollback(cmd: Run, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return cmd("disco", "rollback", "--root", str(root), *args)
+def rollback(
+    cmd: Run, root: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return cmd("disco", "rollback", "--root", str(root), *args, env=env)
 
 
 def test_rollback_puts_back_every_path_byte_for_byte(
@@ -145,7 +147,7 @@ def test_a_file_put_in_a_directory_a_dance_made_is_not_removed(
     [
         (["7"], 1, ["no dance '7'", "disco history"]),
         (["x1"], 2, ["'x1' is not a dance id"]),
-        (["2"], 1, ["dance 2 was a noop dance"]),
+        (["2"], 1, ["dance 2 was a NOOP dance"]),
     ],
 )
 def test_bad_rollback_requests_are_errors(
@@ -336,3 +338,31 @@ def test_help_of_history_and_rollback_shows_examples(cmd: Run, argv: list[str]) 
     result = cmd("disco", *argv)
     assert result.returncode == 0 and f"disco {argv[0]}" in result.stdout
     assert "example" in result.stdout
+
+
+def test_a_rollback_killed_at_any_commit_point_is_undone_and_can_be_done_again(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    prepare(scratch_root)
+    before = state_of(scratch_root)
+    server = server_with(tmp_path, {"10-all.sh": EVERYTHING})
+    assert dance(cmd, server, scratch_root, noop=False).returncode == 0
+    after = state_of(scratch_root)
+    k = 0
+    while True:
+        k += 1
+        killed = rollback(cmd, scratch_root, env={"DISCO_TEST_KILL_AT": f"{k}:KILL"})
+        if killed.returncode == 0:
+            break
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        listed = cmd("disco", "rollback", "--root", str(scratch_root), "--noop")
+        if state_of(scratch_root) == before:  # killed after its commit's end: it is done
+            assert_one_error(listed, 1, "no live dance")
+            break
+        assert listed.returncode == 0, listed.stderr
+        cut = [x for x in listed.stdout.splitlines() if "cut short" in x]
+        assert state_of(scratch_root) == after, k  # the rollback undone
+        assert len(cut) == 1 and "_rollback: undo 1" in cut[0], cut
+        assert "Would roll back dance(s) 1 " in listed.stdout
+    assert k >= 12
+    assert state_of(scratch_root) == before

@@ -4,8 +4,10 @@
 Each dance gets an id, one more than the last one's, and a directory txn/history/ID/:
 dance.json says when it started, its mode and root, and how it went; commits/N/ is the
 journal of its N-th commit (journal.py) with the originals it saved, its undo log. The
-last KEEP dances are kept; when the undo logs together pass disco/client/history/max_mb,
-the oldest are dropped (the dance stays listed, no longer undoable), never the newest.
+last KEEP dances are kept, and the last KEEP live ones (a NOOP check every few minutes
+must not push out what a rollback needs); when the undo logs together pass
+disco/client/history/max_mb, the oldest are dropped (the dance stays listed, no longer
+undoable), never the newest.
 
 A rollback is a commit like a step's: the state before the dances it undoes, gathered
 from their undo logs, is built as an undo layer, read as change records and committed
@@ -127,7 +129,7 @@ def status(txn: Path, kept: Kept, undone: dict[str, str]) -> str:
 def line(txn: Path, kept: Kept, undone: dict[str, str]) -> str:
     how = "running or died" if kept.exit is None else f"exit {kept.exit}"
     return (
-        f"{kept.id:>4}  {kept.started}  {kept.mode:<8}  {kept.root}  {kept.changes} change(s)"
+        f"{kept.id:>4}  {kept.started[:19]}Z  {kept.mode:<8}  {kept.root}  {kept.changes} change(s)"
         f"  {kept.failures} failure(s)  {how}  rollback: {status(txn, kept, undone)}"
     )
 
@@ -151,10 +153,16 @@ def prune(txn: Path, limit: int) -> list[str]:
     whatever its size). Returns what was dropped, a sentence each."""
     said: list[str] = []
     kept = listing(txn)
-    for old in kept[:-KEEP]:
-        shutil.rmtree(txn / "history" / old.id)
-        said.append(f"dance {old.id} ({old.started}) left the history: the last {KEEP} are kept")
-    kept = kept[-KEEP:]
+    # NOOP dances (a check every few minutes) never push a live dance's undo log out.
+    live = {k.id for k in kept if k.mode == "live"}
+    recent = {k.id for k in kept[-KEEP:]} | set(sorted(live, key=int)[-KEEP:])
+    recent |= {k.id for k in kept if k.mode == "rollback" and recent & set(k.undoes)}
+    for old in kept:
+        if old.id not in recent:
+            shutil.rmtree(txn / "history" / old.id)
+            said.append(f"dance {old.id} ({old.started}) left the history: the last {KEEP}"
+                        f" dances and the last {KEEP} live ones are kept")  # fmt: skip
+    kept = [k for k in kept if k.id in recent]
     sizes = {k.id: _size(txn / "history" / k.id / "commits") for k in kept}
     total = sum(sizes.values())
     for old in kept[:-1]:
@@ -234,9 +242,13 @@ def choose(txn: Path, root: Path, wanted: str | None) -> list[Kept]:
         if wanted not in by_id:
             raise DiscoError(f"no dance '{wanted}' in the history", _LIST)
         chosen = by_id[wanted]
+        if chosen.mode == "noop":
+            raise DiscoError(f"dance {wanted} was a NOOP dance: it changed nothing", _LIST)
         if chosen.mode != "live":
-            raise DiscoError(f"dance {wanted} was a {chosen.mode} dance: it changed nothing to"
-                             " roll back", _LIST)  # fmt: skip
+            raise DiscoError(
+                f"dance {wanted} is a rollback (of {', '.join(chosen.undoes)}): it is not undone",
+                "to apply those dances again, dance again ('disco dance')",
+            )
         if Path(chosen.root) != root:
             raise DiscoError(f"dance {wanted} was on {chosen.root}, not on {root}",
                              f"pass --root {chosen.root}")  # fmt: skip

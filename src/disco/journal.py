@@ -182,7 +182,8 @@ def _prepare(
     _write_synced(new / "journal.json", json.dumps(data, indent=0).encode())
     for copy in copies:
         _fsync(copy)
-    _fsync(new / "saved")
+    if any(e.before and e.before.file for e in entries):
+        _fsync(new / "saved")  # the links and copies in it
     _fsync(new)
     os.rename(new, final)
     _fsync(txn)
