@@ -366,3 +366,20 @@ def test_a_rollback_killed_at_any_commit_point_is_undone_and_can_be_done_again(
         assert "Would roll back dance(s) 1 " in listed.stdout
     assert k >= 12
     assert state_of(scratch_root) == before
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("{damaged", ["cannot be read", "move it aside"]), ('{"format": 2}', ["newer disco"])],
+)
+def test_a_bad_journal_stops_a_dance_and_a_rollback_and_is_kept(
+    cmd: Run, state: Path, tmp_path: Path, scratch_root: Path, text: str, words: list[str]
+) -> None:
+    server = server_with(tmp_path, {"10-a.sh": "echo x > /etc/x\n"})
+    assert dance(cmd, server, scratch_root, noop=False).returncode == 0
+    (state / "txn/journal").mkdir()
+    (state / "txn/journal/journal.json").write_text(text)
+    assert_one_error(dance(cmd, server, scratch_root), 1, "commit journal", *words)
+    assert_one_error(rollback(cmd, scratch_root), 1, "commit journal", *words)
+    assert (state / "txn/journal/journal.json").read_text() == text
+    assert (scratch_root / "etc/x").exists()

@@ -154,11 +154,30 @@ def _prepare(
     step: str,
 ) -> Journal:
     """Write the journal of `ops` durably to txn/journal; nothing in the root changes."""
-    new, final = txn / "journal.new", txn / "journal"
+    final = txn / "journal"
     if final.exists():
         raise DiscoError(
             f"an unfinished commit is in {final}", "run 'disco dance' or 'disco rollback' first"
         )
+    try:
+        return _write_journal(txn, ops, root, afters, dance, module, step)
+    except OSError as e:
+        raise DiscoError(
+            f"cannot write the commit journal in {txn}: {e.strerror or e}; nothing was committed",
+            "make room on its filesystem (or lower disco/client/history/max_mb)",
+        ) from e
+
+
+def _write_journal(
+    txn: Path,
+    ops: Sequence[Op],
+    root: Path,
+    afters: dict[str, Expect | None],
+    dance: str,
+    module: str,
+    step: str,
+) -> Journal:
+    new, final = txn / "journal.new", txn / "journal"
     if new.exists():
         shutil.rmtree(new)
     (new / "saved").mkdir(parents=True, mode=0o700)
