@@ -214,8 +214,8 @@ def test_a_root_whose_usr_is_an_overlay_dances_with_its_interceptors(
         if Path("/", name).is_symlink():
             (root / name).symlink_to(os.readlink(Path("/", name)))
     up, work, made = tmp_path / "up", tmp_path / "work", tmp_path / "made"
-    for d in (up, work, made):
-        d.mkdir()
+    for each in (up, work, made):
+        each.mkdir()
     target = root / "usr" if how == "mounted" else made
     opts = f"lowerdir=/usr,upperdir={up},workdir={work}"
     done: list[Path] = []

@@ -290,7 +290,7 @@ def test_mounting_twice_is_an_error_and_keeps_the_session(
 def test_a_session_in_use_is_refused_with_status_3(cmd: Run, state: Path, session: Path) -> None:
     fd = os.open(state / "shell.lock", os.O_RDWR)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert_one_error(cmd("disco-sh-shell", input="true\n"), 3, "in use", "exit its shell")
         assert cmd("disco-fs-diff").returncode == 0  # reading needs no lock
     finally:

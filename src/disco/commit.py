@@ -183,6 +183,49 @@ class SetMeta(_At):
 
 
 @dataclass(frozen=True)
+class HardLink(_At):
+    """Give the target a new name of the entry at `anchor` (a hard link, made beside and
+    renamed over), so names that are one file in the layer stay one file. Where no link
+    can be made (another filesystem, the anchor is not a regular file) it copies `source`
+    as PutFile does."""
+
+    anchor: str  # absolute in the target, put or left in place before this operation
+    source: Path
+    attrs: Attrs
+
+    def do(self) -> None:
+        with _parent(self.root, self.anchor) as (a, anchor):
+            with _parent(self.root, self.path) as (d, name):
+                linked = self._link(a, anchor, d, name)
+        if not linked:
+            PutFile(self.root, self.path, self.source, self.attrs).do()
+
+    def _link(self, a: int, anchor: str, d: int, name: str) -> bool:
+        tmp = temp_name(name)
+        _unlink_quiet(d, tmp)
+        try:
+            if not stat.S_ISREG(os.stat(anchor, dir_fd=a, follow_symlinks=False).st_mode):
+                return False
+            os.link(anchor, tmp, src_dir_fd=a, dst_dir_fd=d, follow_symlinks=False)
+        except OSError:
+            return False
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                now = os.stat(name, dir_fd=d, follow_symlinks=False)
+                if os.stat(tmp, dir_fd=d, follow_symlinks=False).st_ino == now.st_ino:
+                    _unlink_quiet(d, tmp)  # already one file: a rename would do nothing
+                    return True
+            os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+        except BaseException:
+            _unlink_quiet(d, tmp)
+            raise
+        return True
+
+    def describe(self) -> str:
+        return f"ln -f {_q(self.root / self.anchor.lstrip('/'))} {_q(self.target)}"
+
+
+@dataclass(frozen=True)
 class Remove(_At):
     """Delete an entry, a directory with everything below it; nothing there is fine."""
 
@@ -198,7 +241,7 @@ class Remove(_At):
         return f"rm -rf {_q(self.target)}"
 
 
-Op = Union[PutFile, MakeDir, MakeLink, MakeNode, SetMeta, Remove]
+Op = Union[PutFile, MakeDir, MakeLink, MakeNode, SetMeta, HardLink, Remove]
 
 
 # ---- plan and apply ----
@@ -225,6 +268,53 @@ def plan_commit(changes: Sequence[Change], root: Path) -> list[Op]:
     removals.sort(key=lambda op: _parts(op.path), reverse=True)
     puts.sort(key=lambda op: _parts(op.path))
     return removals + puts
+
+
+def keep_links(changes: Sequence[Change], ops: list[Op], root: Path) -> list[Op]:
+    """`ops` with link identity kept: regular files that are one inode in the upper (a
+    step's `ln a b`, hard links delivered from `files/`) become one inode in the target.
+
+    Of each group of names, one is put (or, if the step left it as it was, stays) and the
+    others become HardLink operations to it, after every other put. Reads the upper only
+    when a changed file there has more than one name; then it walks the upper once to
+    find the names that are not changes.
+    """
+    linked: dict[tuple[int, int], list[str]] = {}
+    upper: Path | None = None
+    for change in changes:
+        if change.new is None or change.after is None or change.after.type != stat.S_IFREG:
+            continue
+        st = os.lstat(change.new)
+        if st.st_nlink > 1:
+            linked.setdefault((st.st_dev, st.st_ino), []).append(change.path)
+            upper = change.new.parents[len(_parts(change.path)) - 1]
+    if upper is None:
+        return ops
+    new = {c.path: c.new for c in changes if c.new is not None}
+    changed = set(new)
+    unchanged: dict[tuple[int, int], list[str]] = {}
+    for dirpath, _dirs, files in os.walk(upper):
+        for f in files:
+            st = os.lstat(os.path.join(dirpath, f))
+            key = (st.st_dev, st.st_ino)
+            path = "/" + os.path.relpath(os.path.join(dirpath, f), upper)
+            if key in linked and path not in changed and stat.S_ISREG(st.st_mode):
+                unchanged.setdefault(key, []).append(path)
+    links: dict[str, HardLink] = {}
+    for key, names in linked.items():
+        names.sort(key=_parts)
+        kept = sorted(unchanged.get(key, []), key=_parts)
+        anchor = kept[0] if kept else names[0]
+        for name in names:
+            if name == anchor:
+                continue
+            put = next(op for op in ops if op.path == name and not isinstance(op, Remove))
+            assert isinstance(put, (PutFile, SetMeta)) and name in new
+            links[name] = HardLink(root, name, anchor, new[name], put.attrs)
+    if not links:
+        return ops
+    rest = [op for op in ops if isinstance(op, Remove) or op.path not in links]
+    return rest + sorted(links.values(), key=lambda op: _parts(op.path))
 
 
 def apply(ops: Sequence[Op]) -> None:

@@ -25,10 +25,10 @@ from disco.changes import (
     load_sensitive,
     read_changes,
 )
-from disco.commit import apply, plan_commit
 from disco.errors import DiscoError
 from disco.fetch import Plan
 from disco.files import write_atomic
+from disco.journal import commit, recover
 from disco.metrics import Meter, Record
 from disco.modules import Edge, Module
 from disco.mounts import bind_readonly, mount_tmpfs, private_mounts
@@ -66,6 +66,7 @@ class Options:
     diff: str = "normal"
     etc: Path = Path("/etc/disco")  # noop.d/ and sensitive.d/ lists
     timeout: float | None = None  # seconds a template or script may run
+    dance: str = ""  # the dance's id in `disco history`: its commits' undo logs go there
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Dance:
         self.noop_names = load_noop_list(options.etc)
 
     def run(self) -> Outcome:
+        recover(self.state.txn, self.sink.warning)  # a commit cut short: undone first
         with ExitStack() as stack:
             private_mounts()
             work = self.state.txn / "run"
@@ -238,7 +240,8 @@ class Dance:
         self.zygote.settle()  # the step's overlays are gone: now its layer may move
         if not self.options.noop and changes:
             with self.meter.measure(module.name, "commit", label):
-                apply(plan_commit(changes, self.options.root))
+                commit(self.state.txn, changes, self.options.root, self.options.dance,
+                       module.name, label)  # fmt: skip
         if self.options.noop:
             self.stack(layer)
 

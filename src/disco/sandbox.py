@@ -357,22 +357,29 @@ class Zygote:
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        self.close(interrupted=e is not None)
 
-    def close(self) -> None:
-        if self.proc.poll() is None and self.req >= 0:
+    def close(self, interrupted: bool = False) -> None:
+        """Stop the zygote. Interrupted (an exception on its way), a step it may still
+        be running is killed; else the last one is settled first."""
+        if interrupted and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+        elif self.proc.poll() is None and self.req >= 0:
             self.settle()
-        for fd in (self.req, self.rep):
+        for fd in (self.req, self.rep):  # at end of file, the zygote reaps and exits
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.req = self.rep = -1
         try:
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=zygote.KILL_GRACE + 5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.unsettled is not None:
+            shutil.rmtree(self.unsettled / "work", ignore_errors=True)
+            self.unsettled = None
 
     def submounts(self, step: Step) -> list[Submount]:
         """The filesystems under the root, parsed again only when the mount table

@@ -179,6 +179,8 @@ class Zygote:
         self.live = False
         self.deadline_hit = False
         self.pending = 0  # an init that has reported, still to be reaped
+        self.stopping = False
+        self.timed_out = False
 
     def reap(self) -> None:
         if self.pending:
@@ -214,12 +216,24 @@ class Zygote:
             pass
         self.deadline_hit = True
 
+    def interrupt(self, *_: Any) -> None:
+        """disco was interrupted: stop the running step, and run no other."""
+        self.stopping = True
+        self.timed_out = False
+        self.stop_step()
+
+    def timeout(self, *_: Any) -> None:
+        self.timed_out = not self.deadline_hit and not self.stopping
+        self.stop_step()
+
     def run(self, req: dict[str, Any]) -> dict[str, Any]:
+        if self.stopping:
+            return _failed("interrupted: no more steps")
         ops = [tuple(op) for op in req["ops"]]
         ops = [("net", self.loopback()) if op == ("net", "shared") else op for op in ops]
         stdio = [_open_stdio(s) for s in req["stdio"]]
         r, w = os.pipe2(os.O_CLOEXEC)
-        self.live, self.deadline_hit = not req["newpid"], False
+        self.live, self.deadline_hit, self.timed_out = not req["newpid"], False, False
         start = time.monotonic()
         if req["newpid"]:
             unshare(CLONE_NEWPID)  # our next child is pid 1 of a new pid namespace
@@ -270,8 +284,13 @@ class Zygote:
             "status": status,
             "usage": usage,
             "wall": wall,
-            "timed_out": bool(req.get("timeout")) and self.deadline_hit,
+            "timed_out": self.timed_out,
         }
+
+
+def _failed(message: str) -> dict[str, Any]:
+    return {"msgs": {"F": message}, "status": 0, "usage": (0,) * 12, "wall": 0.0,
+            "timed_out": False}  # fmt: skip
 
 
 def _init(req: dict[str, Any], ops: list[tuple[Any, ...]], stdio: list[int | None], w: int) -> None:
@@ -381,19 +400,26 @@ def main() -> None:
     gc.freeze()  # a forked init then copies fewer of our pages: no collector touches them
     gc.disable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # disco decides; the command gets its own
-    signal.signal(signal.SIGALRM, zygote.stop_step)  # a step's timeout
-    signal.signal(signal.SIGUSR1, zygote.stop_step)  # disco was interrupted
+    signal.signal(signal.SIGALRM, zygote.timeout)  # a step's time limit, or its grace
+    signal.signal(signal.SIGUSR1, zygote.interrupt)  # disco was interrupted
     while (req := receive(req_fd)) is not None:
         if req.get("sync"):  # disco waits for the last step's init to be gone
-            send(rep_fd, {})
+            try:
+                send(rep_fd, {})
+            except OSError:
+                break
             continue
         try:
             answer = zygote.run(req)
         except OSError as e:
-            answer = {"msgs": {"F": f"zygote: {e}"}, "status": 0, "usage": (0,) * 12,
-                      "wall": 0.0, "timed_out": False}  # fmt: skip
-        send(rep_fd, answer)
-        zygote.reap()
+            answer = _failed(f"zygote: {e}")
+        try:
+            send(rep_fd, answer)
+        except OSError:  # disco is gone, or has stopped listening: so do we
+            break
+        finally:
+            zygote.reap()
+    zygote.reap()
 
 
 if __name__ == "__main__":

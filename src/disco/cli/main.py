@@ -8,8 +8,10 @@ import socket
 import sys
 from pathlib import Path
 
-from disco.cli import report
+from disco import history
+from disco.cli import report, undo
 from disco.cli.common import Output, Parser, add_state_dir, execute, parser, subparser
+from disco.cli.interrupt import Interrupted, interruptible
 from disco.dance import Dance, Options, Outcome, only
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
 from disco.fetch import fetch
@@ -23,6 +25,8 @@ examples:
   NOOP=true disco dance
   disco dance --server ./examples/seed --node localhost.localdomain --root /srv/image
   disco report
+  disco history
+  disco rollback --noop
 """
 
 # --detailed-exitcodes (Puppet's meaning)
@@ -75,7 +79,9 @@ def build() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 no changes, 1 could not run, 2 changes, 4 failures, 6 both",
     )
+    undo.add_wait(s)
     report.add_parser(subs)
+    undo.add_parsers(subs)
     return p
 
 
@@ -89,11 +95,12 @@ def dance(args: argparse.Namespace) -> int:
     # Settings are read (and checked) before the lock is taken: a bad URI or a missing
     # server setting leaves a machine without state as it was.
     settings = load_settings(state.params(), args.server, args.timeout)
+    limit = history.max_bytes(state.params())
     state.create()
     out = Output()
     meter = Meter()
     started = utc_now()
-    with hold(state.lock):
+    with hold(state.lock, args.wait, out.warning):
         with meter.measure("_internal", "fetch"):
             plan = fetch(state, node, settings)
         for failure in plan.passed_over:
@@ -109,17 +116,44 @@ def dance(args: argparse.Namespace) -> int:
                 )
             plan = only(plan, args.module)
         out.info(("Ready to dance : " + " ".join(plan.names)).rstrip())
-        options = Options(noop=noop, root=root, diff=args.diff, timeout=settings.step_timeout)
+        mode = "noop" if noop else "live"
+        kept = history.begin(state.txn, mode, root, node)
+        options = Options(
+            noop=noop, root=root, diff=args.diff, dance=kept.id, timeout=settings.step_timeout
+        )
         dancer = Dance(state, plan, options, out, meter)
         status = EXIT_FAILED
         try:
-            status = exit_status(dancer.run(), args.detailed_exitcodes)
+            with interruptible():
+                status = exit_status(dancer.run(), args.detailed_exitcodes)
+        except Interrupted as e:
+            status = e.status
+            raise interrupted(e, state, kept, noop) from None
         finally:  # a dance cut short is reported too, as far as it went
-            mode = "noop" if noop else "live"
             records, changes = tuple(meter.records), tuple(dancer.outcome.changes)
+            if status > 128 and not noop:  # only the records of what was committed
+                done = {(j.module, j.step) for j in kept.commits(state.txn)}
+                changes = tuple(c for c in changes if (c["module"], c["step"]) in done)
             summary = DanceReport(started, node, mode, str(root), status, records, changes)
             save(state.reports, summary)
+            failures = len(dancer.outcome.failed) + len(dancer.outcome.skipped)
+            history.finish(state.txn, kept, len(changes), failures, status)
+            for text in history.prune(state.txn, limit):
+                out.info(text)
     return status
+
+
+def interrupted(e: Interrupted, state: State, kept: history.Kept, noop: bool) -> DiscoError:
+    """The error that ends a dance cut short by a signal, saying what it committed."""
+    if noop:
+        return DiscoError(f"interrupted by {e.name}: a NOOP dance changes nothing", "", e.status)
+    done = [f"{j.module}: {j.step}" for j in kept.commits(state.txn)]
+    what = f"{len(done)} commit(s) were applied ({', '.join(done)})" if done else "none applied"
+    return DiscoError(
+        f"interrupted by {e.name}: dance {kept.id} committed nothing more; {what}",
+        f"'disco rollback' undoes dance {kept.id}" if done else "",
+        e.status,
+    )
 
 
 def exit_status(outcome: Outcome, detailed: bool) -> int:
@@ -132,6 +166,8 @@ def exit_status(outcome: Outcome, detailed: bool) -> int:
 def command(args: argparse.Namespace) -> int:
     if args.command == "report":
         return report.run(args)
+    if args.command in ("history", "rollback"):
+        return undo.run(args)
     detailed = getattr(args, "detailed_exitcodes", False)
     try:
         return dance(args)
