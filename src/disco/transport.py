@@ -137,8 +137,11 @@ def changed_trees(
         check_local(server, sources)
     argv = rsync_argv(without_quiet(rsync), server, sources, local, None)
     result = rpc(argv[:-1] + ["--dry-run", "--out-format=%i %n", argv[-1]], server)
-    # Each line is an 11-character change code, a space, then the path.
-    return {line[12:].split("/", 1)[0] for line in result.splitlines() if len(line) > 12}
+    # Each line is an 11-character change code, a space, then the path. Only the trees
+    # asked for count: no other line (a notice, a listing) is ever taken for a name.
+    asked = {source.rstrip("/").rsplit("/", 1)[-1] for source in sources}
+    found = {line[12:].split("/", 1)[0] for line in result.splitlines() if len(line) > 12}
+    return found & asked
 
 
 class Missing(DiscoError):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from disco import __version__
-from disco.errors import EXIT_USAGE, DiscoError
+from disco.errors import EXIT_FAILED, EXIT_USAGE, DiscoError
 
 COLOURS = {"info": "32", "warning": "33", "error": "31", "report": "36"}
 
@@ -117,3 +117,12 @@ def execute(
         # /dev/null so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        if args.debug:
+            raise
+        # The last resort for a system error no check foresaw: still one line.
+        name = str(e.filename or "")
+        where = f": {name if len(name) < 200 else name[:100] + '...' + name[-60:]}" if name else ""
+        hint = "run it as root" if isinstance(e, PermissionError) else "rerun with --debug"
+        Output().error(f"{e.strerror or e}{where}; {hint}")
+        return EXIT_FAILED

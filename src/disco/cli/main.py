@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -15,8 +14,8 @@ from disco.errors import EXIT_FAILED, DiscoError, UsageError
 from disco.fetch import fetch
 from disco.lock import hold
 from disco.metrics import DanceReport, Meter, save, utc_now
-from disco.params import check_segment
-from disco.state import State, load_settings
+from disco.params import check_node
+from disco.state import State, default_node, load_settings
 
 EPILOG = """\
 examples:
@@ -40,7 +39,7 @@ def build() -> argparse.ArgumentParser:
         "fetch the node's modules and apply them in order (NOOP: show what would change)",
         "NOOP=true disco dance --server /srv/disco --node web1.example.com",
     )
-    s.add_argument("--node", help="the node's name (default: this machine's FQDN)")
+    s.add_argument("--node", help="the node's name (default: what 'hostname -f' prints)")
     s.add_argument(
         "--server",
         action="append",
@@ -74,8 +73,13 @@ def build() -> argparse.ArgumentParser:
 
 
 def dance(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise DiscoError(
+            "disco dance needs root: every step runs in mount namespaces and overlays",
+            "run it as root, e.g. with sudo",
+        )
     state = State.locate(args.state_dir)
-    node = check_segment(socket.getfqdn() if args.node is None else args.node, "node name")
+    node = check_node(default_node() if args.node is None else args.node)
     root = Path(args.root).absolute()
     if not root.is_dir():
         raise UsageError(f"--root {args.root} is not a directory", "give the root to apply to")
