@@ -66,8 +66,8 @@ SEED_RECORDS = (
     rec("_internal", "diff", None, 0.82, 0.14, 0.66, 5184, 0, 18218, 0, 8),
 )  # fmt: skip
 
-# The seed's output, byte for byte.
-SEED_REPORT = """\
+# The seed's output, byte for byte: its blocks, sorted there, come in dance order here.
+SEED_SORTED = """\
 report: _internal: diff
 report:    time_real 0.82 : time_user 0.14 : time_sys 0.66
 report:    mem_avg 0 : mem_max 5184 : mem_faults_major 0 : mem_faults_minor 18218
@@ -116,6 +116,31 @@ report:    mem_avg 0 : mem_max 11152 : mem_faults_major 0 : mem_faults_minor 299
 report:    io_fsin 0 : io_fsout 24 : io_sockin 0 : io_sockout 0 : io_signals 0
 report:    exit: 0
 """
+
+
+def blocks(text: str) -> dict[str, str]:
+    """A report's blocks by their head line ("report: m: step")."""
+    found: dict[str, str] = {}
+    head = ""
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("report:    "):
+            head = line.strip()
+        found[head] = found.get(head, "") + line
+    return found
+
+
+DANCE_ORDER = (
+    "_internal: fetch_params",
+    "testmodule-1.0: fetch",
+    "othermodule-3.2: fetch",
+    "testmodule-1.0: exec",
+    "othermodule-3.2: template",
+    "testmodule-1.0: diff",
+    "othermodule-3.2: diff",
+    "_internal: diff",
+)
+SEED_REPORT = "".join(blocks(SEED_SORTED)[f"report: {head}"] for head in DANCE_ORDER)
+assert sorted(SEED_REPORT.splitlines()) == sorted(SEED_SORTED.splitlines())
 
 CHANGE = {
     "module": "testmodule-1.0",
@@ -266,11 +291,6 @@ def test_report_of_one_module() -> None:
     assert (
         body(report_lines(seed_report(), "othermodule-3.2"))
         == """\
-report: othermodule-3.2: diff
-report:    time_real 0.80 : time_user 0.13 : time_sys 0.65
-report:    mem_avg 0 : mem_max 4816 : mem_faults_major 0 : mem_faults_minor 16448
-report:    io_fsin 0 : io_fsout 8 : io_sockin 0 : io_sockout 0 : io_signals 0
-report:    exit: 0
 report: othermodule-3.2: fetch
 report:    time_real 2.28 : time_user 0.05 : time_sys 0.14
 report:    mem_avg 0 : mem_max 11152 : mem_faults_major 0 : mem_faults_minor 2843
@@ -282,6 +302,11 @@ report:        time_real 0.56 : time_user 0.04 : time_sys 0.37
 report:        mem_avg 0 : mem_max 4592 : mem_faults_major 122 : mem_faults_minor 4885
 report:        io_fsin 25536 : io_fsout 16 : io_sockin 0 : io_sockout 0 : io_signals 0
 report:        exit: 0
+report: othermodule-3.2: diff
+report:    time_real 0.80 : time_user 0.13 : time_sys 0.65
+report:    mem_avg 0 : mem_max 4816 : mem_faults_major 0 : mem_faults_minor 16448
+report:    io_fsin 0 : io_fsout 8 : io_sockin 0 : io_sockout 0 : io_signals 0
+report:    exit: 0
 """
     )
 

@@ -213,12 +213,12 @@ def select(report: DanceReport, module: str | None) -> DanceReport:
 
 def report_lines(report: DanceReport, module: str | None = None) -> list[str]:
     """The text after 'report: ' of each line, in the seed's format: one block per
-    (module, step) in sorted order, a step's items in the order they ran."""
+    (module, step) in dance order (where the step first ran), its items as they ran."""
     groups: dict[tuple[str, str], list[Record]] = {}
     for record in select(report, module).records:
         groups.setdefault((record.module, record.step), []).append(record)
     lines = []
-    for (mod, step), records in sorted(groups.items()):
+    for (mod, step), records in groups.items():
         lines.append(f"{mod}: {step}")
         # A whole-step record (if any) comes before the items it may contain.
         for record in sorted(records, key=lambda r: r.item is not None):

@@ -92,7 +92,7 @@ def dance(args: argparse.Namespace) -> int:
     meter = Meter()
     started = utc_now()
     with hold(state.lock):
-        with meter.measure("_internal", "fetch"):
+        with meter.measure("_internal", "fetch_params"):  # the seed's name; modules too
             plan = fetch(state, node, settings)
         for failure in plan.passed_over:
             out.warning(f"{failure.message}; passed over")
