@@ -40,6 +40,7 @@ from disco.sandbox import (
     run_step,
     upper_of,
 )
+from disco.scripts import interpreter_problem
 from disco.stack import fold
 from disco.state import State
 from disco.view import (
@@ -75,6 +76,8 @@ class Sink(Protocol):
     def warning(self, text: str) -> None: ...
     def error(self, text: str) -> None: ...
     def text(self, text: str) -> None: ...
+    def progress(self, module: str, index: int, total: int) -> None:
+        """Module `index` of `total` (from 1) starts: for a progress line."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ class Dance:
             self.binaries = intercepted_binaries(self.options.root, self.noop_names)
             self.network = stack.enter_context(loopback_network())
             failed: set[str] = set()
-            for module in self.plan.modules:
+            for index, module in enumerate(self.plan.modules, start=1):
+                self.sink.progress(module.name, index, len(self.plan.modules))
                 # Only what the module runs after can fail it; `before X` does not.
                 blocker = next(
                     (r.name for r in module.requires if r.edge is Edge.AFTER and r.name in failed),
@@ -182,6 +186,12 @@ class Dance:
             else []
         )
         for name in scripts:
+            problem = interpreter_problem(
+                module.part("scripts") / name, self.options.root, module.name
+            )
+            if problem:
+                self.sink.error(problem)
+                return False
             path = f"{VIEW_AT}/modules/{module.name}/scripts/{name}"
             if not self.step(
                 module, "exec", name, command(module.part("scripts") / name, path), True

@@ -14,6 +14,7 @@ from typing import TextIO
 from disco import __version__
 from disco.errors import EXIT_FAILED, EXIT_USAGE, DiscoError
 
+DEBUG = "log every command run; tracebacks"
 COLOURS = {"info": "32", "warning": "33", "error": "31", "report": "36"}
 
 
@@ -63,7 +64,7 @@ def parser(prog: str, description: str, epilog: str) -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--debug", action="store_true", help="log every command run; tracebacks")
+    p.add_argument("--debug", action="store_true", help=DEBUG)
     return p
 
 
@@ -88,6 +89,8 @@ def subparser(
     )
     # Accepted after the verb too; SUPPRESS keeps a flag given before it.
     add_state_dir(p, argparse.SUPPRESS)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG)
+    p.add_argument("--version", action="version", version=f"{p.prog.split()[0]} {__version__}")
     return p
 
 

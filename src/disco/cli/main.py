@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 from disco.cli import report
-from disco.cli.common import Output, Parser, add_state_dir, execute, parser, subparser
+from disco.cli.common import Parser, add_state_dir, execute, parser, subparser
+from disco.cli.dance_output import DanceOutput, printing_to
 from disco.dance import Dance, Options, Outcome, only
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
 from disco.fetch import fetch
 from disco.lock import hold
-from disco.metrics import DanceReport, Meter, save, utc_now
+from disco.metrics import INTERNAL, USAGE_FIELDS, DanceReport, Meter, Record, save, utc_now
 from disco.params import check_node
-from disco.state import State, default_node, load_settings
+from disco.sandbox import Usage
+from disco.state import Settings, State, default_node, load_settings
 
 EPILOG = """\
 examples:
@@ -68,6 +73,14 @@ def build() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 no changes, 1 could not run, 2 changes, 4 failures, 6 both",
     )
+    s.add_argument(
+        "--quiet", "-q", action="store_true", help="print only changes, warnings and errors"
+    )
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="print the changes and the outcome as one JSON document; other lines to stderr",
+    )
     report.add_parser(subs)
     return p
 
@@ -87,8 +100,28 @@ def dance(args: argparse.Namespace) -> int:
     # Settings are read (and checked) before the lock is taken: a bad URI or a missing
     # server setting leaves a machine without state as it was.
     settings = load_settings(state.params(), args.server)
+    fresh = not state.root.exists()
     state.create()
-    out = Output()
+    out = DanceOutput(printing_to(args.json), sys.stderr, quiet=args.quiet)
+    try:
+        return dance_locked(args, state, node, root, noop, settings, out)
+    except DiscoError:
+        if fresh and not state.reports.exists():  # refused before it began: leave no trace
+            shutil.rmtree(state.root, ignore_errors=True)
+        raise
+    finally:
+        out.finish()
+
+
+def dance_locked(
+    args: argparse.Namespace,
+    state: State,
+    node: str,
+    root: Path,
+    noop: bool,
+    settings: Settings,
+    out: DanceOutput,
+) -> int:
     meter = Meter()
     started = utc_now()
     with hold(state.lock):
@@ -112,12 +145,53 @@ def dance(args: argparse.Namespace) -> int:
         status = EXIT_FAILED
         try:
             status = exit_status(dancer.run(), args.detailed_exitcodes)
+        except KeyboardInterrupt:
+            status = EXIT_INTERRUPTED
+            meter.add(interrupted(out))
+            where = f" in module {out.module}" if out.module else ""
+            raise DiscoError(
+                f"interrupted{where}",
+                "'disco report' shows the steps that ran, and where it stopped",
+                EXIT_INTERRUPTED,
+            ) from None
         finally:  # a dance cut short is reported too, as far as it went
             mode = "noop" if noop else "live"
             records, changes = tuple(meter.records), tuple(dancer.outcome.changes)
             summary = DanceReport(started, node, mode, str(root), status, records, changes)
             save(state.reports, summary)
+            if args.json:
+                out.finish()
+                print(dance_json(summary, dancer.outcome, out.diffs))
     return status
+
+
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+
+
+def interrupted(out: DanceOutput) -> Record:
+    """The step that was cut short: its module, and how long it had run."""
+    zero = Usage(**{name: 0 for name in USAGE_FIELDS})
+    wall = time.monotonic() - out.module_started
+    return Record(out.module or INTERNAL, "interrupted", None, wall, zero, EXIT_INTERRUPTED)
+
+
+def dance_json(report: DanceReport, outcome: Outcome, diffs: list[str]) -> str:
+    """`disco dance --json`: the dance's change records and outcome, one document."""
+    changes = [dict(change) for change in report.changes]
+    if len(diffs) == len(changes):
+        for change, diff in zip(changes, diffs):
+            change["diff"] = diff
+    document = {
+        "node": report.node,
+        "mode": report.mode,
+        "root": report.root,
+        "started": report.started,
+        "exit": report.exit,
+        "failed": outcome.failed,
+        "skipped": outcome.skipped,
+        "changes": changes,
+    }
+    return json.dumps(document, indent=2, sort_keys=True)
 
 
 def exit_status(outcome: Outcome, detailed: bool) -> int:

@@ -23,7 +23,10 @@ def add_parser(subs: argparse._SubParsersAction[Parser]) -> Parser:
     how = s.add_mutually_exclusive_group()
     how.add_argument("--json", action="store_true", help="print the report as JSON")
     how.add_argument(
-        "--html", metavar="FILE", type=Path, help="write a page with a timeline of the steps"
+        "--html",
+        metavar="FILE",
+        type=Path,
+        help="write a page with a timeline of the steps to FILE ('-': stdout)",
     )
     return s
 
@@ -32,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     report = load_last(State.locate(args.state_dir).reports)
     if args.json:
         print(report_json(report, args.module))
+    elif args.html is not None and str(args.html) == "-":
+        sys.stdout.write(report_html(report, args.module))
     elif args.html is not None:
         page = report_html(report, args.module)
         try:
