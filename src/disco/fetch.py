@@ -113,8 +113,8 @@ def not_on_server(name: str, wanted_by: str, server: Server) -> DiscoError:
         f"module '{name}', required by {wanted_by}, is not on server {server.uri}",
         f"add modules/{name}/ to the server, or remove the requirement"
         if server.kind is Kind.LOCAL
-        else f"add modules/{name}/ and its [{name}] entry in rsyncd.conf to the server,"
-        " or remove the requirement",
+        else f"add modules/{name}/ to the server and run 'disco-server sync' there (it"
+        f" writes the [{name}] entry of rsyncd.conf), or remove the requirement",
     )
 
 

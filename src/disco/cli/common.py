@@ -78,7 +78,11 @@ def add_state_dir(p: argparse.ArgumentParser, default: object = None) -> None:
 
 
 def subparser(
-    subs: argparse._SubParsersAction[Parser], name: str, summary: str, example: str
+    subs: argparse._SubParsersAction[Parser],
+    name: str,
+    summary: str,
+    example: str,
+    state_dir: bool = True,
 ) -> Parser:
     p: Parser = subs.add_parser(
         name,
@@ -88,7 +92,8 @@ def subparser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # Accepted after the verb too; SUPPRESS keeps a flag given before it.
-    add_state_dir(p, argparse.SUPPRESS)
+    if state_dir:
+        add_state_dir(p, argparse.SUPPRESS)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG)
     p.add_argument("--version", action="version", version=f"{p.prog.split()[0]} {__version__}")
     return p

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from disco.metrics import INTERNAL, USAGE_FIELDS, DanceReport, Meter, Record, sa
 from disco.params import check_node
 from disco.sandbox import Usage
 from disco.state import Settings, State, default_node, load_settings
+from disco.transport import with_ssh_port
 
 EPILOG = """\
 examples:
@@ -50,6 +52,11 @@ def build() -> argparse.ArgumentParser:
         action="append",
         metavar="URI",
         help="server to fetch from, instead of disco/server/uri; repeat for failover",
+    )
+    s.add_argument(
+        "--port",
+        metavar="N",
+        help="ssh port of [user@]host servers, instead of the URI's (user@host:N) or ssh's",
     )
     s.add_argument(
         "--noop",
@@ -100,6 +107,9 @@ def dance(args: argparse.Namespace) -> int:
     # Settings are read (and checked) before the lock is taken: a bad URI or a missing
     # server setting leaves a machine without state as it was.
     settings = load_settings(state.params(), args.server)
+    if args.port is not None:
+        servers = tuple(with_ssh_port(s, args.port, "--port") for s in settings.servers)
+        settings = dataclasses.replace(settings, servers=servers)
     fresh = not state.root.exists()
     state.create()
     out = DanceOutput(printing_to(args.json), sys.stderr, quiet=args.quiet)
