@@ -20,11 +20,11 @@ from disco.metrics import (
     Meter,
     Record,
     load_last,
-    report_html,
     report_json,
     report_lines,
     save,
 )
+from disco.page import report_html
 from disco.sandbox import Usage
 
 ZERO = Usage(0.0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
@@ -349,11 +349,29 @@ def test_json_of_one_module_keeps_its_records_and_changes() -> None:
         report_json(seed_report(), "nosuchmodule")
 
 
-def test_html_has_a_bar_per_record() -> None:
+def test_html_has_a_bar_per_record_on_a_time_axis() -> None:
     page = report_html(seed_report())
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page
-    assert page.count('<td class=bar><div style="width:') == len(SEED_RECORDS)
-    assert 'style="width:100.0%"' in page  # the longest step, testmodule's fetch
+    assert page.count('<div class="bar" style="left:') == len(SEED_RECORDS)
+    # The seed's records carry no start: laid end to end, the first starts at 0 and the
+    # last ends at the right edge.
+    assert 'style="left:0.000%;' in page
+    assert page.count('class="row failed"') == 1  # 10-service_stop.sh exited 1
+
+
+def test_html_places_each_step_where_it_started() -> None:
+    usage = SEED_RECORDS[0].usage
+    records = (
+        Record("_internal", "fetch_params", None, 1.0, usage, 0, 0.0),
+        Record("m", "exec", "a.sh", 2.0, usage, 0, 2.0),
+        Record("m", "exec", "b.sh", 1.0, usage, 3, 3.0),
+    )
+    change = {**CHANGE, "diff": "0a1\n> <new>"}
+    page = report_html(dataclasses.replace(seed_report(), records=records, changes=(change,)))
+    assert 'style="left:50.000%;width:50.000%"' in page  # a.sh: from 2 s to 4 s of 4
+    assert 'style="left:75.000%;width:25.000%"' in page
+    assert "<b>4.00 s</b>wall time" in page and "<b>1</b>failed steps" in page
+    assert "<details><summary" in page and "&gt; &lt;new&gt;" in page  # the diff, folded
 
 
 # -- disco report ---------------------------------------------------------------------------

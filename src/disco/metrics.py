@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import html
 import json
 import os
 import resource
@@ -38,6 +37,7 @@ class Record:
     wall: float  # seconds
     usage: Usage
     exit: int  # the step's exit status (0 ok)
+    start: float = 0.0  # seconds from the start of the dance's meter to the step's start
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class Meter:
     """Collects the Records of one dance, in the order the steps ran."""
 
     records: list[Record] = field(default_factory=list)
+    origin: float = field(default_factory=time.perf_counter)  # a record's start counts from here
 
     @contextlib.contextmanager
     def measure(self, module: str, step: str, item: str | None = None) -> Iterator[Probe]:
@@ -84,11 +85,14 @@ class Meter:
         finally:
             wall = time.perf_counter() - start
             usage = _delta(before, _rusage())
-            self.records.append(Record(module, step, item, wall, usage, probe.exit))
+            offset = start - self.origin
+            self.records.append(Record(module, step, item, wall, usage, probe.exit, offset))
 
     def add(self, record: Record) -> None:
-        """A record measured elsewhere, e.g. from a sandboxed step's own wait4 usage."""
-        self.records.append(record)
+        """A record measured elsewhere, e.g. from a sandboxed step's own wait4 usage, added
+        as the step ends: it started its wall time ago."""
+        offset = max(0.0, time.perf_counter() - record.wall - self.origin)
+        self.records.append(dataclasses.replace(record, start=offset))
 
 
 def _rusage() -> tuple[resource.struct_rusage, resource.struct_rusage]:
@@ -176,6 +180,7 @@ def _record(data: Any) -> Record:
         _typed(data["wall"], float),
         Usage(**numbers),
         _typed(data["exit"], int),
+        _typed(data.get("start", 0.0), float),  # reports before issue 11 have none
     )
 
 
@@ -245,41 +250,3 @@ def metric_lines(record: Record) -> list[str]:
 
 def report_json(report: DanceReport, module: str | None = None) -> str:
     return json.dumps(to_data(select(report, module)), indent=2, sort_keys=True)
-
-
-def report_html(report: DanceReport, module: str | None = None) -> str:
-    """A self-contained page: the dance, then a row per record in run order with a bar
-    as long as its wall time relative to the longest."""
-    chosen = select(report, module)
-    longest = max((r.wall for r in chosen.records), default=0.0) or 1.0
-    e = html.escape
-    rows = []
-    for r in chosen.records:
-        width = 100 * r.wall / longest
-        status = "ok" if r.exit == 0 else "failed"
-        rows.append(
-            f'<tr class="{status}"><td>{e(r.module)}</td><td>{e(r.step)}</td>'
-            f"<td>{e(r.item or '')}</td><td class=n>{r.wall:.2f}</td>"
-            f"<td class=n>{r.usage.utime:.2f}</td><td class=n>{r.usage.stime:.2f}</td>"
-            f"<td class=n>{r.usage.maxrss}</td><td class=n>{r.exit}</td>"
-            f'<td class=bar><div style="width:{width:.1f}%"></div></td></tr>'
-        )
-    title = e(f"disco dance on {chosen.node} at {chosen.started}")
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }} table {{ border-collapse: collapse; width: 100%; }}
-td, th {{ padding: 2px 8px; text-align: left; border-bottom: 1px solid #ddd; }}
-td.n {{ text-align: right; font-family: monospace; }} td.bar {{ width: 40%; }}
-td.bar div {{ background: #4a90d9; height: 1em; min-width: 1px; }}
-tr.failed td {{ color: #a00; }} tr.failed td.bar div {{ background: #d9534f; }}
-</style></head><body>
-<h1>{title}</h1>
-<p>mode {e(chosen.mode)}, root {e(chosen.root)}, exit {chosen.exit},
-{len(chosen.changes)} change(s)</p>
-<table>
-<tr><th>module</th><th>step</th><th>item</th><th>real s</th><th>user s</th><th>sys s</th>
-<th>max RSS KiB</th><th>exit</th><th>time</th></tr>
-{chr(10).join(rows)}
-</table></body></html>
-"""

@@ -166,12 +166,12 @@ def dance_locked(
             ) from None
         finally:  # a dance cut short is reported too, as far as it went
             mode = "noop" if noop else "live"
-            records, changes = tuple(meter.records), tuple(dancer.outcome.changes)
+            records, changes = tuple(meter.records), with_diffs(dancer.outcome, out.diffs)
             summary = DanceReport(started, node, mode, str(root), status, records, changes)
             save(state.reports, summary)
             if args.json:
                 out.finish()
-                print(dance_json(summary, dancer.outcome, out.diffs))
+                print(dance_json(summary, dancer.outcome))
     return status
 
 
@@ -185,12 +185,18 @@ def interrupted(out: DanceOutput) -> Record:
     return Record(out.module or INTERNAL, "interrupted", None, wall, zero, EXIT_INTERRUPTED)
 
 
-def dance_json(report: DanceReport, outcome: Outcome, diffs: list[str]) -> str:
-    """`disco dance --json`: the dance's change records and outcome, one document."""
-    changes = [dict(change) for change in report.changes]
-    if len(diffs) == len(changes):
+def with_diffs(outcome: Outcome, diffs: list[str]) -> tuple[dict[str, str], ...]:
+    """The change records, each with the diff printed after it (for reports and --json)."""
+    changes = [dict(change) for change in outcome.changes]
+    if len(diffs) == len(changes):  # printed in the same order as recorded
         for change, diff in zip(changes, diffs):
             change["diff"] = diff
+    return tuple(changes)
+
+
+def dance_json(report: DanceReport, outcome: Outcome) -> str:
+    """`disco dance --json`: the dance's change records and outcome, one document."""
+    changes = list(report.changes)
     document = {
         "node": report.node,
         "mode": report.mode,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from disco.cli.common import Output, Parser, subparser
 from disco.errors import DiscoError
-from disco.metrics import load_last, report_html, report_json, report_lines
+from disco.metrics import load_last, report_json, report_lines
+from disco.page import report_html
 from disco.state import State
 
 
