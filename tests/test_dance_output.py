@@ -35,6 +35,7 @@ def test_json_is_one_document_with_changes_and_outcome(
     assert by_path["/etc/a.conf"]["diff"] == "0a1\n> made by a"
     assert by_path["/etc/b.conf"]["step"] == "10-say.sh"
     assert by_path["/etc/b.conf"]["header"].startswith("File: file: /etc/b.conf : Created")
+    assert document["would_execute"] == [{"module": "b", "command": "service x restart"}]
     assert "info: Processing a" in result.stderr  # the human lines, on stderr
     assert "info: File: file: /etc/a.conf" in result.stderr
 
@@ -179,3 +180,19 @@ def test_html_report_to_stdout(cmd: Run, tmp_path: Path, scratch_root: Path) -> 
     result = cmd("disco", "report", "--html", "-")
     assert result.returncode == 0 and result.stdout.startswith("<!DOCTYPE html>")
     assert result.stdout.rstrip().endswith("</html>") and result.stderr == ""
+
+
+def test_would_execute_lines_are_kept_in_every_report(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    server = make_server(tmp_path / "srv", MODULES)
+    result = dance(cmd, server, scratch_root)
+    assert result.returncode == 0, result.stderr
+    assert "warning: Would execute : service x restart" in result.stderr  # passed on as ever
+    text = cmd("disco", "report").stdout.splitlines()
+    assert text[-1] == "report: b: Would execute : service x restart"
+    data = json.loads(cmd("disco", "report", "--json").stdout)
+    assert data["would_execute"] == [{"module": "b", "command": "service x restart"}]
+    page = cmd("disco", "report", "--html", "-").stdout
+    assert "<code>service x restart</code>" in page
+    assert cmd("disco", "report", "a").stdout.count("Would execute") == 0  # b's, not a's

@@ -48,7 +48,8 @@ class DanceReport:
     root: str  # target root
     exit: int  # the dance's exit status
     records: tuple[Record, ...]
-    changes: tuple[dict[str, str], ...]  # {"module", "step", "path", "kind", "header"}
+    changes: tuple[dict[str, str], ...]  # {"module", "step", "path", "kind", "header", "diff"}
+    would_execute: tuple[dict[str, str], ...] = ()  # {"module", "command"} NOOP intercepted
 
 
 def utc_now() -> str:
@@ -166,7 +167,8 @@ def from_data(data: Any) -> DanceReport:
     head = {k: _typed(data[k], kind) for k, kind in kinds.items()}
     records = tuple(_record(r) for r in _typed(data["records"], list))
     changes = tuple(_change(c) for c in _typed(data["changes"], list))
-    return DanceReport(**head, records=records, changes=changes)
+    would = tuple(_change(c) for c in _typed(data.get("would_execute", []), list))
+    return DanceReport(**head, records=records, changes=changes, would_execute=would)
 
 
 def _record(data: Any) -> Record:
@@ -213,6 +215,7 @@ def select(report: DanceReport, module: str | None) -> DanceReport:
         report,
         records=tuple(r for r in report.records if r.module == module),
         changes=tuple(c for c in report.changes if c.get("module") == module),
+        would_execute=tuple(w for w in report.would_execute if w.get("module") == module),
     )
 
 
@@ -232,6 +235,8 @@ def report_lines(report: DanceReport, module: str | None = None) -> list[str]:
                 lines.append(f"{indent}{record.item} :")
                 indent = "       "
             lines.extend(indent + text for text in metric_lines(record))
+    for would in select(report, module).would_execute:  # what NOOP intercepted, as it ran
+        lines.append(f"{would.get('module', '?')}: Would execute : {would.get('command', '')}")
     return lines
 
 

@@ -58,8 +58,23 @@ def report_html(report: DanceReport, module: str | None = None) -> str:
 {timeline(chosen.records)}
 <h2>Changes</h2>
 {changes(chosen)}
+<h2>Would execute</h2>
+{would_execute(chosen)}
 </body></html>
 """
+
+
+def would_execute(report: DanceReport) -> str:
+    """The commands NOOP intercepted: what a live dance would have run outside."""
+    if not report.would_execute:
+        return '<p class="none">nothing intercepted</p>'
+    e = html.escape
+    items = "".join(
+        f"<li><code>{e(w.get('command', ''))}</code> <span class=meta>({e(w.get('module', '?'))})"
+        "</span></li>"
+        for w in report.would_execute
+    )
+    return f'<ul class="would">{items}</ul>'
 
 
 def totals(report: DanceReport) -> str:
@@ -74,6 +89,7 @@ def totals(report: DanceReport) -> str:
         ("", "steps", str(len(records))),
         ("bad" if failed else "ok", "failed steps", str(len(failed))),
         ("", "changes", str(len(report.changes))),
+        ("", "would execute", str(len(report.would_execute))),
         ("", "wall time", f"{elapsed:.2f} s"),
         ("", "CPU time", f"{cpu:.2f} s"),
     ]

@@ -28,9 +28,12 @@ class Output:
 
     def line(self, kind: str, text: str, stream: TextIO) -> None:
         prefix = f"{kind}:"
-        if stream.isatty() and not os.environ.get("NO_COLOR"):
+        if self.coloured(stream) and not os.environ.get("NO_COLOR"):
             prefix = f"\033[{COLOURS[kind]}m{prefix}\033[0m"
         print(f"{prefix} {text}", file=stream, flush=True)
+
+    def coloured(self, stream: TextIO) -> bool:
+        return stream.isatty()
 
     def info(self, text: str) -> None:
         self.line("info", text, self.out)

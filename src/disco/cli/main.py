@@ -13,7 +13,7 @@ from pathlib import Path
 
 from disco.cli import report
 from disco.cli.common import Parser, add_state_dir, execute, parser, subparser
-from disco.cli.dance_output import DanceOutput, printing_to
+from disco.cli.dance_output import DanceOutput, StderrTee, printing_to
 from disco.dance import Dance, Options, Outcome, only
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
 from disco.fetch import fetch
@@ -112,7 +112,8 @@ def dance(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, servers=servers)
     fresh = not state.root.exists()
     state.create()
-    out = DanceOutput(printing_to(args.json), sys.stderr, quiet=args.quiet)
+    tee = StderrTee() if noop else None  # NOOP's `Would execute` lines, for the report
+    out = DanceOutput(printing_to(args.json), sys.stderr, quiet=args.quiet, tee=tee)
     try:
         return dance_locked(args, state, node, root, noop, settings, out)
     except DiscoError:
@@ -167,10 +168,10 @@ def dance_locked(
         finally:  # a dance cut short is reported too, as far as it went
             mode = "noop" if noop else "live"
             records, changes = tuple(meter.records), with_diffs(dancer.outcome, out.diffs)
-            summary = DanceReport(started, node, mode, str(root), status, records, changes)
+            would = tuple(out.finish())
+            summary = DanceReport(started, node, mode, str(root), status, records, changes, would)
             save(state.reports, summary)
             if args.json:
-                out.finish()
                 print(dance_json(summary, dancer.outcome))
     return status
 
@@ -206,6 +207,7 @@ def dance_json(report: DanceReport, outcome: Outcome) -> str:
         "failed": outcome.failed,
         "skipped": outcome.skipped,
         "changes": changes,
+        "would_execute": list(report.would_execute),
     }
     return json.dumps(document, indent=2, sort_keys=True)
 
