@@ -1,8 +1,8 @@
 """The parameters tree: a JSON document written as directories and files (DESIGN §3).
 
 A file is a value (its content, one trailing newline dropped), a directory is a map.
-Names that break the segment rule are not parameters: reads pass over them, which
-also hides the temporary files written here (their names carry a `~`).
+Reads pass over disco's own temporary files (`.~NAME...`); any other name that breaks
+the segment rule, and any symlink, is an error naming it: never skipped, never followed.
 """
 
 from __future__ import annotations
