@@ -86,6 +86,7 @@ def test_progress_shows_on_a_terminal_and_never_in_a_pipe(
     assert process.returncode == 0, seen
     terminal = seen.decode(errors="replace")
     assert "[module 1 of 2: a, " in terminal and "[module 2 of 2: b, " in terminal
+    assert "[module 1 of 2: a, after fetch, " in terminal  # a's files delivered, redrawn
     assert terminal.endswith("\r\033[K")  # taken away at the end
     assert b"module 1 of 2" not in out  # stdout is a pipe here: no progress there
 

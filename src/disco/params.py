@@ -171,6 +171,14 @@ def walk(tree: Tree, prefix: ParamPath = ()) -> Iterator[tuple[ParamPath, str | 
             yield path, child
 
 
+class Refused(DiscoError):
+    """The filesystem refused to read or write a parameter."""
+
+    def __init__(self, message: str, hint: str, *, path: ParamPath, error: OSError) -> None:
+        super().__init__(message, hint)
+        self.path, self.error = path, error
+
+
 class ParamStore:
     """A parameters tree on disk, rooted at `root` (the state's `parameters/`)."""
 
@@ -189,15 +197,19 @@ class ParamStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
-            raise self.refused(path, e) from None
+            raise self.refused(path, e, setting=False) from None
         return "map" if stat.S_ISDIR(st.st_mode) else "value" if stat.S_ISREG(st.st_mode) else None
 
-    def refused(self, path: ParamPath, e: OSError) -> DiscoError:
+    def refused(self, path: ParamPath, e: OSError, setting: bool = True) -> DiscoError:
         """The filesystem said no: say so naming the parameter, and what to do."""
-        hint = "nothing was changed"
+        hints = ["nothing was changed"] if setting else []
         if e.errno == errno.ENAMETOOLONG:
-            hint += f"; the state directory {shorten(str(self.root))} is too long a path for it"
-        return DiscoError(f"cannot set '{shorten(join(path))}': {e.strerror}", hint)
+            hints.append(f"the state directory {shorten(str(self.root))} is too long a path")
+        elif isinstance(e, PermissionError):
+            hints.append("run it as root")
+        verb = "set" if setting else "read"
+        message = f"cannot {verb} '{shorten(join(path))}': {e.strerror}"
+        return Refused(message, "; ".join(hints), path=path, error=e)
 
     def read(self, path: ParamPath = ()) -> Value:
         kind = self.kind(path)
@@ -273,8 +285,7 @@ class ParamStore:
 
     def set(self, path: ParamPath, value: str | None) -> None:
         """Set a value, or make a map when `value` is None. Missing parent maps are made."""
-        self.check_set(path, value is None)
-        self.write(path, value)
+        self.set_many([(path, value)])
 
     def set_many(self, items: Sequence[tuple[ParamPath, str | None]]) -> None:
         """Apply several sets, all of them or (when one would lose data) none."""
@@ -284,7 +295,10 @@ class ParamStore:
             return planned.get(path) or self.kind(path)
 
         for path, value in items:
-            self.check_set(path, value is None, kind_at)
+            try:
+                self.check_set(path, value is None, kind_at)
+            except Refused as e:  # what could not be read is what was to be set
+                raise self.refused(e.path, e.error) from None
             for depth in range(1, len(path)):
                 planned[path[:depth]] = "map"
             planned[path] = "map" if value is None else "value"

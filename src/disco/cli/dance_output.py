@@ -10,6 +10,7 @@ import time
 from typing import TextIO
 
 from disco.cli.common import Output
+from disco.metrics import Meter
 
 CHANGE = "File: "  # how a change record starts (changes.header)
 
@@ -33,6 +34,7 @@ class DanceOutput(Output):
     ) -> None:
         super().__init__(out, err)
         self.tee = tee
+        self.meter: Meter | None = None  # the dance's, once it has one: the progress line's step
         # Through the tee, stderr is a pipe: whether it ends on a terminal is the tee's.
         self.terminal = tee.terminal if tee is not None else self.err.isatty()
         self.quiet = quiet
@@ -94,9 +96,17 @@ class DanceOutput(Output):
         if not self.live or not self.where:
             return
         elapsed = time.monotonic() - self.started
-        self.status = f"[{self.where}, {elapsed:.0f} s]"
+        self.status = f"[{self.where}{self.last_step()}, {elapsed:.0f} s]"
         self.err.write(f"\r\033[K{self.status}")
         self.err.flush()
+
+    def last_step(self) -> str:
+        """The module's last finished step, from the dance's meter: `, after exec 10-x.sh`."""
+        records = self.meter.records if self.meter is not None else []
+        last = records[-1] if records else None
+        if last is None or last.module != self.module:
+            return ""
+        return f", after {last.step}" + (f" {last.item}" if last.item else "")
 
     def clear(self) -> None:
         if self.status:

@@ -134,6 +134,7 @@ def dance_locked(
     out: DanceOutput,
 ) -> int:
     meter = Meter()
+    out.meter = meter
     started = utc_now()
     with hold(state.lock):
         with meter.measure("_internal", "fetch_params"):  # the seed's name; modules too
