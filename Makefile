@@ -12,14 +12,20 @@ COMMANDS := disco disco-param disco-ball disco-fs-mount disco-fs-init disco-fs-d
 APT_PACKAGES := bash coreutils diffutils util-linux rsync openssh-client python3 python3-venv \
 	openssh-server
 
-.PHONY: demo test lint bench bench-deps install system-deps venv clean
+# What the tests need besides: a real browser for the HTML report's test.
+TEST_APT_PACKAGES := chromium
+
+.PHONY: demo test lint bench bench-deps install system-deps test-deps venv clean
 
 demo: venv
 	rm -rf $(DEMO)
 	bash examples/demo.sh $(BIN) $(CURDIR)/$(DEMO)
 
-test: lint
+test: lint test-deps
 	$(BIN)/pytest
+
+test-deps:
+	@$(MAKE) -s system-deps APT_PACKAGES="$(TEST_APT_PACKAGES)"
 
 lint: venv
 	$(BIN)/ruff check .
@@ -55,7 +61,8 @@ system-deps:
 	[ -z "$$missing" ] && exit 0; \
 	[ "$$(id -u)" = 0 ] || { echo "error: missing packages:" $$missing "; install them with apt-get as root"; exit 1; }; \
 	echo "installing:" $$missing; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  -o DPkg::Lock::Timeout=600 $$missing >/dev/null
 
 venv: system-deps $(VENV)/.installed
 

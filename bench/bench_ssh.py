@@ -83,8 +83,7 @@ def scratch_root(tmp: Path) -> Iterator[Path]:
 @dataclass(frozen=True)
 class Dance:
     sessions: int  # ssh sessions the server accepted during the dance
-    fetch: float  # seconds: the report's _internal fetch record(s)
-    fetch_params: float  # seconds: its _internal fetch_params record(s), if any
+    fetch: float  # seconds: the report's _internal fetch_params record(s), the whole fetch
 
 
 def configure(state: Path, server: SSHServer, rsync: str) -> None:
@@ -114,12 +113,11 @@ def dance(state: Path, server: SSHServer, root: Path) -> Dance:
     def wall(step: str) -> float:
         return float(sum(r["wall"] for r in records if r["step"] == step))
 
-    return Dance(sessions, wall("fetch"), wall("fetch_params"))
+    return Dance(sessions, wall("fetch_params"))
 
 
 def row(label: str, d: Dance) -> str:
-    params = f"  (fetch_params {d.fetch_params:5.2f} s)" if d.fetch_params else ""
-    return f"  {label:<20} {MODULES:>7} {d.sessions:>9} {d.fetch:>9.2f} s{params}"
+    return f"  {label:<20} {MODULES:>7} {d.sessions:>9} {d.fetch:>9.2f} s"
 
 
 def bench(tmp: Path) -> None:

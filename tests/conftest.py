@@ -46,7 +46,7 @@ def cmd(state: Path) -> Run:
 
 def refuse_live_dance_on_this_machine(argv: tuple[str, ...], env: dict[str, str]) -> None:
     """A live dance in a test targets a scratch root, never this machine's /."""
-    if argv[0] != "disco" or "dance" not in argv or "--help" in argv:
+    if argv[0] != "disco" or "dance" not in argv or {"--help", "--version"} & set(argv):
         return
     noop = "--noop" in argv or bool(env.get("NOOP"))
     root = argv[argv.index("--root") + 1] if "--root" in argv else "/"

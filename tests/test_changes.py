@@ -457,3 +457,32 @@ def test_a_real_layer(scratch: Path, tmp_path: Path) -> None:
     assert header(changes[1]) == f"File: file: /data/keep : Modified : md5=[{old} => {new}]"
     assert content_diff(changes[1]) == "1a2\n> x"
     assert changes[1].kind is ChangeKind.MODIFIED
+
+
+# ---- odd names: one record per line, quoted as `ls --quoting-style=escape` ----
+
+
+ODD_NAMES = [
+    "new\nline",
+    "tab\there",
+    "a : b",
+    "sp ace",
+    "back\\slash",
+    "caf\u00e9",
+    "\udcff\udcfe",
+]
+
+
+def test_odd_file_names_are_quoted_as_ls_quotes_them(t: Tree) -> None:
+    for i, name in enumerate(ODD_NAMES):
+        t.write(f"data/{name}", f"{i}\n")
+    listing = run(
+        ["ls", "--quoting-style=escape", str(t.upper / "data")], env={"LC_ALL": "C.UTF-8"}
+    )
+    expected = sorted(os.fsdecode(listing.stdout).splitlines())
+    files = [c for c in t.changes() if c.path.startswith("/data/") and c.path != "/data/dir"]
+    lines = [header(c) for c in files]
+    assert all("\n" not in line and "\t" not in line for line in lines), lines
+    names = sorted(line.split(" : ")[0].removeprefix("File: file: /data/") for line in lines)
+    assert names == expected
+    assert "File: file: /data/a\\ :\\ b : Created : " in "\n".join(lines)

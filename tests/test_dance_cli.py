@@ -222,7 +222,7 @@ def test_a_dance_holding_the_lock_makes_another_exit_3(cmd: Run, state: Path, da
 # -- bad input: one `error:` line, the right exit status, the state as it was ---------
 
 
-@pytest.mark.parametrize("name", ["../etc", "a/b", "bad name"])
+@pytest.mark.parametrize("name", ["../etc", "a/b", "bad name", "-rf", "..evil", "_x", "a" * 256])
 def test_a_bad_module_name_in_requires_is_refused(
     name: str, cmd: Run, state: Path, danced: Path
 ) -> None:
@@ -232,11 +232,11 @@ def test_a_bad_module_name_in_requires_is_refused(
     if " " in name:  # two words that are neither 'after' nor 'before'
         assert_one_error(result, 1, "module 'app'", "line 2", name)
     else:
-        assert_one_error(result, 1, "module 'app'", "line 2", f"'{name}'")
+        assert_one_error(result, 1, "module 'app'", "line 2", f"'{name[:40]}")
     assert tree_snapshot(state) == before
 
 
-@pytest.mark.parametrize("name", ["bad name", "x~"])
+@pytest.mark.parametrize("name", ["bad name", "x~", "-rf", "_x", "caf\u00e9"])
 def test_a_bad_module_name_in_the_modules_map_is_refused(
     name: str, cmd: Run, state: Path, danced: Path
 ) -> None:
@@ -370,3 +370,18 @@ def test_a_dance_that_cannot_start_leaves_a_fresh_machine_without_state(
     result = dance(cmd, state, *argv)
     assert result.returncode in (1, 2) and result.stderr.startswith("error: ")
     assert not state.exists()
+
+
+def test_a_verbose_rsync_is_never_read_as_module_names(cmd: Run, state: Path, server: Path) -> None:
+    """rsync -v prints "sending incremental file list": not a module to fetch."""
+    setting = ("disco-param", "--state-dir", str(state), "set", "disco/client/cmds/rsync")
+    assert cmd(*setting, "rsync -aWHv").returncode == 0
+    assert ready(dance_on(cmd, state, server)) == "base app"
+
+
+def test_the_default_node_is_what_hostname_f_prints(cmd: Run, state: Path, server: Path) -> None:
+    fqdn = subprocess.run(["hostname", "-f"], capture_output=True, text=True, check=True)
+    name = fqdn.stdout.strip()
+    result = dance(cmd, state, "--server", str(server))  # the server has NODE only
+    assert_one_error(result, 1, f"node '{name}' is not on server")
+    assert "hostname -f" in cmd("disco", "dance", "--help").stdout

@@ -20,11 +20,11 @@ from disco.metrics import (
     Meter,
     Record,
     load_last,
-    report_html,
     report_json,
     report_lines,
     save,
 )
+from disco.page import report_html
 from disco.sandbox import Usage
 
 ZERO = Usage(0.0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
@@ -66,8 +66,8 @@ SEED_RECORDS = (
     rec("_internal", "diff", None, 0.82, 0.14, 0.66, 5184, 0, 18218, 0, 8),
 )  # fmt: skip
 
-# The seed's output, byte for byte.
-SEED_REPORT = """\
+# The seed's output, byte for byte: its blocks, sorted there, come in dance order here.
+SEED_SORTED = """\
 report: _internal: diff
 report:    time_real 0.82 : time_user 0.14 : time_sys 0.66
 report:    mem_avg 0 : mem_max 5184 : mem_faults_major 0 : mem_faults_minor 18218
@@ -116,6 +116,31 @@ report:    mem_avg 0 : mem_max 11152 : mem_faults_major 0 : mem_faults_minor 299
 report:    io_fsin 0 : io_fsout 24 : io_sockin 0 : io_sockout 0 : io_signals 0
 report:    exit: 0
 """
+
+
+def blocks(text: str) -> dict[str, str]:
+    """A report's blocks by their head line ("report: m: step")."""
+    found: dict[str, str] = {}
+    head = ""
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("report:    "):
+            head = line.strip()
+        found[head] = found.get(head, "") + line
+    return found
+
+
+DANCE_ORDER = (
+    "_internal: fetch_params",
+    "testmodule-1.0: fetch",
+    "othermodule-3.2: fetch",
+    "testmodule-1.0: exec",
+    "othermodule-3.2: template",
+    "testmodule-1.0: diff",
+    "othermodule-3.2: diff",
+    "_internal: diff",
+)
+SEED_REPORT = "".join(blocks(SEED_SORTED)[f"report: {head}"] for head in DANCE_ORDER)
+assert sorted(SEED_REPORT.splitlines()) == sorted(SEED_SORTED.splitlines())
 
 CHANGE = {
     "module": "testmodule-1.0",
@@ -266,11 +291,6 @@ def test_report_of_one_module() -> None:
     assert (
         body(report_lines(seed_report(), "othermodule-3.2"))
         == """\
-report: othermodule-3.2: diff
-report:    time_real 0.80 : time_user 0.13 : time_sys 0.65
-report:    mem_avg 0 : mem_max 4816 : mem_faults_major 0 : mem_faults_minor 16448
-report:    io_fsin 0 : io_fsout 8 : io_sockin 0 : io_sockout 0 : io_signals 0
-report:    exit: 0
 report: othermodule-3.2: fetch
 report:    time_real 2.28 : time_user 0.05 : time_sys 0.14
 report:    mem_avg 0 : mem_max 11152 : mem_faults_major 0 : mem_faults_minor 2843
@@ -282,6 +302,11 @@ report:        time_real 0.56 : time_user 0.04 : time_sys 0.37
 report:        mem_avg 0 : mem_max 4592 : mem_faults_major 122 : mem_faults_minor 4885
 report:        io_fsin 25536 : io_fsout 16 : io_sockin 0 : io_sockout 0 : io_signals 0
 report:        exit: 0
+report: othermodule-3.2: diff
+report:    time_real 0.80 : time_user 0.13 : time_sys 0.65
+report:    mem_avg 0 : mem_max 4816 : mem_faults_major 0 : mem_faults_minor 16448
+report:    io_fsin 0 : io_fsout 8 : io_sockin 0 : io_sockout 0 : io_signals 0
+report:    exit: 0
 """
     )
 
@@ -324,11 +349,29 @@ def test_json_of_one_module_keeps_its_records_and_changes() -> None:
         report_json(seed_report(), "nosuchmodule")
 
 
-def test_html_has_a_bar_per_record() -> None:
+def test_html_has_a_bar_per_record_on_a_time_axis() -> None:
     page = report_html(seed_report())
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page
-    assert page.count('<td class=bar><div style="width:') == len(SEED_RECORDS)
-    assert 'style="width:100.0%"' in page  # the longest step, testmodule's fetch
+    assert page.count('<div class="bar" style="left:') == len(SEED_RECORDS)
+    # The seed's records carry no start: laid end to end, the first starts at 0 and the
+    # last ends at the right edge.
+    assert 'style="left:0.000%;' in page
+    assert page.count('class="row failed"') == 1  # 10-service_stop.sh exited 1
+
+
+def test_html_places_each_step_where_it_started() -> None:
+    usage = SEED_RECORDS[0].usage
+    records = (
+        Record("_internal", "fetch_params", None, 1.0, usage, 0, 0.0),
+        Record("m", "exec", "a.sh", 2.0, usage, 0, 2.0),
+        Record("m", "exec", "b.sh", 1.0, usage, 3, 3.0),
+    )
+    change = {**CHANGE, "diff": "0a1\n> <new>"}
+    page = report_html(dataclasses.replace(seed_report(), records=records, changes=(change,)))
+    assert 'style="left:50.000%;width:50.000%"' in page  # a.sh: from 2 s to 4 s of 4
+    assert 'style="left:75.000%;width:25.000%"' in page
+    assert "<b>4.00 s</b>wall time" in page and "<b>1</b>failed steps" in page
+    assert "<details><summary" in page and "&gt; &lt;new&gt;" in page  # the diff, folded
 
 
 # -- disco report ---------------------------------------------------------------------------

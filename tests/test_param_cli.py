@@ -413,3 +413,36 @@ def test_a_refused_write_leaves_a_fresh_machine_without_state(
     result = cmd("disco-param", *argv, input=stdin)
     assert result.returncode != 0 and result.stderr.startswith("error: ")
     assert not state.exists()
+
+
+def test_a_map_and_the_value_braces_never_read_the_same(cmd: Run) -> None:
+    ok(cmd("disco-param", "set", "app/doc", input="{}\n"))  # stdin: always a value
+    ok(cmd("disco-param", "set", "app/map", "{}"))  # the argument {}: a map
+    ok(cmd("disco-param", "set", "app/arg", "\\{}"))  # the argument \{}: the value {}
+    assert ok(cmd("disco-param", "get", "app/doc")) == "\\{}\n"
+    assert ok(cmd("disco-param", "get", "app/arg")) == "\\{}\n"
+    assert ok(cmd("disco-param", "get", "app/map")) == "{}\n"
+    assert ok(cmd("disco-param", "keys", "app/map")) == ""
+    assert_one_error(cmd("disco-param", "keys", "app/doc"), 1, "is a value")
+    assert json.loads(ok(cmd("disco-param", "export", "app"))) == {
+        "arg": "{}",
+        "doc": "{}",
+        "map": {},
+    }
+
+
+@pytest.mark.parametrize("name", ["has space", "caf\u00e9", "new\nline", "link"])
+@pytest.mark.parametrize("verb", ["keys", "dump", "export"])
+def test_a_name_no_parameter_can_have_is_an_error_never_skipped(
+    cmd: Run, state: Path, name: str, verb: str
+) -> None:
+    ok(cmd("disco-param", "set", "srv/good", "1"))
+    odd = state / "parameters" / "srv" / name
+    if name == "link":
+        odd.symlink_to("/etc")
+    else:
+        odd.write_text("2\n")
+    result = cmd("disco-param", verb, "srv")
+    what = "a symlink" if name == "link" else "not a file or directory named"
+    shown = name.replace(" ", "\\ ").replace("\n", "\\n")
+    assert_one_error(result, 1, f"srv/{shown} is in a parameters tree", what)

@@ -127,11 +127,28 @@ def test_a_value_drops_one_trailing_newline(tmp_path: Path) -> None:
     assert store.read() == {"plain": "LOL", "newline": "LOL", "two": "LOL\n"}
 
 
-def test_names_outside_the_rule_are_not_parameters(tmp_path: Path) -> None:
+def test_disco_own_temporary_files_are_not_parameters(tmp_path: Path) -> None:
     (tmp_path / "good").write_text("1\n")
-    (tmp_path / "has space").write_text("2\n")
     (tmp_path / ".~good.tmp123").write_text("3\n")
     assert ParamStore(tmp_path).keys() == ["good"]
+
+
+@pytest.mark.parametrize("name", ["has space", "caf\u00e9", "tab\there", "a:b"])
+def test_a_name_outside_the_rule_is_an_error_never_skipped(tmp_path: Path, name: str) -> None:
+    (tmp_path / "good").write_text("1\n")
+    (tmp_path / name).write_text("2\n")
+    for read in (ParamStore(tmp_path).keys, ParamStore(tmp_path).dump, ParamStore(tmp_path).read):
+        with pytest.raises(DiscoError, match="is in a parameters tree but is not a file"):
+            read()
+
+
+def test_a_symlink_in_the_tree_is_an_error_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("s\n")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "link").symlink_to(tmp_path / "outside")
+    with pytest.raises(DiscoError, match="link is in a parameters tree but is a symlink"):
+        ParamStore(tmp_path / "tree").dump()
 
 
 def test_walk_orders_by_segments_not_by_characters() -> None:

@@ -358,6 +358,7 @@ def test_every_verb_has_help_with_an_example(cmd: Run) -> None:
     for verb in ("init", "sync", "add-node", "check"):
         result = cmd("disco-server", verb, "--help")
         assert result.returncode == 0 and "example:\n  disco-server " in result.stdout
+        assert "--state-dir" not in result.stdout  # the client's state: not a server's
 
 
 @pytest.mark.skipif(shutil.which("rsync") is None, reason="needs rsync")

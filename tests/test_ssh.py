@@ -148,7 +148,8 @@ def host_key_mismatch(server: SSHServer, tmp: Path) -> Broken:
 def missing_module(server: SSHServer, tmp: Path) -> Broken:
     # modules/othermodule-3.2/ is on the server, but ~/rsyncd.conf does not export it.
     server.write_rsyncd_conf(leave_out=["othermodule-3.2"])
-    return Broken(server.uri, server.rsync_command(), ("othermodule-3.2",), ("rsyncd.conf",))
+    fix = ("rsyncd.conf", "disco-server sync")
+    return Broken(server.uri, server.rsync_command(), ("othermodule-3.2",), fix)
 
 
 def unknown_host(server: SSHServer, tmp: Path) -> Broken:
@@ -229,3 +230,21 @@ def test_a_seed_dance_over_ssh_opens_one_connection_for_all_its_rsyncs(
     # The shared connection is closed when the dance ends: its socket is gone.
     control = Path(re.findall(r"ControlPath=(\S+)/%C", result.stderr)[-1])
     assert not control.exists() or not any(control.iterdir())
+
+
+@pytest.mark.parametrize("how", ["uri", "flag"])
+def test_the_ssh_port_comes_from_the_uri_or_a_flag(
+    cmd: Run, tmp_path: Path, sshd_server: SSHServer, scratch_root: Path, how: str
+) -> None:
+    """Not only inside `rsync -e "ssh -p ..."`: user@host:PORT, or --port."""
+    state = tmp_path / "state"
+    words = sshd_server.rsync_command().split()
+    rsync = " ".join(w for i, w in enumerate(words) if w != "-p" and words[i - 1] != "-p")
+    assert "-p " not in rsync
+    port = str(sshd_server.port)
+    uri = f"{sshd_server.uri}:{port}" if how == "uri" else sshd_server.uri
+    configure(cmd, state, uri, rsync)
+    flags = ("--port", port) if how == "flag" else ()
+    result = dance(cmd, state, "--root", str(scratch_root), *flags, noop=True)
+    assert result.returncode == 0, result.stderr
+    assert "info: Processing othermodule-3.2" in result.stdout

@@ -3,8 +3,9 @@
 A throw-away server user (tests/sshd.py) holds the seed's tree plus a second node,
 other.example, with parameters of its own. `disco-server init`, `add-node` (one key per
 node) and `check` run AS THAT USER, as an administrator runs them on a server: with
-`runuser`, the venv's disco-server if the user can run it, else the system's python3 on this
-checkout's src/ (the venv's python may live under a /root the user cannot enter). The
+`runuser`, with the system's python3 on a copy of disco in a folder of the harness's own:
+the checkout may live where only root can enter (a clone in root's home, or under
+`mktemp -d`), and neither its src/ nor its .venv is the server user's to read. The
 harness's own client key stays in authorized_keys without restrictions: the control that
 shows sshd itself allows a shell, a pty and port forwarding (AllowTcpForwarding is turned on
 for this module), so that what a node's key is refused, its authorized_keys line refuses.
@@ -14,9 +15,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,20 +76,30 @@ def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def disco_server_argv(user: str) -> list[str]:
-    """disco-server as `user` can run it (see the module's docstring)."""
-    venv = Path(sys.executable).parent
-    if run(["runuser", "-u", user, "--", str(venv / "python"), "-c", ""]).returncode == 0:
-        return [str(venv / "disco-server")]
-    src = Path(disco.__file__).resolve().parent.parent
+def install_for(server: SSHServer) -> Path:
+    """disco's package copied where the server's user can read it, as an administrator
+    installs it for the system python (README): the harness's folder, not the checkout."""
+    lib = server.tmp / "lib"
+    shutil.copytree(
+        Path(disco.__file__).resolve().parent,
+        lib / "disco",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    subprocess.run(["chmod", "-R", "a+rX", str(lib)], check=True)
+    return lib
+
+
+def disco_server_argv(lib: Path) -> list[str]:
+    """disco-server as the server's user runs it: /usr/bin/python3 on the copy in `lib`."""
     code = "import sys; from disco.cli.server import main; sys.exit(main())"
-    return ["env", f"PYTHONPATH={src}", "/usr/bin/python3", "-c", code]
+    return ["env", f"PYTHONPATH={lib}", "/usr/bin/python3", "-c", code]
 
 
 def as_server_user(server: SSHServer, *args: str) -> subprocess.CompletedProcess[str]:
     """`disco-server ARGS --config ~/rsyncd.conf` run by the server's user, in its home."""
     env = ["env", "-i", f"HOME={server.home}", "PATH=/usr/bin:/bin", "LANG=C.UTF-8"]
-    argv = [*env, *disco_server_argv(server.user), *args, "--config", str(server.rsyncd_conf)]
+    lib = server.tmp / "lib"
+    argv = [*env, *disco_server_argv(lib), *args, "--config", str(server.rsyncd_conf)]
     return subprocess.run(
         ["runuser", "-u", server.user, "--", *argv],
         capture_output=True,
@@ -113,6 +124,7 @@ def add_other_node(server: SSHServer) -> None:
 def served() -> Iterator[Served]:
     with ssh_server(SEED, sshd_options=FORWARDING) as server:
         add_other_node(server)
+        install_for(server)
         key_a, key_b = server.new_key("node-a"), server.new_key("node-b")
         keys = str(server.home / ".ssh" / "authorized_keys")
         setup = (

@@ -45,7 +45,7 @@ def test_a_relative_directory_is_made_absolute() -> None:
     assert server.base == os.path.join(os.getcwd(), "examples/seed")
 
 
-@pytest.mark.parametrize("uri", ["bad host!", "a@b@c", "host:22", ""])
+@pytest.mark.parametrize("uri", ["bad host!", "a@b@c", "host:x", "host:", "a@b:22:1", ""])
 def test_unreadable_uris_are_errors(uri: str) -> None:
     with pytest.raises(DiscoError, match="is neither a directory"):
         parse_server(uri)
@@ -128,3 +128,24 @@ def test_ssh_is_told_to_share_one_connection(
 ) -> None:
     assert sharing(argv, Path("/st/ssh")) == shared
     assert has_rsh(shared)
+
+
+@pytest.mark.parametrize(
+    "uri, base, port",
+    [("disco@host:2222", "disco@host::", 2222), ("[::1]:22", "[::1]::", 22), ("h", "h::", None)],
+)
+def test_an_ssh_uri_may_name_its_port(uri: str, base: str, port: int | None) -> None:
+    server = parse_server(uri)
+    assert (server.kind, server.base, server.port) == (Kind.SSH, base, port)
+    argv = rsync_argv(("rsync", "-a"), server, [server.module("m")], Path("/d"), None)
+    assert argv[:3] == ["rsync", "-a", f"--rsh=ssh -p {port}" if port else "--delete"]
+    seed = ("rsync", "-qaWHe", "ssh -i /k")
+    assert rsync_argv(seed, server, [], Path("/d"), None)[2] == (
+        f"ssh -i /k -p {port}" if port else "ssh -i /k"
+    )
+
+
+@pytest.mark.parametrize("uri", ["host:0", "host:65536", "host:99999"])
+def test_a_port_out_of_range_is_an_error(uri: str) -> None:
+    with pytest.raises(DiscoError, match="is not a port"):
+        parse_server(uri)

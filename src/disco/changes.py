@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from disco.errors import CommandError, DiscoError
+from disco.quoting import quote
 from disco.run import run
 
 # Never reported (nor anything below them). Callers add their state dir.
@@ -179,7 +180,9 @@ def header(change: Change) -> str:
     """The report line after "info: ", e.g. "File: file: /etc/passwd : Deleted"."""
     meta = change.after or change.before
     assert meta is not None
-    head = f"File: {_WORDS.get(meta.type, 'special')}: {change.path} : {change.kind.value}"
+    # quote(): a newline, tab or " : " in a name would split or corrupt the record.
+    path = quote(change.path)
+    head = f"File: {_WORDS.get(meta.type, 'special')}: {path} : {change.kind.value}"
     if change.kind is ChangeKind.DELETED:
         return head
     if change.kind is ChangeKind.CREATED:
@@ -262,7 +265,8 @@ def _specific(meta: Meta) -> list[tuple[str, str | None]]:
     rdev = None
     if meta.type in (stat.S_IFCHR, stat.S_IFBLK):
         rdev = f"{os.major(meta.rdev)}:{os.minor(meta.rdev)}"
-    return [("md5", meta.md5), ("target", meta.target), ("rdev", rdev)]
+    target = None if meta.target is None else quote(meta.target)
+    return [("md5", meta.md5), ("target", target), ("rdev", rdev)]
 
 
 def _differences(a: Meta, b: Meta) -> list[tuple[str, str]]:

@@ -34,6 +34,7 @@ from disco.modules import Edge, Module
 from disco.mounts import bind_readonly, mount_tmpfs, private_mounts
 from disco.params import Tree, encode, node_view, read_tree
 from disco.sandbox import Bind, Mode, Step, StepResult, Zygote, make_dev, upper_of
+from disco.scripts import interpreter_problem
 from disco.stack import fold
 from disco.staging import Source, stage
 from disco.state import State
@@ -57,6 +58,8 @@ class Sink(Protocol):
     def warning(self, text: str) -> None: ...
     def error(self, text: str) -> None: ...
     def text(self, text: str) -> None: ...
+    def progress(self, module: str, index: int, total: int) -> None:
+        """Module `index` of `total` (from 1) starts: for a progress line."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,8 @@ class Dance:
             self.zygote = stack.enter_context(Zygote())
             write_parameters(self.view, parameters(self.state, self.plan.node, self.plan.modules))
             failed: set[str] = set()
-            for module in self.plan.modules:
+            for index, module in enumerate(self.plan.modules, start=1):
+                self.sink.progress(module.name, index, len(self.plan.modules))
                 # Only what the module runs after can fail it; `before X` does not.
                 blocker = next(
                     (r.name for r in module.requires if r.edge is Edge.AFTER and r.name in failed),
@@ -170,6 +174,12 @@ class Dance:
             else []
         )
         for name in scripts:
+            problem = interpreter_problem(
+                module.part("scripts") / name, self.options.root, module.name
+            )
+            if problem:
+                self.sink.error(problem)
+                return False
             path = f"{VIEW_AT}/modules/{module.name}/scripts/{name}"
             if not self.step(
                 module, "exec", name, command(module.part("scripts") / name, path), True

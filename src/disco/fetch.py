@@ -7,6 +7,7 @@ last good copy as it was.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -102,6 +103,9 @@ def one_connection(state: State, settings: Settings) -> Iterator[Settings]:
                 close_shared(shared.rsync, server)
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
+        else:  # made for this fetch: a refused dance leaves the state as it found it
+            with contextlib.suppress(OSError):
+                control.rmdir()
 
 
 def not_on_server(name: str, wanted_by: str, server: Server) -> DiscoError:
@@ -109,8 +113,8 @@ def not_on_server(name: str, wanted_by: str, server: Server) -> DiscoError:
         f"module '{name}', required by {wanted_by}, is not on server {server.uri}",
         f"add modules/{name}/ to the server, or remove the requirement"
         if server.kind is Kind.LOCAL
-        else f"add modules/{name}/ and its [{name}] entry in rsyncd.conf to the server,"
-        " or remove the requirement",
+        else f"add modules/{name}/ to the server and run 'disco-server sync' there (it"
+        f" writes the [{name}] entry of rsyncd.conf), or remove the requirement",
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import html
 import json
 import os
 import resource
@@ -38,6 +37,7 @@ class Record:
     wall: float  # seconds
     usage: Usage
     exit: int  # the step's exit status (0 ok)
+    start: float = 0.0  # seconds from the start of the dance's meter to the step's start
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class DanceReport:
     root: str  # target root
     exit: int  # the dance's exit status
     records: tuple[Record, ...]
-    changes: tuple[dict[str, str], ...]  # {"module", "step", "path", "kind", "header"}
+    changes: tuple[dict[str, str], ...]  # {"module", "step", "path", "kind", "header", "diff"}
+    would_execute: tuple[dict[str, str], ...] = ()  # {"module", "command"} NOOP intercepted
 
 
 def utc_now() -> str:
@@ -68,6 +69,7 @@ class Meter:
     """Collects the Records of one dance, in the order the steps ran."""
 
     records: list[Record] = field(default_factory=list)
+    origin: float = field(default_factory=time.perf_counter)  # a record's start counts from here
 
     @contextlib.contextmanager
     def measure(self, module: str, step: str, item: str | None = None) -> Iterator[Probe]:
@@ -84,11 +86,14 @@ class Meter:
         finally:
             wall = time.perf_counter() - start
             usage = _delta(before, _rusage())
-            self.records.append(Record(module, step, item, wall, usage, probe.exit))
+            offset = start - self.origin
+            self.records.append(Record(module, step, item, wall, usage, probe.exit, offset))
 
     def add(self, record: Record) -> None:
-        """A record measured elsewhere, e.g. from a sandboxed step's own wait4 usage."""
-        self.records.append(record)
+        """A record measured elsewhere, e.g. from a sandboxed step's own wait4 usage, added
+        as the step ends: it started its wall time ago."""
+        offset = max(0.0, time.perf_counter() - record.wall - self.origin)
+        self.records.append(dataclasses.replace(record, start=offset))
 
 
 def _rusage() -> tuple[resource.struct_rusage, resource.struct_rusage]:
@@ -162,7 +167,8 @@ def from_data(data: Any) -> DanceReport:
     head = {k: _typed(data[k], kind) for k, kind in kinds.items()}
     records = tuple(_record(r) for r in _typed(data["records"], list))
     changes = tuple(_change(c) for c in _typed(data["changes"], list))
-    return DanceReport(**head, records=records, changes=changes)
+    would = tuple(_change(c) for c in _typed(data.get("would_execute", []), list))
+    return DanceReport(**head, records=records, changes=changes, would_execute=would)
 
 
 def _record(data: Any) -> Record:
@@ -176,6 +182,7 @@ def _record(data: Any) -> Record:
         _typed(data["wall"], float),
         Usage(**numbers),
         _typed(data["exit"], int),
+        _typed(data.get("start", 0.0), float),  # reports before issue 11 have none
     )
 
 
@@ -208,17 +215,18 @@ def select(report: DanceReport, module: str | None) -> DanceReport:
         report,
         records=tuple(r for r in report.records if r.module == module),
         changes=tuple(c for c in report.changes if c.get("module") == module),
+        would_execute=tuple(w for w in report.would_execute if w.get("module") == module),
     )
 
 
 def report_lines(report: DanceReport, module: str | None = None) -> list[str]:
     """The text after 'report: ' of each line, in the seed's format: one block per
-    (module, step) in sorted order, a step's items in the order they ran."""
+    (module, step) in dance order (where the step first ran), its items as they ran."""
     groups: dict[tuple[str, str], list[Record]] = {}
     for record in select(report, module).records:
         groups.setdefault((record.module, record.step), []).append(record)
     lines = []
-    for (mod, step), records in sorted(groups.items()):
+    for (mod, step), records in groups.items():
         lines.append(f"{mod}: {step}")
         # A whole-step record (if any) comes before the items it may contain.
         for record in sorted(records, key=lambda r: r.item is not None):
@@ -227,6 +235,8 @@ def report_lines(report: DanceReport, module: str | None = None) -> list[str]:
                 lines.append(f"{indent}{record.item} :")
                 indent = "       "
             lines.extend(indent + text for text in metric_lines(record))
+    for would in select(report, module).would_execute:  # what NOOP intercepted, as it ran
+        lines.append(f"{would.get('module', '?')}: Would execute : {would.get('command', '')}")
     return lines
 
 
@@ -245,41 +255,3 @@ def metric_lines(record: Record) -> list[str]:
 
 def report_json(report: DanceReport, module: str | None = None) -> str:
     return json.dumps(to_data(select(report, module)), indent=2, sort_keys=True)
-
-
-def report_html(report: DanceReport, module: str | None = None) -> str:
-    """A self-contained page: the dance, then a row per record in run order with a bar
-    as long as its wall time relative to the longest."""
-    chosen = select(report, module)
-    longest = max((r.wall for r in chosen.records), default=0.0) or 1.0
-    e = html.escape
-    rows = []
-    for r in chosen.records:
-        width = 100 * r.wall / longest
-        status = "ok" if r.exit == 0 else "failed"
-        rows.append(
-            f'<tr class="{status}"><td>{e(r.module)}</td><td>{e(r.step)}</td>'
-            f"<td>{e(r.item or '')}</td><td class=n>{r.wall:.2f}</td>"
-            f"<td class=n>{r.usage.utime:.2f}</td><td class=n>{r.usage.stime:.2f}</td>"
-            f"<td class=n>{r.usage.maxrss}</td><td class=n>{r.exit}</td>"
-            f'<td class=bar><div style="width:{width:.1f}%"></div></td></tr>'
-        )
-    title = e(f"disco dance on {chosen.node} at {chosen.started}")
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }} table {{ border-collapse: collapse; width: 100%; }}
-td, th {{ padding: 2px 8px; text-align: left; border-bottom: 1px solid #ddd; }}
-td.n {{ text-align: right; font-family: monospace; }} td.bar {{ width: 40%; }}
-td.bar div {{ background: #4a90d9; height: 1em; min-width: 1px; }}
-tr.failed td {{ color: #a00; }} tr.failed td.bar div {{ background: #d9534f; }}
-</style></head><body>
-<h1>{title}</h1>
-<p>mode {e(chosen.mode)}, root {e(chosen.root)}, exit {chosen.exit},
-{len(chosen.changes)} change(s)</p>
-<table>
-<tr><th>module</th><th>step</th><th>item</th><th>real s</th><th>user s</th><th>sys s</th>
-<th>max RSS KiB</th><th>exit</th><th>time</th></tr>
-{chr(10).join(rows)}
-</table></body></html>
-"""

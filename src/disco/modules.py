@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from disco.errors import DiscoError, UsageError
-from disco.params import Tree, check_segment, read_tree
+from disco.params import Tree, check_name, read_tree
 
 PARTS = ("files", "templates", "scripts", "parameters")
 
@@ -42,7 +42,7 @@ def check_module_name(name: str, where: str = "module name") -> str:
     """A module name read from the server (a requires file, a node's modules map): a bad
     one is the server's error, not a usage error."""
     try:
-        return check_segment(name, where)
+        return check_name(name, where)
     except UsageError as e:
         raise DiscoError(e.message, e.hint) from None
 
@@ -87,7 +87,7 @@ REQUIRES_TEMPLATE = """\
 
 def init_module(path: Path) -> Module:
     """Lay out a new module skeleton at `path`; its name is the last path component."""
-    name = check_segment(path.name, "module name")  # given on the command line
+    name = check_name(path.name, "module name")  # given on the command line
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise DiscoError(
             f"cannot create module at {path}: it exists and is not an empty directory",

@@ -1,14 +1,16 @@
 """The parameters tree: a JSON document written as directories and files (DESIGN §3).
 
 A file is a value (its content, one trailing newline dropped), a directory is a map.
-Names that break the segment rule are not parameters: reads pass over them, which
-also hides the temporary files written here (their names carry a `~`).
+Reads pass over disco's own temporary files (`.~NAME...`); any other name that breaks
+the segment rule, and any symlink, is an error naming it: never skipped, never followed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -16,12 +18,15 @@ from typing import Union
 
 from disco.errors import DiscoError, UsageError
 from disco.files import remove_tree, swap_in, write_atomic
+from disco.quoting import quote
 
 Tree = dict[str, Union[str, "Tree"]]
 Value = Union[str, Tree]
 ParamPath = tuple[str, ...]
 
 SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, tmpfs); a segment is ASCII
+PATH_MAX = 2048  # bytes in a parameter path: under the state's root it stays below 4096
 MAP = "{}"  # how a map shows in output
 
 
@@ -39,6 +44,36 @@ def check_segment(name: str, what: str) -> str:
         )
     if name in (".", ".."):
         raise UsageError(f"{what} '{name}' is not a name", "'.' and '..' are not allowed")
+    if len(name) > NAME_MAX:
+        raise UsageError(
+            f"{what} '{name[:40]}...' is {len(name)} characters long",
+            f"a name holds at most {NAME_MAX} (the filesystem's limit)",
+        )
+    return name
+
+
+def check_name(name: str, what: str) -> str:
+    """A module or node name: a segment that starts with a letter or a digit, since it
+    becomes an rsync module name, a command argument and a hostname (DESIGN §4)."""
+    check_segment(name, what)
+    if not name[0].isalnum():
+        raise UsageError(
+            f"{what} '{name}' starts with '{name[0]}'", "start it with a letter or a digit"
+        )
+    return name
+
+
+HOST_NAME_MAX = 64  # Linux's limit on a hostname: a step's sandbox is named after the node
+
+
+def check_node(name: str) -> str:
+    """A node name: a module name's rule, and short enough to be the sandbox's hostname."""
+    check_name(name, "node name")
+    if len(name) > HOST_NAME_MAX:
+        raise UsageError(
+            f"node name '{name[:40]}...' is {len(name)} characters long",
+            f"a node name is a hostname: at most {HOST_NAME_MAX} characters",
+        )
     return name
 
 
@@ -58,8 +93,17 @@ def split_path(text: str) -> ParamPath:
             "write segments joined by single slashes, with none at the end",
         )
     for segment in segments:
-        check_segment(segment, f"parameter path '{text}': segment")
+        check_segment(segment, f"parameter path '{shorten(text)}': segment")
+    if len(text) > PATH_MAX:
+        raise UsageError(
+            f"parameter path '{shorten(text)}' is {len(text)} characters long",
+            f"a path holds at most {PATH_MAX}",
+        )
     return tuple(segments)
+
+
+def shorten(text: str) -> str:
+    return text if len(text) <= 80 else text[:60] + "..." + text[-16:]
 
 
 def join(path: ParamPath) -> str:
@@ -83,20 +127,36 @@ def encode(value: str) -> bytes:
 
 
 def read_tree(directory: Path) -> Tree:
-    """Read a directory as a tree; missing directory reads as an empty map."""
+    """Read a directory as a tree; missing directory reads as an empty map.
+
+    disco's own temporary files (`.~NAME...`) are passed over; anything else that is not
+    a parameter (a name outside the segment rule, a symlink, a device) is an error that
+    names it: a tree read in part would be a wrong answer."""
     tree: Tree = {}
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return tree
     for entry in entries:
-        if not is_name(entry.name):
+        if entry.name.startswith(".~"):
             continue
-        if entry.is_dir():
+        if not is_name(entry.name) or entry.is_symlink():
+            raise not_a_parameter(Path(entry.path), entry.is_symlink())
+        if entry.is_dir(follow_symlinks=False):
             tree[entry.name] = read_tree(Path(entry.path))
-        elif entry.is_file():
+        elif entry.is_file(follow_symlinks=False):
             tree[entry.name] = decode(Path(entry.path).read_bytes())
+        else:
+            raise not_a_parameter(Path(entry.path), False)
     return tree
+
+
+def not_a_parameter(path: Path, symlink: bool) -> DiscoError:
+    what = "a symlink" if symlink else "not a file or directory named A-Z a-z 0-9 _ . -"
+    return DiscoError(
+        f"{quote(str(path))} is in a parameters tree but is {what}",
+        "rename or remove it: a parameter is a plain file or directory with such a name",
+    )
 
 
 def walk(tree: Tree, prefix: ParamPath = ()) -> Iterator[tuple[ParamPath, str | None]]:
@@ -109,6 +169,14 @@ def walk(tree: Tree, prefix: ParamPath = ()) -> Iterator[tuple[ParamPath, str | 
             yield from walk(child, path)
         else:
             yield path, child
+
+
+class Refused(DiscoError):
+    """The filesystem refused to read or write a parameter."""
+
+    def __init__(self, message: str, hint: str, *, path: ParamPath, error: OSError) -> None:
+        super().__init__(message, hint)
+        self.path, self.error = path, error
 
 
 class ParamStore:
@@ -124,12 +192,24 @@ class ParamStore:
         """'map', 'value' or None when nothing is there."""
         if not path:
             return "map"  # the root: empty until something is set
-        target = self.file(path)
-        if target.is_dir():
-            return "map"
-        if target.is_file():
-            return "value"
-        return None
+        try:
+            st = os.stat(self.file(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise self.refused(path, e, setting=False) from None
+        return "map" if stat.S_ISDIR(st.st_mode) else "value" if stat.S_ISREG(st.st_mode) else None
+
+    def refused(self, path: ParamPath, e: OSError, setting: bool = True) -> DiscoError:
+        """The filesystem said no: say so naming the parameter, and what to do."""
+        hints = ["nothing was changed"] if setting else []
+        if e.errno == errno.ENAMETOOLONG:
+            hints.append(f"the state directory {shorten(str(self.root))} is too long a path")
+        elif isinstance(e, PermissionError):
+            hints.append("run it as root")
+        verb = "set" if setting else "read"
+        message = f"cannot {verb} '{shorten(join(path))}': {e.strerror}"
+        return Refused(message, "; ".join(hints), path=path, error=e)
 
     def read(self, path: ParamPath = ()) -> Value:
         kind = self.kind(path)
@@ -205,8 +285,7 @@ class ParamStore:
 
     def set(self, path: ParamPath, value: str | None) -> None:
         """Set a value, or make a map when `value` is None. Missing parent maps are made."""
-        self.check_set(path, value is None)
-        self.write(path, value)
+        self.set_many([(path, value)])
 
     def set_many(self, items: Sequence[tuple[ParamPath, str | None]]) -> None:
         """Apply several sets, all of them or (when one would lose data) none."""
@@ -216,20 +295,50 @@ class ParamStore:
             return planned.get(path) or self.kind(path)
 
         for path, value in items:
-            self.check_set(path, value is None, kind_at)
+            try:
+                self.check_set(path, value is None, kind_at)
+            except Refused as e:  # what could not be read is what was to be set
+                raise self.refused(e.path, e.error) from None
             for depth in range(1, len(path)):
                 planned[path[:depth]] = "map"
             planned[path] = "map" if value is None else "value"
-        for path, value in items:
-            self.write(path, value)
+        undo: list[Callable[[], None]] = []
+        try:
+            for path, value in items:
+                self.write(path, value, undo)
+        except BaseException:
+            for step in reversed(undo):  # all of them or none: put back what was there
+                step()
+            raise
 
-    def write(self, path: ParamPath, value: str | None) -> None:
-        target = self.file(path)
-        if value is None:
-            target.mkdir(parents=True, exist_ok=True)
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, encode(value))
+    def write(
+        self, path: ParamPath, value: str | None, undo: list[Callable[[], None]] | None = None
+    ) -> None:
+        """Write one value or map; `undo` collects the steps that take the write back."""
+        undo = [] if undo is None else undo
+        try:
+            self.make_maps(path if value is None else path[:-1], undo)
+            if value is not None:
+                target = self.file(path)
+                old = target.read_bytes() if target.is_file() else None
+                write_atomic(target, encode(value))
+                undo.append(
+                    (lambda: target.unlink())
+                    if old is None
+                    else (lambda: write_atomic(target, old))
+                )
+        except OSError as e:
+            for step in reversed(undo):
+                step()
+            undo.clear()
+            raise self.refused(path, e) from None
+
+    def make_maps(self, path: ParamPath, undo: list[Callable[[], None]]) -> None:
+        for depth in range(len(path) + 1):
+            directory = self.file(path[:depth])
+            if not directory.is_dir():
+                directory.mkdir()
+                undo.append(directory.rmdir)
 
     def delete(self, path: ParamPath, recursive: bool = False) -> None:
         kind = self.kind(path)
@@ -298,8 +407,13 @@ def check_tree(document: object, where: str = "") -> Tree:
         )
     for name, child in document.items():
         path = f"{where}/{name}" if where else name
-        if not is_name(name):
-            check_segment(name, f"cannot import: under '{where or '/'}', key")
+        if not is_name(name) or len(name) > NAME_MAX:
+            check_segment(name, f"cannot import: under '{shorten(where) or '/'}', key")
+        if len(path) > PATH_MAX:
+            raise DiscoError(
+                f"cannot import: '{shorten(path)}' is {len(path)} characters long",
+                f"a parameter path holds at most {PATH_MAX}",
+            )
         if isinstance(child, dict):
             check_tree(child, path)
         elif not isinstance(child, str):
@@ -307,6 +421,15 @@ def check_tree(document: object, where: str = "") -> Tree:
                 f"cannot import: '{path}' is {json_kind(child)}, not a string or an object",
                 'values must be strings: write it in quotes, e.g. "42"',
             )
+        else:
+            try:
+                encode(child)
+            except UnicodeEncodeError as e:
+                raise DiscoError(
+                    f"cannot import: '{path}' holds {e.object[e.start]!r}, a lone surrogate"
+                    " that no UTF-8 text can carry",
+                    "write the character itself, or a \\u pair that makes one",
+                ) from None
     return document
 
 

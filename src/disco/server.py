@@ -17,7 +17,7 @@ from disco.errors import DiscoError, UsageError
 from disco.files import write_atomic
 from disco.modules import Module, load_module
 from disco.order import order
-from disco.params import check_segment
+from disco.params import check_name, check_node
 
 HEADER = "# disco-server"  # `# disco-server: DIR`, so that `sync` needs no DIR
 NODE_HEADER = "# disco-server node"  # `# disco-server node: NODE` in a node's config
@@ -57,7 +57,7 @@ class NodeAdded:
 def name_problem(name: str, what: str) -> Problem | None:
     """Why `name` cannot be a module or node name, or None if it can."""
     try:
-        check_segment(name, what)
+        check_name(name, what)
     except UsageError as e:
         return Problem(e.message, e.hint)
     if what.startswith("module") and name.lower() in RESERVED:
@@ -211,7 +211,7 @@ def install_key(path: Path, line: str, blob: str) -> bool:
 
 def add_node(node: str, key_file: Path, config: Path, authorized_keys: Path) -> NodeAdded:
     """Let `node`'s key fetch its own parameters and the modules, read-only, nothing else."""
-    check_segment(node, "node name")
+    check_node(node)
     kind, blob, comment = read_public_key(key_file)
     config = Path(os.path.abspath(config))
     root = locate(None, config)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from disco.errors import DiscoError
 from disco.params import ParamStore
+from disco.run import run
 from disco.transport import Server, parse_server
 
 DEFAULT_STATE = Path("/var/disco")
@@ -25,7 +27,14 @@ class State:
     def locate(cls, flag: str | None = None) -> State:
         """`--state-dir`, else $DISCO_STATE, else /var/disco."""
         chosen = flag or os.environ.get("DISCO_STATE") or str(DEFAULT_STATE)
-        return cls(Path(chosen).absolute())
+        where = "--state-dir" if flag else "DISCO_STATE" if os.environ.get("DISCO_STATE") else ""
+        state = cls(Path(chosen).absolute())
+        if state.root.exists() and not state.root.is_dir():
+            raise DiscoError(
+                f"state directory {state.root} is not a directory",
+                f"point {where or '--state-dir'} at a directory (or where one can be made)",
+            )
+        return state
 
     @property
     def parameters(self) -> Path:
@@ -57,9 +66,15 @@ class State:
 
     def create(self) -> None:
         # The tree may hold secrets: only root reads it.
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for directory in (self.parameters, self.modules):
-            directory.mkdir(exist_ok=True)
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for directory in (self.parameters, self.modules):
+                directory.mkdir(exist_ok=True)
+        except OSError as e:
+            raise DiscoError(
+                f"cannot make the state directory {self.root}: {e.strerror}",
+                "give --state-dir (or DISCO_STATE) a directory root can write, e.g. /var/disco",
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -118,3 +133,14 @@ def step_timeout(text: str | None, flag: str | None) -> float | None:
             else f"set it with 'echo 600 | disco-param set {where}'",
         )
     return seconds
+
+
+def default_node() -> str:
+    """The node's name when --node is not given: what `hostname -f` prints (DESIGN §1).
+
+    Not socket.getfqdn(): where /etc/hosts maps 127.0.0.1 to localhost as well, that says
+    `localhost` on a host whose `hostname -f` says `vm`. Without a working `hostname -f`
+    (no DNS name, no hostname binary), the kernel's hostname."""
+    result = run(["hostname", "-f"], check=False)
+    name = result.stdout.decode(errors="replace").strip()
+    return name if result.returncode == 0 and name else socket.gethostname()

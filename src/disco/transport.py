@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from disco.errors import CommandError, DiscoError
@@ -19,6 +19,7 @@ class Kind(enum.Enum):
 
 
 HOST = re.compile(r"(?:[A-Za-z0-9_.-]+@)?(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])")
+PORT = re.compile(r"(.+):([0-9]{1,5})")  # `[user@]host:port`: ssh's port, for -p
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Server:
     uri: str
     kind: Kind
     base: str  # a directory, `user@host::` or `rsync://host:port/`
+    port: int | None = None  # over ssh: the port `[user@]host:port` names, given to ssh -p
 
     def parameters(self, node: str) -> str:
         if self.kind is Kind.LOCAL:
@@ -46,10 +48,33 @@ def parse_server(uri: str) -> Server:
         return Server(uri, Kind.LOCAL, str(Path(uri).absolute()).rstrip("/") or "/")
     if HOST.fullmatch(uri):
         return Server(uri, Kind.SSH, f"{uri}::")
+    with_port = PORT.fullmatch(uri)
+    if with_port and HOST.fullmatch(with_port[1]):
+        return with_ssh_port(Server(uri, Kind.SSH, f"{with_port[1]}::"), with_port[2], uri)
     raise DiscoError(
-        f"server URI '{uri}' is neither a directory, [user@]host nor rsync://host/",
+        f"server URI '{uri}' is neither a directory, [user@]host[:port] nor rsync://host/",
         "write a directory with a '/' in it (./srv), a host name, or an rsync:// URL",
     )
+
+
+def with_ssh_port(server: Server, port: str, where: str) -> Server:
+    """`server` reached on ssh port `port` (from its URI, or --port)."""
+    if server.kind is not Kind.SSH:
+        return server  # a directory has no port; rsync:// names its own
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise DiscoError(f"{where}: '{port}' is not a port", "give a port from 1 to 65535")
+    return replace(server, port=int(port))
+
+
+def with_port(rsync: tuple[str, ...], port: int | None) -> tuple[str, ...]:
+    """The rsync command with `-p PORT` given to its ssh (added as --rsh=ssh if none)."""
+    if port is None:
+        return rsync
+    at = rsh_at(rsync)
+    if at is None:
+        return (*rsync, f"--rsh=ssh -p {port}")
+    i, _ = at
+    return (*rsync[:i], f"{rsync[i]} -p {port}", *rsync[i + 1 :])
 
 
 def rsh_at(rsync: tuple[str, ...]) -> tuple[int, str] | None:
@@ -94,7 +119,7 @@ def close_shared(rsync: tuple[str, ...], server: Server) -> None:
     if at is None or server.kind is not Kind.SSH:
         return
     i, prefix = at
-    ssh = shlex.split(rsync[i][len(prefix) :])
+    ssh = shlex.split(with_port(rsync, server.port)[i][len(prefix) :])
     run([*ssh, "-O", "exit", server.base.rstrip(":")], check=False)
 
 
@@ -105,8 +130,8 @@ def rsync_argv(
     dest: Path,
     link_dest: Path | None,
 ) -> list[str]:
-    argv = [*rsync, "--delete"]
-    if server.kind is Kind.SSH and not has_rsh(rsync):
+    argv = [*with_port(rsync, server.port), "--delete"]
+    if server.kind is Kind.SSH and not has_rsh(tuple(argv)):
         argv.append("--rsh=ssh")
     if link_dest is not None:
         # Unchanged files become hard links to the last copy: a full copy costs no more
@@ -137,8 +162,11 @@ def changed_trees(
         check_local(server, sources)
     argv = rsync_argv(without_quiet(rsync), server, sources, local, None)
     result = rpc(argv[:-1] + ["--dry-run", "--out-format=%i %n", argv[-1]], server)
-    # Each line is an 11-character change code, a space, then the path.
-    return {line[12:].split("/", 1)[0] for line in result.splitlines() if len(line) > 12}
+    # Each line is an 11-character change code, a space, then the path. Only the trees
+    # asked for count: no other line (a notice, a listing) is ever taken for a name.
+    asked = {source.rstrip("/").rsplit("/", 1)[-1] for source in sources}
+    found = {line[12:].split("/", 1)[0] for line in result.splitlines() if len(line) > 12}
+    return found & asked
 
 
 class Missing(DiscoError):

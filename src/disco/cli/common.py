@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import TextIO
 
 from disco import __version__
-from disco.errors import EXIT_USAGE, DiscoError
+from disco.errors import EXIT_FAILED, EXIT_USAGE, DiscoError
 
+DEBUG = "log every command run; tracebacks"
 COLOURS = {"info": "32", "warning": "33", "error": "31", "report": "36"}
 
 
@@ -27,9 +28,12 @@ class Output:
 
     def line(self, kind: str, text: str, stream: TextIO) -> None:
         prefix = f"{kind}:"
-        if stream.isatty() and not os.environ.get("NO_COLOR"):
+        if self.coloured(stream) and not os.environ.get("NO_COLOR"):
             prefix = f"\033[{COLOURS[kind]}m{prefix}\033[0m"
         print(f"{prefix} {text}", file=stream, flush=True)
+
+    def coloured(self, stream: TextIO) -> bool:
+        return stream.isatty()
 
     def info(self, text: str) -> None:
         self.line("info", text, self.out)
@@ -63,7 +67,7 @@ def parser(prog: str, description: str, epilog: str) -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--debug", action="store_true", help="log every command run; tracebacks")
+    p.add_argument("--debug", action="store_true", help=DEBUG)
     return p
 
 
@@ -77,7 +81,11 @@ def add_state_dir(p: argparse.ArgumentParser, default: object = None) -> None:
 
 
 def subparser(
-    subs: argparse._SubParsersAction[Parser], name: str, summary: str, example: str
+    subs: argparse._SubParsersAction[Parser],
+    name: str,
+    summary: str,
+    example: str,
+    state_dir: bool = True,
 ) -> Parser:
     p: Parser = subs.add_parser(
         name,
@@ -87,7 +95,10 @@ def subparser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # Accepted after the verb too; SUPPRESS keeps a flag given before it.
-    add_state_dir(p, argparse.SUPPRESS)
+    if state_dir:
+        add_state_dir(p, argparse.SUPPRESS)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG)
+    p.add_argument("--version", action="version", version=f"{p.prog.split()[0]} {__version__}")
     return p
 
 
@@ -117,3 +128,12 @@ def execute(
         # /dev/null so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        if args.debug:
+            raise
+        # The last resort for a system error no check foresaw: still one line.
+        name = str(e.filename or "")
+        where = f": {name if len(name) < 200 else name[:100] + '...' + name[-60:]}" if name else ""
+        hint = "run it as root" if isinstance(e, PermissionError) else "rerun with --debug"
+        Output().error(f"{e.strerror or e}{where}; {hint}")
+        return EXIT_FAILED

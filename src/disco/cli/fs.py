@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +12,8 @@ from pathlib import Path
 from disco import shell
 from disco.cli.common import Output, Parser, add_state_dir, execute, parser
 from disco.errors import DiscoError, UsageError
-from disco.params import check_segment
-from disco.state import State
+from disco.params import check_node
+from disco.state import State, default_node
 
 NOTE = """\
 NOOP is implied: writes land in the session's layer, never in the root, and commands
@@ -48,7 +47,7 @@ def add_node(p: Parser, default: str) -> None:
 
 
 def node_of(args: argparse.Namespace) -> str:
-    return check_segment(socket.getfqdn() if args.node is None else args.node, "node name")
+    return check_node(default_node() if args.node is None else args.node)
 
 
 def shows(session: shell.Session, names: list[str]) -> str:
@@ -59,7 +58,7 @@ def shows(session: shell.Session, names: list[str]) -> str:
 def fs_mount(argv: list[str] | None = None) -> int:
     def arguments(p: Parser) -> None:
         p.add_argument("--root", default="/", metavar="DIR", help="the root (default: /)")
-        add_node(p, "default: this machine's FQDN")
+        add_node(p, "default: what 'hostname -f' prints")
 
     def body(args: argparse.Namespace) -> int:
         root = Path(args.root).absolute()

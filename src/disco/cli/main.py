@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
-import socket
+import shutil
 import sys
+import time
 from pathlib import Path
 
 from disco import history
 from disco.cli import report, undo
-from disco.cli.common import Output, Parser, add_state_dir, execute, parser, subparser
+from disco.cli.common import Parser, add_state_dir, execute, parser, subparser
+from disco.cli.dance_output import DanceOutput, StderrTee, printing_to
 from disco.cli.interrupt import Interrupted, interruptible
 from disco.dance import Dance, Options, Outcome, only
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
 from disco.fetch import fetch
 from disco.lock import hold
-from disco.metrics import DanceReport, Meter, save, utc_now
-from disco.params import check_segment
-from disco.state import State, load_settings
+from disco.metrics import INTERNAL, USAGE_FIELDS, DanceReport, Meter, Record, save, utc_now
+from disco.params import check_node
+from disco.sandbox import Usage
+from disco.state import Settings, State, default_node, load_settings
+from disco.transport import with_ssh_port
 
 EPILOG = """\
 examples:
@@ -44,12 +50,17 @@ def build() -> argparse.ArgumentParser:
         "fetch the node's modules and apply them in order (NOOP: show what would change)",
         "NOOP=true disco dance --server /srv/disco --node web1.example.com",
     )
-    s.add_argument("--node", help="the node's name (default: this machine's FQDN)")
+    s.add_argument("--node", help="the node's name (default: what 'hostname -f' prints)")
     s.add_argument(
         "--server",
         action="append",
         metavar="URI",
         help="server to fetch from, instead of disco/server/uri; repeat for failover",
+    )
+    s.add_argument(
+        "--port",
+        metavar="N",
+        help="ssh port of [user@]host servers, instead of the URI's (user@host:N) or ssh's",
     )
     s.add_argument(
         "--noop",
@@ -79,6 +90,14 @@ def build() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 no changes, 1 could not run, 2 changes, 4 failures, 6 both",
     )
+    s.add_argument(
+        "--quiet", "-q", action="store_true", help="print only changes, warnings and errors"
+    )
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="print the changes and the outcome as one JSON document; other lines to stderr",
+    )
     undo.add_wait(s)
     report.add_parser(subs)
     undo.add_parsers(subs)
@@ -86,8 +105,13 @@ def build() -> argparse.ArgumentParser:
 
 
 def dance(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise DiscoError(
+            "disco dance needs root: every step runs in mount namespaces and overlays",
+            "run it as root, e.g. with sudo",
+        )
     state = State.locate(args.state_dir)
-    node = check_segment(socket.getfqdn() if args.node is None else args.node, "node name")
+    node = check_node(default_node() if args.node is None else args.node)
     root = Path(args.root).absolute()
     if not root.is_dir():
         raise UsageError(f"--root {args.root} is not a directory", "give the root to apply to")
@@ -96,12 +120,38 @@ def dance(args: argparse.Namespace) -> int:
     # server setting leaves a machine without state as it was.
     settings = load_settings(state.params(), args.server, args.timeout)
     limit = history.max_bytes(state.params())
+    if args.port is not None:
+        servers = tuple(with_ssh_port(s, args.port, "--port") for s in settings.servers)
+        settings = dataclasses.replace(settings, servers=servers)
+    fresh = not state.root.exists()
     state.create()
-    out = Output()
+    tee = StderrTee() if noop else None  # NOOP's `Would execute` lines, for the report
+    out = DanceOutput(printing_to(args.json), sys.stderr, quiet=args.quiet, tee=tee)
+    try:
+        return dance_locked(args, state, node, root, noop, settings, out, limit)
+    except DiscoError:
+        if fresh and not state.reports.exists():  # refused before it began: leave no trace
+            shutil.rmtree(state.root, ignore_errors=True)
+        raise
+    finally:
+        out.finish()
+
+
+def dance_locked(
+    args: argparse.Namespace,
+    state: State,
+    node: str,
+    root: Path,
+    noop: bool,
+    settings: Settings,
+    out: DanceOutput,
+    limit: int,
+) -> int:
     meter = Meter()
+    out.meter = meter
     started = utc_now()
     with hold(state.lock, args.wait, out.warning):
-        with meter.measure("_internal", "fetch"):
+        with meter.measure("_internal", "fetch_params"):  # the seed's name; modules too
             plan = fetch(state, node, settings)
         for failure in plan.passed_over:
             out.warning(f"{failure.message}; passed over")
@@ -128,32 +178,73 @@ def dance(args: argparse.Namespace) -> int:
                 status = exit_status(dancer.run(), args.detailed_exitcodes)
         except Interrupted as e:
             status = e.status
-            raise interrupted(e, state, kept, noop) from None
+            meter.add(interrupted_step(out, status))
+            raise interrupted(e, state, kept, noop, out.module) from None
         finally:  # a dance cut short is reported too, as far as it went
-            records, changes = tuple(meter.records), tuple(dancer.outcome.changes)
+            records, changes = tuple(meter.records), with_diffs(dancer.outcome, out.diffs)
             if status > 128 and not noop:  # only the records of what was committed
                 done = {(j.module, j.step) for j in kept.commits(state.txn)}
                 changes = tuple(c for c in changes if (c["module"], c["step"]) in done)
-            summary = DanceReport(started, node, mode, str(root), status, records, changes)
+            would = tuple(out.finish())
+            summary = DanceReport(started, node, mode, str(root), status, records, changes, would)
             save(state.reports, summary)
             failures = len(dancer.outcome.failed) + len(dancer.outcome.skipped)
             history.finish(state.txn, kept, len(changes), failures, status)
             for text in history.prune(state.txn, limit):
                 out.info(text)
+            if args.json:
+                print(dance_json(summary, dancer.outcome))
     return status
 
 
-def interrupted(e: Interrupted, state: State, kept: history.Kept, noop: bool) -> DiscoError:
+def interrupted_step(out: DanceOutput, status: int) -> Record:
+    """The step that was cut short: its module, and how long it had run."""
+    zero = Usage(**{name: 0 for name in USAGE_FIELDS})
+    wall = time.monotonic() - out.module_started
+    return Record(out.module or INTERNAL, "interrupted", None, wall, zero, status)
+
+
+def interrupted(
+    e: Interrupted, state: State, kept: history.Kept, noop: bool, module: str | None
+) -> DiscoError:
     """The error that ends a dance cut short by a signal, saying what it committed."""
+    where = f"interrupted in module {module} by {e.name}" if module else f"interrupted by {e.name}"
     if noop:
-        return DiscoError(f"interrupted by {e.name}: a NOOP dance changes nothing", "", e.status)
+        hint = "'disco report' shows the steps that ran, and where it stopped"
+        return DiscoError(f"{where}: a NOOP dance changes nothing", hint, e.status)
     done = [f"{j.module}: {j.step}" for j in kept.commits(state.txn)]
     what = f"{len(done)} commit(s) were applied ({', '.join(done)})" if done else "none applied"
     return DiscoError(
-        f"interrupted by {e.name}: dance {kept.id} committed nothing more; {what}",
-        f"'disco rollback' undoes dance {kept.id}" if done else "",
+        f"{where}: dance {kept.id} committed nothing more; {what}",
+        f"'disco rollback' undoes dance {kept.id}" if done else "'disco report' shows the steps",
         e.status,
     )
+
+
+def with_diffs(outcome: Outcome, diffs: list[str]) -> tuple[dict[str, str], ...]:
+    """The change records, each with the diff printed after it (for reports and --json)."""
+    changes = [dict(change) for change in outcome.changes]
+    if len(diffs) == len(changes):  # printed in the same order as recorded
+        for change, diff in zip(changes, diffs):
+            change["diff"] = diff
+    return tuple(changes)
+
+
+def dance_json(report: DanceReport, outcome: Outcome) -> str:
+    """`disco dance --json`: the dance's change records and outcome, one document."""
+    changes = list(report.changes)
+    document = {
+        "node": report.node,
+        "mode": report.mode,
+        "root": report.root,
+        "started": report.started,
+        "exit": report.exit,
+        "failed": outcome.failed,
+        "skipped": outcome.skipped,
+        "changes": changes,
+        "would_execute": list(report.would_execute),
+    }
+    return json.dumps(document, indent=2, sort_keys=True)
 
 
 def exit_status(outcome: Outcome, detailed: bool) -> int:

@@ -10,6 +10,7 @@ from disco.cli.common import add_state_dir, execute, parser, subparser
 from disco.errors import DiscoError, UsageError
 from disco.params import (
     MAP,
+    PATH_MAX,
     ParamPath,
     check_tree,
     decode,
@@ -34,12 +35,18 @@ def build() -> argparse.ArgumentParser:
     p = parser("disco-param", "Read and write disco's parameters tree.", EPILOG)
     add_state_dir(p)
     subs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-    s = subparser(subs, "get", "print a value ({} for a map)", "disco-param get disco/server/uri")
+    s = subparser(
+        subs,
+        "get",
+        "print a value; a map prints {}, a value that is {} prints \\{}",
+        "disco-param get disco/server/uri",
+    )
     s.add_argument("path")
     s = subparser(
         subs,
         "set",
-        "set PATH from stdin, or to VALUE; VALUE {} makes a map; 'set -' reads PATH=VALUE lines",
+        "set PATH from stdin (always a value), or to VALUE; VALUE {} makes a map, \\{} is"
+        " the value {}; 'set -' reads PATH=VALUE lines",
         "disco-param dump | sed s/old/new/ | disco-param set -",
     )
     s.add_argument("path", metavar="PATH|-")
@@ -75,7 +82,8 @@ def body(args: argparse.Namespace) -> int:
     verb = args.verb
     if verb == "get":
         value = store.get(split_path(args.path))
-        print(MAP if value is None else value)
+        # A map prints {}; a value that is {} prints \{} (as in dump): never the same.
+        print(MAP if value is None else "\\" + MAP if value == MAP else value)
     elif verb == "set":
         set_verb(state, args.path, args.value)
     elif verb == "keys":
@@ -106,10 +114,12 @@ def set_verb(state: State, target: str, value: str | None) -> None:
         store.set_many(items)
         return
     path = split_path(target)
-    if value is None:
-        value = decode(sys.stdin.buffer.read())
+    if value is None:  # stdin is a value, whatever it holds: a JSON document `{}` too
+        stored: str | None = decode(sys.stdin.buffer.read())
+    else:  # the argument {} makes a map; \{} is the value {}
+        stored = None if value == MAP else MAP if value == "\\" + MAP else value
     state.create()
-    store.set(path, None if value == MAP else value)
+    store.set(path, stored)
 
 
 def to_json(value: object, where: str) -> str:
@@ -126,6 +136,11 @@ def read_json() -> object:
     text = sys.stdin.buffer.read()
     try:
         return json.loads(text)
+    except RecursionError:
+        raise DiscoError(
+            "cannot import: the document is nested too deep for Python's JSON reader",
+            f"a parameter path holds at most {PATH_MAX} characters: flatten the document",
+        ) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise DiscoError(
             f"cannot import: stdin is not JSON ({e})",

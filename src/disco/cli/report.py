@@ -8,7 +8,8 @@ from pathlib import Path
 
 from disco.cli.common import Output, Parser, subparser
 from disco.errors import DiscoError
-from disco.metrics import load_last, report_html, report_json, report_lines
+from disco.metrics import load_last, report_json, report_lines
+from disco.page import report_html
 from disco.state import State
 
 
@@ -23,7 +24,10 @@ def add_parser(subs: argparse._SubParsersAction[Parser]) -> Parser:
     how = s.add_mutually_exclusive_group()
     how.add_argument("--json", action="store_true", help="print the report as JSON")
     how.add_argument(
-        "--html", metavar="FILE", type=Path, help="write a page with a timeline of the steps"
+        "--html",
+        metavar="FILE",
+        type=Path,
+        help="write a page with a timeline of the steps to FILE ('-': stdout)",
     )
     return s
 
@@ -32,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     report = load_last(State.locate(args.state_dir).reports)
     if args.json:
         print(report_json(report, args.module))
+    elif args.html is not None and str(args.html) == "-":
+        sys.stdout.write(report_html(report, args.module))
     elif args.html is not None:
         page = report_html(report, args.module)
         try:

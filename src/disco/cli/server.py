@@ -40,6 +40,7 @@ def build() -> argparse.ArgumentParser:
         "init",
         "lay out DIR (parameters/, modules/; what exists is kept) and write the rsync config",
         "disco-server init /srv/disco",
+        state_dir=False,  # a server keeps no client state
     )
     s.add_argument("dir", type=Path, metavar="DIR")
     config_flag(s)
@@ -48,6 +49,7 @@ def build() -> argparse.ArgumentParser:
         "sync",
         "rewrite the rsync configs (~/rsyncd.conf, each node's) after modules come or go",
         "disco-server sync  # the DIR of the last init or sync",
+        state_dir=False,  # a server keeps no client state
     )
     s.add_argument("dir", type=Path, nargs="?", metavar="DIR")
     config_flag(s)
@@ -56,6 +58,7 @@ def build() -> argparse.ArgumentParser:
         "add-node",
         "let NODE's ssh key fetch, read-only, its own parameters and the modules, nothing else",
         "disco-server add-node web1.example.com /tmp/id_ed25519.pub",
+        state_dir=False,  # a server keeps no client state
     )
     s.add_argument("node", metavar="NODE")
     s.add_argument("key", type=Path, metavar="PUBKEY_FILE")
@@ -71,6 +74,7 @@ def build() -> argparse.ArgumentParser:
         "check",
         "report what is wrong with the server: stale rsync config, missing modules, cycles",
         "disco-server check /srv/disco",
+        state_dir=False,  # a server keeps no client state
     )
     s.add_argument("dir", type=Path, nargs="?", metavar="DIR")
     config_flag(s)
