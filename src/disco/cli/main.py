@@ -22,6 +22,7 @@ EPILOG = """\
 examples:
   NOOP=true disco dance
   disco dance --server ./examples/seed --node localhost.localdomain --root /srv/image
+  disco dance --root /mnt/other-running-system --effects run
   disco report
 """
 
@@ -56,6 +57,12 @@ def build() -> argparse.ArgumentParser:
         "--root", default="/", metavar="DIR", help="apply to this root directory (default: /)"
     )
     s.add_argument(
+        "--effects",
+        choices=("run", "intercept"),
+        help="live: run commands with outside effects (service restarts, kill, network) or"
+        " print 'Would execute' (default: run on /, intercept on another --root)",
+    )
+    s.add_argument(
         "--module",
         action="append",
         metavar="M",
@@ -80,6 +87,11 @@ def dance(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise UsageError(f"--root {args.root} is not a directory", "give the root to apply to")
     noop = args.noop or bool(os.environ.get("NOOP"))
+    if noop and args.effects == "run":
+        raise UsageError(
+            "--effects run: a NOOP dance never runs outside effects",
+            "drop --effects run, or dance live",
+        )
     # Settings are read (and checked) before the lock is taken: a bad URI or a missing
     # server setting leaves a machine without state as it was.
     settings = load_settings(state.params(), args.server)
@@ -103,7 +115,7 @@ def dance(args: argparse.Namespace) -> int:
                 )
             plan = only(plan, args.module)
         out.info(("Ready to dance : " + " ".join(plan.names)).rstrip())
-        options = Options(noop=noop, root=root, diff=args.diff)
+        options = Options(noop=noop, root=root, diff=args.diff, effects=args.effects)
         dancer = Dance(state, plan, options, out, meter)
         status = EXIT_FAILED
         try:
