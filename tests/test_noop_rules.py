@@ -81,7 +81,7 @@ def kinds(view: Path, argvs: list[str]) -> list[str]:
 
 
 def test_the_shipped_table_classifies_invocations_by_effect(tmp_path: Path) -> None:
-    view = build_view(tmp_path / "view", shipped(), Path("/"))
+    view = build_view(tmp_path / "view", tuple(shipped()), Path("/"))
     got = kinds(view.path, [argv for argv, _ in CASES])
     assert list(zip([a for a, _ in CASES], got)) == CASES
 
@@ -89,7 +89,7 @@ def test_the_shipped_table_classifies_invocations_by_effect(tmp_path: Path) -> N
 def test_a_command_whose_rules_run_everything_for_real_gets_no_interceptor(
     tmp_path: Path,
 ) -> None:
-    view = build_view(tmp_path / "view", shipped(), Path("/"))
+    view = build_view(tmp_path / "view", tuple(shipped()), Path("/"))
     assert not (view.noop / "update-rc.d").exists()
     assert not (view.noop / "deb-systemd-helper").exists()
     assert (view.noop / "systemctl").is_symlink() and (view.noop / "pidof").is_symlink()
