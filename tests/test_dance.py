@@ -51,15 +51,16 @@ def test_noop_seed_dance_on_the_real_root_shows_everything_and_changes_nothing(
 def test_live_seed_dance_into_a_scratch_root_then_again_changes_nothing(
     cmd: Run, state: Path, scratch_root: Path
 ) -> None:
-    status, output = seed_dance(cmd, state, "--root", str(scratch_root))
+    status, output = seed_dance(cmd, state, "--root", str(scratch_root), "--effects", "run")
     assert status == 0, output
     assert "Hello, disco" in output
-    assert "service postgresql stop: done" in output  # live: the command really ran
+    assert "service postgresql stop: done" in output  # --effects run: the command really ran
     assert "Would execute" not in output
     stuff = scratch_root / "etc/othermodule/stuff.cfg"
     assert stuff.read_text() == STUFF
     assert stuff.stat().st_mode & 0o7777 == 0o644
     status, output = seed_dance(cmd, state, "--root", str(scratch_root), "--detailed-exitcodes")
+    assert "warning: Would execute : service postgresql stop" in output  # not the running system
     assert status == 0, output
     assert "info: File:" not in output
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, Run, refuse_live_dance_on_this_machine
+from conftest import Run
 
 NODE = "node1.example.com"
 Spec = dict[str, dict[str, str]]  # module name -> {path in the module: content}
@@ -333,30 +333,6 @@ def test_noop_intercepts_commands_with_outside_effects(
         assert f"status of {c}: 0" in out
     assert out[-1] == "end"
     assert not any(line.startswith("service ") for line in out)  # the stub never ran
-
-
-def test_noop_intercepts_a_name_from_noop_d(cmd: Run, tmp_path: Path, scratch_root: Path) -> None:
-    """/etc/disco/noop.d/*.list adds names. The host's /etc is never written: the dance
-    runs in its own mount namespace where /etc is an overlay with the list in it."""
-    upper, work = tmp_path / "etc-upper", tmp_path / "etc-work"
-    (upper / "disco/noop.d").mkdir(parents=True)
-    (upper / "disco/noop.d/test.list").write_text("# ours\nlaunch-missiles\n")
-    work.mkdir()
-    server = make_server(tmp_path / "srv", {"m": {"scripts/10-x.sh": "launch-missiles now\n"}})
-    argv = ["disco", "dance", "--noop", "--server", str(server), "--node", NODE,
-            "--root", str(scratch_root)]  # fmt: skip
-    env = {**os.environ, "DISCO_STATE": str(tmp_path / "state"), "NO_COLOR": "1", "NOOP": ""}
-    refuse_live_dance_on_this_machine(tuple(argv), env)
-    overlay = f"lowerdir=/etc,upperdir={upper},workdir={work}"
-    shell = f'mount -t overlay overlay -o {overlay} /etc && exec "$@"'
-    result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", shell, "sh",
-         str(BIN / "disco"), *argv[1:]],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "warning: Would execute : launch-missiles now" in result.stderr.splitlines()
-    assert not Path("/etc/disco/noop.d/test.list").exists()
 
 
 # -- parameters inside the sandbox -------------------------------------------------------------

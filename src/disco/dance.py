@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from disco.asker import asking
 from disco.changes import (
     DEFAULT_EXCLUDE,
     Change,
@@ -33,6 +34,7 @@ from disco.metrics import Meter, Record
 from disco.modules import Edge, Module
 from disco.mounts import bind_readonly, mount_tmpfs, private_mounts
 from disco.params import Tree, encode, node_view, read_tree
+from disco.rules import intercepted, load_rules
 from disco.sandbox import Bind, Mode, Step, StepResult, Zygote, make_dev, upper_of
 from disco.scripts import interpreter_problem
 from disco.stack import fold
@@ -44,7 +46,7 @@ from disco.view import (
     build_shims,
     build_view,
     intercepted_binaries,
-    load_noop_list,
+    real_binds,
     write_parameters,
 )
 
@@ -67,9 +69,26 @@ class Options:
     noop: bool
     root: Path = Path("/")
     diff: str = "normal"
-    etc: Path = Path("/etc/disco")  # noop.d/ and sensitive.d/ lists
+    etc: Path | None = None  # noop.d/ and sensitive.d/: ROOT/etc/disco unless given
     timeout: float | None = None  # seconds a template or script may run
     dance: str = ""  # the dance's id in `disco history`: its commits' undo logs go there
+    effects: str | None = None  # live: "run" or "intercept"; None: run on /, else intercept
+
+    @property
+    def config(self) -> Path:
+        """Where noop.d/ and sensitive.d/ are read: the system being configured's."""
+        return self.etc if self.etc is not None else self.root / "etc/disco"
+
+    @property
+    def on_host(self) -> bool:
+        return os.path.realpath(self.root) == "/"
+
+    @property
+    def intercepts(self) -> bool:
+        """Whether scripts' outside effects are intercepted (always in NOOP; live, on a
+        root that is not the running system, unless --effects run)."""
+        default = "run" if self.on_host else "intercept"
+        return self.noop or (self.effects or default) == "intercept"
 
 
 @dataclass
@@ -106,8 +125,9 @@ class Dance:
         self.count = 0
         self.hidden = hidden_state(state.root, options.root)
         self.exclude = (*DEFAULT_EXCLUDE, *self.hidden)
-        self.sensitive = load_sensitive(options.etc)
-        self.noop_names = load_noop_list(options.etc)
+        self.sensitive = load_sensitive(options.config)
+        self.rules = load_rules(options.config)
+        self.noop_names = intercepted(self.rules)
 
     def run(self) -> Outcome:
         recover(self.state.txn, self.sink.warning)  # a commit cut short: undone first
@@ -117,10 +137,13 @@ class Dance:
             work.mkdir(parents=True, exist_ok=True)
             mount_tmpfs(work)  # our own mount namespace: gone when we are
             self.work = work
-            self.view = build_view(work / "view", self.noop_names)
+            self.view = build_view(work / "view", self.rules, self.options.root)
+            if self.options.on_host:  # questions about the running host asked outside
+                stack.enter_context(asking(self.view.ask))
             bind_readonly(self.state.modules, self.view.path / "modules")
             binaries = intercepted_binaries(self.options.root, self.noop_names)
             self.shims = build_shims(work / "shims", self.view, binaries, self.options.root)
+            self.real = [Bind(src, dst) for src, dst in real_binds(self.options.root, binaries)]
             make_dev(work / "dev")
             self.zygote = stack.enter_context(Zygote())
             write_parameters(self.view, parameters(self.state, self.plan.node, self.plan.modules))
@@ -235,7 +258,7 @@ class Dance:
     ) -> bool:
         mode = Mode.NOOP if self.options.noop else Mode.LIVE
         with self.layer() as layer:
-            result = self.sandboxed(argv, layer, mode, intercept and self.options.noop)
+            result = self.sandboxed(argv, layer, mode, intercept and self.options.intercepts)
             self.meter.add(record(module.name, name, item, result))
             if result.returncode != 0:
                 self.sink.error(f"{module.name}: script {item} {failure(result, self.options)}")
@@ -323,7 +346,7 @@ class Dance:
                 env=step_env(self.plan.node, noop, intercept),
                 hostname=self.plan.node,
                 hide=self.hidden,
-                binds=(Bind(self.view.path, VIEW_AT),),
+                binds=(Bind(self.view.path, VIEW_AT), *(self.real if intercept else ())),
                 shims=self.shims if intercept else None,
                 dev=self.work / "dev" if noop else None,
                 shared_network=noop,
@@ -334,7 +357,7 @@ class Dance:
 
 
 def step_env(node: str, noop: bool, intercept: bool) -> dict[str, str]:
-    """The environment of a step: a clean one, the NOOP interceptors first on PATH."""
+    """The environment of a step: a clean one, the interceptors first on PATH."""
     env = {
         "PATH": f"{VIEW_AT}/bin:{SANDBOX_PATH}",
         "HOME": "/root",
@@ -353,9 +376,11 @@ def step_env(node: str, noop: bool, intercept: bool) -> dict[str, str]:
     return env
 
 
-def noop_binds(view: View, binaries: list[str]) -> list[Bind]:
-    """The interceptor over each command's absolute path: `/usr/sbin/service` is caught."""
-    return [Bind(view.interceptor, path) for path in binaries]
+def noop_binds(view: View, binaries: list[str], root: Path) -> list[Bind]:
+    """The real binaries' directories under /var/disco/real, then the interceptor over
+    each command's absolute path: `/usr/sbin/service` is caught."""
+    real = [Bind(source, target) for source, target in real_binds(root, binaries)]
+    return real + [Bind(view.interceptor, path) for path in binaries]
 
 
 def hidden_state(state: Path, root: Path) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ def run(
     input: bytes | None = None,
     cwd: Path | None = None,
     check: bool = True,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run `argv` and capture its output.
 
@@ -28,7 +29,8 @@ def run(
     the child gets ours with messages forced to the C locale, so that the errors disco
     parses read the same on every machine. If we are interrupted the child is killed
     (subprocess.run does that on any exception). With `check`, a non-zero exit raises
-    CommandError carrying the command, its status and its stderr.
+    CommandError carrying the command, its status and its stderr; so does a child that
+    outlives `timeout` seconds (killed, status 124 as timeout(1) says).
     """
     if env is None:
         env = {**os.environ, "LC_ALL": "C"}
@@ -42,7 +44,10 @@ def run(
             capture_output=True,
             cwd=cwd,
             check=False,
+            timeout=timeout,
         )
+    except subprocess.TimeoutExpired as e:
+        raise CommandError(argv, 124, f"{argv[0]} did not finish in {timeout} s") from e
     except OSError as e:
         raise CommandError(argv, 127, f"cannot run {argv[0]}: {e.strerror}") from e
     if check and result.returncode != 0:

@@ -20,10 +20,11 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from disco.asker import asking
 from disco.changes import DEFAULT_EXCLUDE, content_diff, header, load_sensitive, read_changes
 from disco.dance import VIEW_AT, command, hidden_state, noop_binds, parameters, step_env
 from disco.errors import EXIT_LOCKED, DiscoError
@@ -32,18 +33,12 @@ from disco.modules import Module, load_module
 from disco.mounts import mount_tmpfs
 from disco.order import order
 from disco.params import is_name
+from disco.rules import load_rules
 from disco.run import run
 from disco.sandbox import Bind, Mode, Step, run_step, upper_of
 from disco.state import State
-from disco.view import (
-    View,
-    build_view,
-    intercepted_binaries,
-    load_noop_list,
-    write_parameters,
-)
+from disco.view import View, build_view, intercepted_binaries, write_parameters
 
-ETC = Path("/etc/disco")  # noop.d/ and sensitive.d/ lists, as for a dance
 # The interactive shell's startup file: the root's own, then NOOP's functions for the
 # builtins (BASH_ENV is read by non-interactive shells only), and a prompt that says so.
 BASHRC = f"""\
@@ -138,7 +133,7 @@ def init(session: Session, node: str | None = None) -> tuple[Session, list[str]]
     modules = fetched_modules(session.state)
     if session.view.path.exists():
         shutil.rmtree(session.view.path)
-    view = build_view(session.view.path, load_noop_list(ETC))
+    view = build_view(session.view.path, load_rules(_config(session)), session.root)
     write_parameters(view, parameters(session.state, session.node, modules))
     (view.path / "exec").mkdir()  # where disco-sh-exec shows its script
     (view.path / "shell.bashrc").write_text(BASHRC)
@@ -188,7 +183,7 @@ def run_in(
     if session.state.modules.is_dir():
         shown.append(Bind(session.state.modules, f"{VIEW_AT}/modules"))
     shown += binds
-    shown += noop_binds(view, intercepted_binaries(session.root, names))
+    shown += noop_binds(view, intercepted_binaries(session.root, names), session.root)
     env = step_env(session.node, noop=True, intercept=True)
     step = Step(
         tuple(argv),
@@ -201,7 +196,8 @@ def run_in(
         binds=tuple(shown),
         stdin=stdin,
     )
-    status = run_step(step).returncode
+    with asking(view.ask) if os.path.realpath(session.root) == "/" else nullcontext():
+        status = run_step(step).returncode
     return 128 - status if status < 0 else status
 
 
@@ -213,7 +209,10 @@ def report(session: Session, style: str = "normal") -> list[tuple[str, str]]:
     change's header line and its content diff ("" if none)."""
     exclude = (*DEFAULT_EXCLUDE, *session.hidden)
     changes = read_changes(
-        upper_of(session.layer), [session.root], exclude=exclude, sensitive=load_sensitive(ETC)
+        upper_of(session.layer),
+        [session.root],
+        exclude=exclude,
+        sensitive=load_sensitive(_config(session)),
     )
     return [(header(change), content_diff(change, style)) for change in changes]
 
@@ -236,6 +235,11 @@ def fetched_modules(state: State) -> list[Module]:
             "fetch them again with 'disco dance'",
         ) from None
     return [found[name] for name in names]
+
+
+def _config(session: Session) -> Path:
+    """noop.d/ and sensitive.d/, as for a dance: those of the system being configured."""
+    return session.root / "etc/disco"
 
 
 def _view(session: Session) -> View:

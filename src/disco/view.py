@@ -1,5 +1,6 @@
-"""What a step sees at /var/disco: the merged parameters, a shell disco-param, and in
-NOOP the interceptors of commands with outside effects (DESIGN §7)."""
+"""What a step sees at /var/disco: the merged parameters, a shell disco-param, and where
+effects are intercepted the interceptor, its compiled rules (disco/rules.py), the real
+binaries it runs and the door to the host's answers (disco/asker.py) (DESIGN §7)."""
 
 from __future__ import annotations
 
@@ -10,50 +11,20 @@ from importlib import resources
 from pathlib import Path
 
 from disco.params import Tree, write_tree
+from disco.rules import Rule, compile_rules, intercepted
 
-# Commands whose effects reach outside the sandbox's filesystem: in NOOP they print
-# "Would execute" and succeed. What a script does to files is not here: the overlay
-# captures it and the report shows it (useradd, crontab, sed -i ...).
-DEFAULT_NOOP = (
-    # service and init control
-    "service systemctl initctl invoke-rc.d rc-service openrc start-stop-daemon telinit"
-    " chkconfig update-rc.d hostnamectl timedatectl localectl loginctl machinectl"
-    # reboot and power
-    " reboot shutdown halt poweroff kexec"
-    # signalling processes
-    " kill killall killall5 pkill skill"
-    # package managers
-    " apt apt-get aptitude dpkg yum dnf rpm zypper pacman apk snap flatpak pip pip3 gem npm"
-    # kernel modules
-    " modprobe insmod rmmod"
-    # network clients
-    " curl wget ssh scp sftp rsync nc ncat netcat socat telnet ftp"
-).split()
 BIN_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-INTERCEPTOR = """#!/bin/bash
-# disco NOOP: this command would reach outside the dry run.
-printf 'warning: Would execute : %s\\n' "${0##*/}${*:+ $*}" >&2
-exit 0
-"""
-
-
-def load_noop_list(etc: Path = Path("/etc/disco")) -> tuple[str, ...]:
-    """The default list plus one command name per line of etc/noop.d/*.list."""
-    names = list(DEFAULT_NOOP)
-    for listing in sorted((etc / "noop.d").glob("*.list")):
-        for line in listing.read_text(errors="replace").splitlines():
-            name = line.split("#", 1)[0].strip()
-            if name and "/" not in name and name not in names:
-                names.append(name)
-    return tuple(names)
+INSIDE = "/var/disco"  # where the view is shown; the interceptor knows it too
+REAL = f"{INSIDE}/real"  # the real binaries' directories, read-only, under the interceptors
 
 
 def bash_functions(names: tuple[str, ...]) -> str:
-    """BASH_ENV for NOOP scripts: shell builtins (kill) are caught as functions too."""
+    """BASH_ENV for intercepting bash scripts: shell builtins (kill) are caught as
+    functions that call the interceptor."""
     lines = [
-        f"{name}() {{ printf 'warning: Would execute : %s\\n' \"{name}${{*:+ $*}}\" >&2; }}"
+        f'{name}() {{ {INSIDE}/noop/{name} "$@"; }}'
         for name in names
         if name.replace("-", "").replace("_", "").isalnum() and "." not in name
     ]
@@ -83,6 +54,11 @@ class View:
         return self.noop / ".intercept"
 
     @property
+    def ask(self) -> Path:
+        """The asker's FIFOs (disco/asker.py), made only where the host is asked."""
+        return self.path / "ask"
+
+    @property
     def bash_env(self) -> Path:
         return self.path / "noop.bash"
 
@@ -91,18 +67,24 @@ class View:
         return self.path / "out" / module
 
 
-def build_view(path: Path, noop_names: tuple[str, ...]) -> View:
+def build_view(path: Path, rules: tuple[Rule, ...], root: Path) -> View:
+    """The view of a dance (or a shell session) over `root`, intercepting by `rules`."""
     view = View(path)
     for directory in (view.parameters, view.bin, view.noop, path / "out", path / "modules"):
         directory.mkdir(parents=True, exist_ok=True)
-    script = resources.files("disco").joinpath("data/disco-param").read_bytes()
-    (view.bin / "disco-param").write_bytes(script)
-    view.interceptor.write_text(INTERCEPTOR)
+    data = resources.files("disco").joinpath("data")
+    (view.bin / "disco-param").write_bytes(data.joinpath("disco-param").read_bytes())
+    view.interceptor.write_bytes(data.joinpath("intercept").read_bytes())
     for target in (view.bin / "disco-param", view.interceptor):
         target.chmod(0o755)
-    for name in noop_names:
+    names = intercepted(rules)
+    for _, inside in real_binds(root, intercepted_binaries(root, names)):
+        (path / os.path.relpath(inside, INSIDE)).mkdir(parents=True, exist_ok=True)
+    real = {name: REAL + p for name, p in locate(root, names).items()}
+    (view.noop / ".rules").write_text(compile_rules(rules, real))
+    for name in names:
         (view.noop / name).symlink_to(".intercept")
-    view.bash_env.write_text(bash_functions(noop_names))
+    view.bash_env.write_text(bash_functions(names))
     return view
 
 
@@ -112,6 +94,20 @@ def write_parameters(view: View, tree: Tree) -> None:
         shutil.rmtree(view.parameters)
     view.parameters.mkdir()
     write_tree(view.parameters, tree)
+
+
+def locate(root: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """Each command's file in `root`, as a path in the root, first found in BIN_DIRS.
+    Symlinks are resolved inside root (pidof is killall5, reboot is systemctl)."""
+    found: dict[str, str] = {}
+    real_root = os.path.realpath(root)
+    for name in names:
+        for directory in BIN_DIRS:
+            candidate = os.path.realpath(os.path.join(real_root, directory, name))
+            if candidate.startswith(real_root.rstrip("/") + "/") and os.path.isfile(candidate):
+                found[name] = "/" + os.path.relpath(candidate, real_root)
+                break
+    return found
 
 
 def intercepted_binaries(root: Path, names: tuple[str, ...]) -> list[str]:
@@ -153,3 +149,11 @@ def copy_meta(src: Path, dst: Path) -> None:
     os.chown(dst, st.st_uid, st.st_gid)
     os.chmod(dst, st.st_mode & 0o7777)
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def real_binds(root: Path, binaries: list[str]) -> list[tuple[Path, str]]:
+    """(source, target) binds showing the directories of the real binaries under REAL,
+    from the root itself: the interceptor bound over a binary runs it from there."""
+    real_root = os.path.realpath(root)
+    dirs = sorted({os.path.dirname(p) for p in binaries})
+    return [(Path(real_root + d), REAL + d) for d in dirs]

@@ -30,6 +30,7 @@ EPILOG = """\
 examples:
   NOOP=true disco dance
   disco dance --server ./examples/seed --node localhost.localdomain --root /srv/image
+  disco dance --root /mnt/other-running-system --effects run
   disco report
   disco history
   disco rollback --noop
@@ -69,6 +70,12 @@ def build() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--root", default="/", metavar="DIR", help="apply to this root directory (default: /)"
+    )
+    s.add_argument(
+        "--effects",
+        choices=("run", "intercept"),
+        help="live: run commands with outside effects (service restarts, kill, network) or"
+        " print 'Would execute' (default: run on /, intercept on another --root)",
     )
     s.add_argument(
         "--module",
@@ -116,6 +123,11 @@ def dance(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise UsageError(f"--root {args.root} is not a directory", "give the root to apply to")
     noop = args.noop or bool(os.environ.get("NOOP"))
+    if noop and args.effects == "run":
+        raise UsageError(
+            "--effects run: a NOOP dance never runs outside effects",
+            "drop --effects run, or dance live",
+        )
     # Settings are read (and checked) before the lock is taken: a bad URI or a missing
     # server setting leaves a machine without state as it was.
     settings = load_settings(state.params(), args.server, args.timeout)
@@ -169,7 +181,12 @@ def dance_locked(
         mode = "noop" if noop else "live"
         kept = history.begin(state.txn, mode, root, node)
         options = Options(
-            noop=noop, root=root, diff=args.diff, dance=kept.id, timeout=settings.step_timeout
+            noop=noop,
+            root=root,
+            diff=args.diff,
+            dance=kept.id,
+            timeout=settings.step_timeout,
+            effects=args.effects,
         )
         dancer = Dance(state, plan, options, out, meter)
         status = EXIT_FAILED
