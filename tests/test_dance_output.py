@@ -120,7 +120,7 @@ def test_an_interrupted_dance_exits_130_and_its_report_says_where(
             process.kill()
             process.wait()
     assert process.returncode == 130, err
-    assert err.strip().splitlines()[-1].startswith("error: interrupted in module slow")
+    assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGINT in module slow")
     report = subprocess.run(
         [str(BIN / "disco"), "--state-dir", str(state), "report", "--json"],
         capture_output=True,

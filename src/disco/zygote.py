@@ -288,6 +288,28 @@ class Zygote:
         }
 
 
+class _Command:
+    """The init's command, and the signals that came for it."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.pending: list[int] = []
+
+    def forward(self, signum: int, _frame: Any = None) -> None:
+        if self.pid:
+            os.kill(self.pid, signum)
+        else:
+            self.pending.append(signum)
+
+    def kill(self, _signum: int = 0, _frame: Any = None) -> None:
+        self.forward(signal.SIGKILL)
+
+    def started(self, pid: int) -> None:
+        self.pid = pid
+        for signum in self.pending:
+            os.kill(pid, signum)
+
+
 def _failed(message: str) -> dict[str, Any]:
     return {"msgs": {"F": message}, "status": 0, "usage": (0,) * 12, "wall": 0.0,
             "timed_out": False}  # fmt: skip
@@ -298,8 +320,13 @@ def _init(req: dict[str, Any], ops: list[tuple[Any, ...]], stdio: list[int | Non
     whole tree, as pid 1 of the step's pid namespace (NOOP) or as a subreaper (live)."""
     code = 127
     try:
-        for s in (signal.SIGTERM, signal.SIGALRM):
-            signal.signal(s, signal.SIG_DFL)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        # A signal for the command may come before the command does: it is kept for it.
+        # (SIGUSR1: disco was interrupted or the step ran out of time, kill it.)
+        command = _Command()
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, command.forward)
+        signal.signal(signal.SIGUSR1, command.kill)
         umask = os.umask(0)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         unshare(req["flags"])
@@ -323,6 +350,7 @@ def _init(req: dict[str, Any], ops: list[tuple[Any, ...]], stdio: list[int | Non
             check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
         try:
             pid = os.posix_spawn(exe, argv, env, setsigdef=_DEFAULT_SIGNALS)
+            command.started(pid)
         except OSError as e:
             os.write(w, f"X {e.errno}\n".encode())
             os._exit(code)
@@ -331,9 +359,6 @@ def _init(req: dict[str, Any], ops: list[tuple[Any, ...]], stdio: list[int | Non
                 f.write("disco-init")
         for s in (signal.SIGINT, signal.SIGQUIT):  # the terminal signals the command itself
             signal.signal(s, signal.SIG_IGN)
-        for s in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(s, lambda n, _f: os.kill(pid, n))
-        signal.signal(signal.SIGUSR1, lambda _n, _f: os.kill(pid, signal.SIGKILL))
         # The usage of the command's tree, not ours: we are a fork of the zygote, and our
         # memory is not the step's. (resource.struct_rusage was imported before the fork.)
         status, usage = 0, [0.0] * len(_RUSAGE)

@@ -225,7 +225,7 @@ def interrupted(
     e: Interrupted, state: State, kept: history.Kept, noop: bool, module: str | None
 ) -> DiscoError:
     """The error that ends a dance cut short by a signal, saying what it committed."""
-    where = f"interrupted in module {module} by {e.name}" if module else f"interrupted by {e.name}"
+    where = f"interrupted by {e.name}" + (f" in module {module}" if module else "")
     if noop:
         hint = "'disco report' shows the steps that ran, and where it stopped"
         return DiscoError(f"{where}: a NOOP dance changes nothing", hint, e.status)
