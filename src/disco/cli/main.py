@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from disco.cli import report
+from disco.cli import timer as timer_cli
 from disco.cli.common import Output, Parser, add_state_dir, execute, parser, subparser
 from disco.dance import Dance, Options, Outcome, only
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
@@ -23,6 +24,7 @@ examples:
   NOOP=true disco dance
   disco dance --server ./examples/seed --node localhost.localdomain --root /srv/image
   disco report
+  disco timer install --every 30min --splay 10min
 """
 
 # --detailed-exitcodes (Puppet's meaning)
@@ -70,6 +72,7 @@ def build() -> argparse.ArgumentParser:
         help="exit 0 no changes, 1 could not run, 2 changes, 4 failures, 6 both",
     )
     report.add_parser(subs)
+    timer_cli.add_parser(subs)
     return p
 
 
@@ -126,6 +129,8 @@ def exit_status(outcome: Outcome, detailed: bool) -> int:
 def command(args: argparse.Namespace) -> int:
     if args.command == "report":
         return report.run(args)
+    if args.command == "timer":
+        return timer_cli.run(args)
     detailed = getattr(args, "detailed_exitcodes", False)
     try:
         return dance(args)
