@@ -68,6 +68,7 @@ class Settings:
 
     servers: tuple[Server, ...]
     rsync: tuple[str, ...]
+    shared: bool = False  # rsync's ssh already shares one connection per server
 
 
 def load_settings(store: ParamStore, servers: list[str] | None = None) -> Settings:

@@ -13,10 +13,11 @@ from disco.cli import timer as timer_cli
 from disco.cli.common import Output, Parser, add_state_dir, execute, parser, subparser
 from disco.dance import Dance, Options, Outcome, only
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
-from disco.fetch import fetch
+from disco.fetch import fetch, one_connection
 from disco.lock import hold
 from disco.metrics import DanceReport, Meter, save, utc_now
 from disco.params import check_segment
+from disco.push import push_report
 from disco.state import State, load_settings
 
 EPILOG = """\
@@ -90,7 +91,8 @@ def dance(args: argparse.Namespace) -> int:
     out = Output()
     meter = Meter()
     started = utc_now()
-    with hold(state.lock):
+    # One ssh connection for the whole dance: the fetch, then the report's push.
+    with hold(state.lock), one_connection(state, settings) as settings:
         with meter.measure("_internal", "fetch"):
             plan = fetch(state, node, settings)
         for failure in plan.passed_over:
@@ -115,7 +117,10 @@ def dance(args: argparse.Namespace) -> int:
             mode = "noop" if noop else "live"
             records, changes = tuple(meter.records), tuple(dancer.outcome.changes)
             summary = DanceReport(started, node, mode, str(root), status, records, changes)
-            save(state.reports, summary)
+            last = save(state.reports, summary)
+            problem = push_report(settings, plan.server, last)
+            if problem is not None:
+                out.warning(str(problem))
     return status
 
 
