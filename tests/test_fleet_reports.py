@@ -75,28 +75,28 @@ def test_a_node_can_neither_read_nor_write_another_nodes_report(
         "::reports/other.json",
         f"::parameters/{NODE_B}/last.json",
     ):
-        served.rsync(served.key_a, str(forged), dest)
+        written = served.rsync(served.key_a, str(forged), dest)
+        assert written.returncode != 0 and "ERROR: " in written.stderr, dest
     assert pushed(served, NODE_B).read_bytes() == b_report
     assert sorted(os.listdir(served.server.home / "reports")) == sorted([NODE_A, NODE_B])
     assert os.listdir(served.server.home / "reports" / NODE_A) == ["last.json"]
     assert pushed(served, NODE_A).read_bytes() == a_report
-    # Nor can it delete its own, or plant a symlink that leads elsewhere.
+    # Nor can it delete its own, or plant a symlink that would lead elsewhere.
     empty = tmp_path / "empty"
     empty.mkdir()
     assert served.rsync(served.key_a, "-r", "--delete", f"{empty}/", "::reports/").returncode != 0
     link = tmp_path / "links" / "last.json"
     link.parent.mkdir()
     link.symlink_to(f"../{NODE_B}/last.json")
-    served.rsync(served.key_a, "-l", str(link), "::reports/last.json")
-    mine = pushed(served, NODE_A)
-    assert not mine.is_symlink() or os.readlink(mine).startswith("/rsyncd-munged/")
-    assert pushed(served, NODE_B).read_bytes() == b_report
-    # The server reads the fleet, a planted symlink shown as damaged, never followed.
+    planted = served.rsync(served.key_a, "-l", str(link), "::reports/last.json")
+    assert planted.returncode != 0 and "refuse --links" in planted.stderr
+    assert not pushed(served, NODE_A).is_symlink()
+    assert pushed(served, NODE_A).read_bytes() == a_report
+    # The server reads the fleet.
     result = as_server_user(served.server, "report", "--json")
     fleet = {n["node"]: n for n in json.loads(result.stdout)}
-    assert fleet[NODE_B]["mode"] == "noop" and fleet[NODE_B]["problem"] == ""
-    if mine.is_symlink():
-        assert fleet[NODE_A]["problem"] == "damaged report: not a regular file"
+    assert fleet[NODE_A]["mode"] == fleet[NODE_B]["mode"] == "noop"
+    assert fleet[NODE_A]["problem"] == fleet[NODE_B]["problem"] == ""
     text = as_server_user(served.server, "report")
     assert f"report: {NODE_B}: " in text.stdout and " noop, exit 0, " in text.stdout
 

@@ -67,7 +67,7 @@ list = no
 use chroot = false
 munge symlinks = yes
 filter = + /last.json - *
-refuse options = delete* remove-source-files
+refuse options = delete* remove-source-files links
 incoming chmod = D750,F640
 
 [other""",

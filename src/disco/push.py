@@ -23,8 +23,9 @@ def push_report(settings: Settings, server: Server, last: Path) -> DiscoError | 
     """Upload `last` (the dance's last.json) to `server`; what went wrong, or None."""
     if server.kind is not Kind.SSH:
         return None
-    # Owner and group are the server user's; the daemon sets the mode (incoming chmod).
-    argv = [*settings.rsync, "--no-owner", "--no-group"]
+    # Owner and group are the server user's, the mode the daemon's (incoming chmod); the
+    # daemon refuses symlinks.
+    argv = [*settings.rsync, "--no-owner", "--no-group", "--no-links"]
     argv += [] if has_rsh(settings.rsync) else ["--rsh=ssh"]
     argv += [str(last), f"{server.base}{REPORTS}/{REPORT_FILE}"]
     try:

@@ -147,9 +147,9 @@ def reports_section(root: Path, node: str) -> str:
         f"comment = dance reports of {node}",
         "list = no",
         "use chroot = false",
-        "munge symlinks = yes",
+        "munge symlinks = yes",  # and links refused: belt and braces
         f"filter = + /{REPORT_FILE} - *",
-        "refuse options = delete* remove-source-files",
+        "refuse options = delete* remove-source-files links",
         "incoming chmod = D750,F640",
     ]
     return "\n".join(lines) + "\n"
