@@ -9,9 +9,11 @@ import base64
 import os
 import re
 import shlex
+import shutil
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from disco.errors import DiscoError, UsageError
@@ -209,6 +211,27 @@ def make_reports_dir(root: Path, node: str) -> None:
         (root / REPORTS / node).mkdir(mode=0o750, exist_ok=True)
     except OSError as e:
         raise DiscoError(f"cannot create {e.filename}: {e.strerror}", "check the server") from None
+
+
+def balls() -> Path:
+    """The standard library of balls shipped with disco."""
+    return Path(str(resources.files("disco").joinpath("balls")))
+
+
+def add_balls(root: Path) -> list[str]:
+    """Copy each standard ball into `root`/modules/ that is not there yet; the names added.
+    A module of the same name is the administrator's: it is kept as it is."""
+    added = []
+    for name in listing(balls()):
+        target = root / "modules" / name
+        if target.exists():
+            continue
+        try:
+            shutil.copytree(balls() / name, target, symlinks=True)
+        except OSError as e:
+            raise DiscoError(f"cannot copy ball {name} to {target}: {e}", "check DIR") from None
+        added.append(name)
+    return added
 
 
 def read_public_key(path: Path) -> tuple[str, str, str]:

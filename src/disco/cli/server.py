@@ -18,7 +18,7 @@ disco@HOST::parameters/NODE/ and disco@HOST::MODULE/ through ssh; each node's ke
 run a read-only rsync daemon that shows it its own parameters and the modules.
 
 examples:
-  disco-server init /srv/disco
+  disco-server init /srv/disco --with-balls
   disco-server add-node web1.example.com /tmp/web1.pub
   disco-ball init /srv/disco/modules/nginx-1.0 && disco-server sync
   disco-server check
@@ -46,6 +46,11 @@ def build() -> argparse.ArgumentParser:
         "disco-server init /srv/disco",
     )
     s.add_argument("dir", type=Path, metavar="DIR")
+    s.add_argument(
+        "--with-balls",
+        action="store_true",
+        help="add the standard balls (users, groups, packages, ...) to DIR/modules",
+    )
     config_flag(s)
     s = subparser(
         subs,
@@ -141,6 +146,10 @@ def body(args: argparse.Namespace) -> int:
     if args.verb == "report":
         return report(args, config)
     if args.verb in ("init", "sync"):
+        if getattr(args, "with_balls", False):
+            server.sync(args.dir, config, create=True)  # lays DIR out first
+            balls = server.add_balls(server.locate(args.dir, config))
+            out.info(f"Added balls to {args.dir}/modules: {' '.join(balls) or 'none (all there)'}")
         written = server.sync(args.dir, config, create=args.verb == "init")
         for path in written:
             parsed = server.read_config(path)
