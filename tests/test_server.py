@@ -54,7 +54,23 @@ use chroot = false
 NODE_CONFIG = SEED_CONFIG.replace(
     "# disco-server: {root}\n", f"# disco-server: {{root}}\n# disco-server node: {NODE}\n"
 ).replace(
-    "use chroot = false\n\n[other", f"use chroot = false\nfilter = + /{NODE}/*** - *\n\n[other"
+    "use chroot = false\n\n[other",
+    f"""use chroot = false
+filter = + /{NODE}/*** - *
+
+[reports]
+path = {{root}}/reports/{NODE}
+read only = false
+write only = true
+comment = dance reports of {NODE}
+list = no
+use chroot = false
+munge symlinks = yes
+filter = + /last.json - *
+refuse options = delete* remove-source-files links
+incoming chmod = D750,F640
+
+[other""",
 )
 
 
@@ -292,7 +308,9 @@ def test_sync_rewrites_every_node_config(srv: Server) -> None:
     conf = srv.add_node()
     (srv.root / "modules" / "nginx-1.0").mkdir()
     out = srv.ok("sync")
-    assert out.splitlines()[1] == f"info: Wrote {conf} for node {NODE}: [parameters] and 3 modules"
+    assert out.splitlines()[1] == (
+        f"info: Wrote {conf} for node {NODE}: [parameters], [reports] and 3 modules"
+    )
     assert "[nginx-1.0]" in conf.read_text()
     assert f"filter = + /{NODE}/*** - *" in conf.read_text()
 

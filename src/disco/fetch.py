@@ -85,16 +85,18 @@ PARALLEL = 8  # module fetches at once over one shared connection (sshd allows 1
 @contextmanager
 def one_connection(state: State, settings: Settings) -> Iterator[Settings]:
     """The settings with an rsync whose ssh shares one connection per server for this
-    fetch (the control socket in a private directory of the state), closed afterwards."""
+    fetch (the control socket in a private directory of the state), closed afterwards.
+    Inside another one_connection it changes nothing: the outer one (the whole dance,
+    whose report is pushed at the end) owns the connection."""
     ssh = [server for server in settings.servers if server.kind is Kind.SSH]
-    if not ssh:
+    if not ssh or settings.shared:
         yield settings
         return
     control, private = state.root / "ssh", None
     if len(str(control)) > 60:  # a socket's path must fit in ~107 bytes; %C takes 40
         control = private = Path(tempfile.mkdtemp(prefix="disco-ssh-"))
     control.mkdir(mode=0o700, exist_ok=True)
-    shared = replace(settings, rsync=sharing(settings.rsync, control))
+    shared = replace(settings, rsync=sharing(settings.rsync, control), shared=True)
     try:
         yield shared
     finally:

@@ -1,6 +1,7 @@
 """The server side (disco-server): `~/rsyncd.conf` serves `parameters/` and each module, as
 in the seed; a node's key may only run `rsync --server --daemon` with a config of its own
-(`rsyncd.d/NODE.conf`) whose daemon filter hides every node but NODE from `[parameters]`."""
+(`rsyncd.d/NODE.conf`) whose daemon filter hides every node but NODE from `[parameters]`,
+and whose write-only `[reports]` is `reports/NODE/` alone: where its dances' reports go."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import base64
 import os
 import re
 import shlex
+import shutil
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from disco.errors import DiscoError, UsageError
@@ -24,7 +27,9 @@ NODE_HEADER = "# disco-server node"  # `# disco-server node: NODE` in a node's c
 NOTE = "# Written by disco-server; 'disco-server sync' rewrites it, keeping each comment."
 NODE_DIR = "rsyncd.d"
 PARAMETERS = "parameters"
-RESERVED = (PARAMETERS, "global")  # [global] holds an rsyncd.conf's global settings
+REPORTS = "reports"  # a node's write-only area, reports/NODE/, in its own config only
+REPORT_FILE = "last.json"  # the one file a node may write there
+RESERVED = (PARAMETERS, REPORTS, "global")  # [global] holds an rsyncd.conf's global settings
 KEY_TYPE = re.compile(r"(sk-)?(ssh|ecdsa-sha2)-[a-z0-9]+(@openssh\.com)?")
 BASE64 = re.compile(r"([A-Za-z0-9+/]{4})+([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
@@ -133,6 +138,25 @@ def section(name: str, path: Path, comment: str, only: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def reports_section(root: Path, node: str) -> str:
+    """`[reports]` for one node: it may upload last.json into reports/NODE/ and nothing
+    else; it can neither download (write only), delete, nor plant a working symlink."""
+    lines = [
+        f"[{REPORTS}]",
+        f"path = {root / REPORTS / node}",
+        "read only = false",
+        "write only = true",
+        f"comment = dance reports of {node}",
+        "list = no",
+        "use chroot = false",
+        "munge symlinks = yes",  # and links refused: belt and braces
+        f"filter = + /{REPORT_FILE} - *",
+        "refuse options = delete* remove-source-files links",
+        "incoming chmod = D750,F640",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def render(root: Path, old: Config | None, node: str | None = None) -> str:
     """A daemon config: `[parameters]` (for a node, only its own), then each module."""
     names = listing(root / "modules")
@@ -142,6 +166,7 @@ def render(root: Path, old: Config | None, node: str | None = None) -> str:
         raise DiscoError(f"cannot serve {root}/modules: {what}", "rename them: " + bad[0].hint)
     only = f"+ /{node}/*** - *" if node else ""
     items = [section(PARAMETERS, root / PARAMETERS, comment_for(PARAMETERS, old), only)]
+    items += [reports_section(root, node)] if node else []
     items += [section(n, root / "modules" / n, comment_for(n, old)) for n in names]
     head = f"{HEADER}: {root}\n" + (f"{NODE_HEADER}: {node}\n" if node else "") + NOTE + "\n"
     return "\n".join([head, *items])
@@ -174,8 +199,39 @@ def sync(root: Path | None, config: Path, create: bool = False) -> list[Path]:
     old = read_config(config)
     write(config, render(root, old))
     for node, parsed in node_configs(config).items():
+        make_reports_dir(root, node)
         write(parsed.path, render(root, old, node))
     return [config, *(parsed.path for parsed in node_configs(config).values())]
+
+
+def make_reports_dir(root: Path, node: str) -> None:
+    """reports/NODE/, which the node's rsync daemon writes into (it must exist)."""
+    try:
+        (root / REPORTS).mkdir(mode=0o750, exist_ok=True)
+        (root / REPORTS / node).mkdir(mode=0o750, exist_ok=True)
+    except OSError as e:
+        raise DiscoError(f"cannot create {e.filename}: {e.strerror}", "check the server") from None
+
+
+def balls() -> Path:
+    """The standard library of balls shipped with disco."""
+    return Path(str(resources.files("disco").joinpath("balls")))
+
+
+def add_balls(root: Path) -> list[str]:
+    """Copy each standard ball into `root`/modules/ that is not there yet; the names added.
+    A module of the same name is the administrator's: it is kept as it is."""
+    added = []
+    for name in listing(balls()):
+        target = root / "modules" / name
+        if target.exists():
+            continue
+        try:
+            shutil.copytree(balls() / name, target, symlinks=True)
+        except OSError as e:
+            raise DiscoError(f"cannot copy ball {name} to {target}: {e}", "check DIR") from None
+        added.append(name)
+    return added
 
 
 def read_public_key(path: Path) -> tuple[str, str, str]:
@@ -216,6 +272,7 @@ def add_node(node: str, key_file: Path, config: Path, authorized_keys: Path) -> 
     config = Path(os.path.abspath(config))
     root = locate(None, config)
     conf = conf_path(config.parent / NODE_DIR / f"{node}.conf")
+    make_reports_dir(root, node)
     write(conf, render(root, read_config(config), node))
     forced = f"rsync --server --daemon --config={shlex.quote(str(conf))} ."
     line = f'command="{forced}",restrict {kind} {blob} {comment or node}'
@@ -232,7 +289,11 @@ def config_problems(cfg: Config, root: Path, names: list[str]) -> list[Problem]:
     found = []
     for name in (n for n in names if n not in cfg.sections):
         found.append(Problem(f"module '{name}' has no rsync entry in {path} (stale)", hint))
+    if cfg.node and cfg.sections.get(REPORTS, {}).get("path") != str(root / REPORTS / cfg.node):
+        found.append(Problem(f"{path} gives node '{cfg.node}' no reports/{cfg.node}/", hint))
     for name, settings in cfg.sections.items():
+        if name == REPORTS and cfg.node:
+            continue
         if name != PARAMETERS and name not in names:
             found.append(Problem(f"rsync entry [{name}] in {path} has no module (stale)", hint))
         elif settings.get("path") != str(root / ("modules/" + name if name in names else name)):

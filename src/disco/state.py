@@ -84,6 +84,7 @@ class Settings:
     servers: tuple[Server, ...]
     rsync: tuple[str, ...]
     step_timeout: float | None = None  # seconds a template or script may run
+    shared: bool = False  # rsync's ssh already shares one connection per server
 
 
 TIMEOUT_SETTING = ("disco", "client", "timeout", "step")

@@ -13,15 +13,17 @@ from pathlib import Path
 
 from disco import history
 from disco.cli import report, undo
+from disco.cli import timer as timer_cli
 from disco.cli.common import Parser, add_state_dir, execute, parser, subparser
 from disco.cli.dance_output import DanceOutput, StderrTee, printing_to
 from disco.cli.interrupt import Interrupted, interruptible
 from disco.dance import Dance, Options, Outcome, only
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
-from disco.fetch import fetch
+from disco.fetch import fetch, one_connection
 from disco.lock import hold
 from disco.metrics import INTERNAL, USAGE_FIELDS, DanceReport, Meter, Record, save, utc_now
 from disco.params import check_node
+from disco.push import push_report
 from disco.sandbox import Usage
 from disco.state import Settings, State, default_node, load_settings
 from disco.transport import with_ssh_port
@@ -34,6 +36,7 @@ examples:
   disco report
   disco history
   disco rollback --noop
+  disco timer install --every 30min --splay 10min
 """
 
 # --detailed-exitcodes (Puppet's meaning)
@@ -108,6 +111,7 @@ def build() -> argparse.ArgumentParser:
     undo.add_wait(s)
     report.add_parser(subs)
     undo.add_parsers(subs)
+    timer_cli.add_parser(subs)
     return p
 
 
@@ -162,7 +166,8 @@ def dance_locked(
     meter = Meter()
     out.meter = meter
     started = utc_now()
-    with hold(state.lock, args.wait, out.warning):
+    # One ssh connection for the whole dance: the fetch, then the report's push.
+    with hold(state.lock, args.wait, out.warning), one_connection(state, settings) as settings:
         with meter.measure("_internal", "fetch_params"):  # the seed's name; modules too
             plan = fetch(state, node, settings)
         for failure in plan.passed_over:
@@ -204,13 +209,16 @@ def dance_locked(
                 changes = tuple(c for c in changes if (c["module"], c["step"]) in done)
             would = tuple(out.finish())
             summary = DanceReport(started, node, mode, str(root), status, records, changes, would)
-            save(state.reports, summary)
+            last = save(state.reports, summary)
             failures = len(dancer.outcome.failed) + len(dancer.outcome.skipped)
             history.finish(state.txn, kept, len(changes), failures, status)
             for text in history.prune(state.txn, limit):
                 out.info(text)
             if args.json:
                 print(dance_json(summary, dancer.outcome))
+            problem = push_report(settings, plan.server, last)
+            if problem is not None:
+                out.warning(str(problem))
     return status
 
 
@@ -276,6 +284,8 @@ def command(args: argparse.Namespace) -> int:
         return report.run(args)
     if args.command in ("history", "rollback"):
         return undo.run(args)
+    if args.command == "timer":
+        return timer_cli.run(args)
     detailed = getattr(args, "detailed_exitcodes", False)
     try:
         return dance(args)

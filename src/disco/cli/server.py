@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
-from disco import server
+from disco import fleet, server
 from disco.cli.common import Output, Parser, execute, parser, subparser
-from disco.errors import EXIT_FAILED
+from disco.errors import EXIT_FAILED, DiscoError
+from disco.timer import seconds
 
 EPILOG = """\
 A server is a directory with parameters/ and modules/. Nodes reach it as
@@ -15,10 +18,11 @@ disco@HOST::parameters/NODE/ and disco@HOST::MODULE/ through ssh; each node's ke
 run a read-only rsync daemon that shows it its own parameters and the modules.
 
 examples:
-  disco-server init /srv/disco
+  disco-server init /srv/disco --with-balls
   disco-server add-node web1.example.com /tmp/web1.pub
   disco-ball init /srv/disco/modules/nginx-1.0 && disco-server sync
   disco-server check
+  disco-server report --older-than 1h
 """
 
 
@@ -43,6 +47,11 @@ def build() -> argparse.ArgumentParser:
         state_dir=False,  # a server keeps no client state
     )
     s.add_argument("dir", type=Path, metavar="DIR")
+    s.add_argument(
+        "--with-balls",
+        action="store_true",
+        help="add the standard balls (users, groups, packages, ...) to DIR/modules",
+    )
     config_flag(s)
     s = subparser(
         subs,
@@ -78,19 +87,80 @@ def build() -> argparse.ArgumentParser:
     )
     s.add_argument("dir", type=Path, nargs="?", metavar="DIR")
     config_flag(s)
+    s = subparser(
+        subs,
+        "report",
+        "the fleet: each node's last dance (time, mode, exit, changes, failures), silent nodes",
+        "disco-server report --older-than 2h --html /var/www/fleet.html",
+    )
+    s.add_argument("dir", type=Path, nargs="?", metavar="DIR")
+    config_flag(s)
+    s.add_argument(
+        "--older-than",
+        default="2h",
+        metavar="SPAN",
+        help="a node whose last dance is older is silent (default: 2h)",
+    )
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--json", action="store_true", help="print the fleet as JSON")
+    how.add_argument(
+        "--html", type=Path, metavar="FILE", help="write a page of nodes, each linking its dance"
+    )
     return p
+
+
+def report(args: argparse.Namespace, config: Path) -> int:
+    """Print (or write) the fleet; exit 1 if a node is silent, damaged or failed."""
+    out = Output()
+    silent_after = seconds(args.older_than, "--older-than")
+    root = server.locate(args.dir, config)
+    nodes = fleet.fleet(root, silent_after)
+    if args.json:
+        print(json.dumps([n.as_json() for n in nodes], indent=2, sort_keys=True))
+    elif args.html is not None:
+        pages = args.html.parent / f"{args.html.stem}-nodes"
+        try:
+            pages.mkdir(exist_ok=True)
+            for node, page in fleet.node_pages(root, nodes).items():
+                (pages / f"{node}.html").write_text(page, errors="surrogateescape")
+            args.html.write_text(fleet.fleet_html(nodes, pages.name), errors="surrogateescape")
+        except OSError as e:
+            raise DiscoError(
+                f"cannot write {e.filename}: {e.strerror}", "give a FILE in a writable folder"
+            ) from None
+        out.info(f"wrote the fleet of {len(nodes)} nodes to {args.html}, their dances in {pages}")
+    else:
+        for n in nodes:
+            if n.age is not None:
+                text = (
+                    f"{n.node}: {n.started} ({fleet.human(n.age)} ago) {n.mode}, exit {n.exit},"
+                    f" {n.changes} changes, {n.failures} failures"
+                )
+                out.line("report", text, sys.stdout)
+            if n.problem:
+                out.warning(f"{n.node}: {n.problem}")
+        if not nodes:
+            out.info(f"no nodes on server {root} yet")
+    return EXIT_FAILED if any(n.problem or n.failures for n in nodes) else 0
 
 
 def body(args: argparse.Namespace) -> int:
     out = Output()
     config: Path = args.config or Path.home() / "rsyncd.conf"
+    if args.verb == "report":
+        return report(args, config)
     if args.verb in ("init", "sync"):
+        if getattr(args, "with_balls", False):
+            server.sync(args.dir, config, create=True)  # lays DIR out first
+            balls = server.add_balls(server.locate(args.dir, config))
+            out.info(f"Added balls to {args.dir}/modules: {' '.join(balls) or 'none (all there)'}")
         written = server.sync(args.dir, config, create=args.verb == "init")
         for path in written:
             parsed = server.read_config(path)
-            modules = len(parsed.sections) - 1 if parsed else 0
+            served = [n for n in parsed.sections if n not in server.RESERVED] if parsed else []
             node = f" for node {parsed.node}" if parsed and parsed.node else ""
-            out.info(f"Wrote {path}{node}: [parameters] and {modules} modules")
+            areas = "[parameters], [reports]" if node else "[parameters]"
+            out.info(f"Wrote {path}{node}: {areas} and {len(served)} modules")
     elif args.verb == "add-node":
         keys = args.authorized_keys or Path.home() / ".ssh" / "authorized_keys"
         added = server.add_node(args.node, args.key, config, keys)
