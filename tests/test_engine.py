@@ -176,7 +176,10 @@ def test_a_root_with_overlay_tmpfs_bind_and_readonly_submounts_dances(
 def test_a_step_past_its_time_limit_is_killed_with_its_tree_and_fails(
     cmd: Run, tmp_path: Path, scratch_root: Path, noop: bool
 ) -> None:
-    script = "echo partial > /srv/partial\n(sleep 300; echo late > /srv/late) &\nsleep 300\n"
+    marker = f"disco-test-sleeper-{os.getpid()}-{noop}"  # what ps shows for our sleeps
+    script = (
+        f"echo partial > /srv/partial\n(exec -a {marker} sleep 300) &\nexec -a {marker} sleep 300\n"
+    )
     server = make_server(tmp_path / "srv", {
         "slow": {"scripts/10-hang.sh": script},
         "after": {"requires": "slow\n", "scripts/10-x.sh": "echo x > /srv/after\n"},
@@ -188,7 +191,7 @@ def test_a_step_past_its_time_limit_is_killed_with_its_tree_and_fails(
     assert "warning: Skipping after: requires slow" in err
     assert not (scratch_root / "srv/partial").exists()  # nothing committed
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "sleep 300" not in ps  # the whole tree is gone
+    assert marker not in ps  # the whole tree is gone
 
 
 def test_a_bad_time_limit_is_an_error(cmd: Run, tmp_path: Path, scratch_root: Path) -> None:

@@ -37,7 +37,7 @@ def test_the_ssh_tests_pass_from_a_checkout_only_root_can_enter(tmp_path: Path) 
     clone = private / "disco"
     for name in tracked_files():
         (clone / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(CHECKOUT / name, clone / name)
+        shutil.copy2(CHECKOUT / name, clone / name, follow_symlinks=False)  # balls -> src/...
     # The control: an unprivileged user cannot even see the copy's files.
     seen = subprocess.run(["runuser", "-u", "nobody", "--", "test", "-e", str(clone / "src")])
     assert seen.returncode != 0, "the private folder is readable by nobody: no proof"
