@@ -29,6 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from disco.mounts import MS_PRIVATE, MS_REC, Mount
+from disco.zygote import CLONE_NEWNS, unshare
+
 BIN = Path(sys.executable).parent
 RUNS = int(os.environ.get("RUNS", "3"))
 CF_AGENT = shutil.which("cf-agent")
@@ -281,6 +284,9 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}, {os.uname().nodename}, {os.cpu_count()} cores,"
         f" load {os.getloadavg()[0]:.2f}; cf-agent: {CF_AGENT or 'not installed'}"
     )
+    # A mount namespace of our own: what we mount is gone with us, even if we are killed.
+    unshare(CLONE_NEWNS)
+    Mount("/", flags=MS_REC | MS_PRIVATE).do()
     with tempfile.TemporaryDirectory(prefix="disco-bench-") as name:
         tmp = Path(name)
         subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(tmp)], check=True)

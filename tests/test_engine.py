@@ -244,3 +244,30 @@ def test_a_root_whose_usr_is_an_overlay_dances_with_its_interceptors(
         for point in reversed(done):
             subprocess.run(["umount", "-l", str(point)], check=False)
     assert not Path("/usr/local/new").exists()
+
+
+# ---- hard links of the target ----
+
+
+def test_a_change_through_one_name_of_a_hard_linked_file_changes_every_name(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    (scratch_root / "srv/conf").mkdir()
+    (scratch_root / "srv/a").write_text("v1\n")
+    os.link(scratch_root / "srv/a", scratch_root / "srv/conf/b")
+    (scratch_root / "srv/c").write_text("v1\n")
+    os.link(scratch_root / "srv/c", scratch_root / "srv/d")
+    # Through the inode (both names change), and anew by rename (sed -i: only that name).
+    script = "echo v2 >> /srv/a\ncat /srv/conf/b\nsed -i s/v1/v3/ /srv/c\n"
+    server = make_server(tmp_path / "srv", {"m": {"scripts/10-x.sh": script}})
+    want = ["/srv/a", "/srv/c", "/srv/conf/b"]
+    noop = dance(cmd, server, scratch_root)
+    assert noop.returncode == 0, noop.stderr
+    assert sorted(r.split(" : ")[0].rsplit(": ", 1)[1] for r in records(noop)) == want
+    live = dance(cmd, server, scratch_root, noop=False)
+    assert live.returncode == 0, live.stderr
+    assert sorted(records(live)) == sorted(records(noop))
+    a, b = scratch_root / "srv/a", scratch_root / "srv/conf/b"
+    assert a.read_text() == b.read_text() == "v1\nv2\n"
+    assert a.stat().st_ino == b.stat().st_ino  # still one file
+    assert (scratch_root / "srv/d").read_text() == "v1\n"  # sed -i made /srv/c anew

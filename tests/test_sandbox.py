@@ -69,7 +69,7 @@ def test_plan_describes_each_mount(tmp_path: Path) -> None:
     assert lines[0] == "mount --make-rprivate /"
     assert (
         f"mount -t overlay -o nodev,lowerdir=/home,upperdir={tmp_path}/L/upper/home,"
-        f"workdir={work}/1,redirect_dir=off,index=off,metacopy=off,xino=off overlay {work}/m1"
+        f"workdir={work}/1,redirect_dir=off,index=on,metacopy=off,xino=off overlay {work}/m1"
     ) in lines
     assert f"mount --move {work}/m1 {work}/mnt/home" in lines
     assert f"mount -t sysfs -o ro,nosuid,nodev,noexec sysfs {work}/mnt/sys" in lines

@@ -30,6 +30,7 @@ from disco.errors import DiscoError
 from disco.fetch import Plan
 from disco.files import write_atomic
 from disco.journal import commit, recover
+from disco.links import copied_links, relink
 from disco.metrics import Meter, Record
 from disco.modules import Edge, Module
 from disco.mounts import bind_readonly, mount_tmpfs, private_mounts
@@ -269,8 +270,13 @@ class Dance:
     def settle(self, module: Module, label: str, layer: Path) -> None:
         """Report a successful step's changes; commit them (live) or stack them (NOOP)."""
         with self.meter.measure(module.name, "diff", label):
-            changes = self.changes(module, label, layer)
-        self.zygote.settle()  # the step's overlays are gone: now its layer may move
+            changes = self.read(layer)  # while the step's sandbox is being torn down
+            self.zygote.sync()  # the step's overlays are gone: now its layer may change
+            linked = copied_links(layer)
+            self.zygote.settle()
+            if linked and relink(upper_of(layer), self.lowers(), linked, self.exclude):
+                changes = self.read(layer)  # the other names of hard-linked files changed
+            self.report(module, label, changes)
         if not self.options.noop and changes:
             with self.meter.measure(module.name, "commit", label):
                 commit(self.state.txn, changes, self.options.root, self.options.dance,
@@ -289,10 +295,12 @@ class Dance:
         """What a step's layer lies on: the NOOP steps so far, then the target root."""
         return [upper_of(x) for x in self.stacked()] + [self.options.root]
 
-    def changes(self, module: Module, label: str, layer: Path) -> list[Change]:
-        changes = read_changes(
+    def read(self, layer: Path) -> list[Change]:
+        return read_changes(
             upper_of(layer), self.lowers(), exclude=self.exclude, sensitive=self.sensitive
         )
+
+    def report(self, module: Module, label: str, changes: list[Change]) -> None:
         for change in changes:
             line = header(change)
             self.sink.info(line)
@@ -308,7 +316,6 @@ class Dance:
                     "header": line,
                 }  # fmt: skip
             )
-        return changes
 
     def stacked(self) -> tuple[Path, ...]:
         return () if self.below is None else (self.below,)

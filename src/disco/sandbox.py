@@ -68,8 +68,9 @@ NOOP_DROP_CAPS = (
     " syslog wake_alarm block_suspend perfmon bpf"
 ).split()
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Fixed layer format for the change reader: no metacopy, redirects or index.
-OVERLAY_OPTIONS = "redirect_dir=off,index=off,metacopy=off,xino=off"
+# Fixed layer format for the change reader: no metacopy or redirects. The index keeps a
+# copied-up hard-linked file linked to an entry of work/*/index (disco.links reads it).
+OVERLAY_OPTIONS = "redirect_dir=off,index=on,metacopy=off,xino=off"
 _DEVICES = {"null": "1 3", "zero": "1 5", "full": "1 7", "random": "1 8", "urandom": "1 9",
             "tty": "5 0"}  # fmt: skip
 _DEV_LINKS = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
@@ -349,6 +350,7 @@ class Zygote:
             os.close(rep_w)
         self.host_name = os.uname().nodename
         self.unsettled: Path | None = None
+        self.synced = False
         self.subs: dict[tuple[str, str, tuple[str, ...]], list[Submount]] = {}
 
     def __enter__(self) -> Zygote:
@@ -424,7 +426,7 @@ class Zygote:
             zygote.send(self.req, request)
             answer = self._answer()
         finally:
-            self.unsettled = step.layer
+            self.unsettled, self.synced = step.layer, False
         return _result(step, ops, answer)
 
     def settle(self) -> None:
@@ -434,11 +436,18 @@ class Zygote:
         under it, before this returns (overlayfs leaves that undefined)."""
         if self.unsettled is None:
             return
+        self.sync()
         layer, self.unsettled = self.unsettled, None
+        shutil.rmtree(layer / "work", ignore_errors=True)
+
+    def sync(self) -> None:
+        """Wait until the last step's sandbox is gone, keeping its work dir (settle)."""
+        if self.unsettled is None or self.synced:
+            return
         zygote.send(self.req, {"sync": True})
         if zygote.receive(self.rep) is None:
             raise DiscoError("the sandbox helper (zygote) exited", "run again with --debug")
-        shutil.rmtree(layer / "work", ignore_errors=True)
+        self.synced = True
 
     def _answer(self) -> dict[str, Any]:
         """The zygote's answer. If we are interrupted, the step is killed first."""
