@@ -198,7 +198,7 @@ def _write_journal(
             removed.append(op.path)
     data = {"format": FORMAT, "dance": dance, "module": module, "step": step,
             "root": str(root), "entries": [_entry_data(e) for e in entries]}  # fmt: skip
-    _write_synced(new / "journal.json", json.dumps(data, indent=0).encode())
+    _write_synced(new / "journal.json", json.dumps(data, separators=(",", ":")).encode())
     for copy in copies:
         _fsync(copy)
     if any(e.before and e.before.file for e in entries):
