@@ -396,3 +396,17 @@ def test_a_rollback_hides_the_content_of_sensitive_paths_as_a_dance_does(
     assert "info: File: file: /etc/shadow : Modified" in shown.stdout
     assert "(content hidden: sensitive)" in shown.stdout
     assert "hash" not in shown.stdout
+
+
+def test_rollback_undoes_the_last_dance_that_changed_something(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    prepare(scratch_root)
+    before = state_of(scratch_root)
+    server = server_with(tmp_path, {"10-a.sh": "echo set > /etc/app.conf\n"})
+    for _ in range(2):  # the second dance changes nothing
+        assert dance(cmd, server, scratch_root, noop=False).returncode == 0
+    result = rollback(cmd, scratch_root)
+    assert result.returncode == 0, result.stderr
+    assert "Rolling back dance(s) 2, 1 " in result.stdout
+    assert state_of(scratch_root) == before
