@@ -327,14 +327,9 @@ def undo(journal: Journal) -> int:
     """Put every path of `journal` back as it was before its commit; how many changed."""
     desired = {e.path: (e.before, journal.saved(e)) for e in journal.entries}
     for entry in journal.entries:  # a crash between making a temp entry and its rename
-        with (
-            contextlib.suppress(OSError, DiscoError),
-            parent(journal.root, entry.path) as (
-                d,
-                name,
-            ),
-        ):
-            os.unlink(temp_name(name), dir_fd=d)
+        with contextlib.suppress(OSError, DiscoError):
+            with parent(journal.root, entry.path) as (d, name):
+                os.unlink(temp_name(name), dir_fd=d)
     return restore(journal.root, desired, journal.where.with_name("undo"))
 
 
