@@ -234,3 +234,16 @@ def test_the_journal_names_every_path_with_its_state_before(tmp_path: Path) -> N
     assert by_path["/etc/modified"]["after"]["md5"] is not None
     assert by_path["/etc/created/deep/file"]["before"] is None
     assert (root / "etc/modified").read_bytes() == b"old\n"
+
+
+def test_recovery_never_follows_a_symlink_out_of_the_root(tmp_path: Path) -> None:
+    upper, root, txn = build(tmp_path)
+    assert commit_in_child(upper, root, txn, "3:KILL") == -9  # two operations done
+    outside = tmp_path / "outside"
+    os.rename(root / "etc", outside)
+    os.symlink(str(outside), root / "etc")  # the target changed under the journal
+    (outside / ".modified.disco-new").write_text("not ours\n")
+    before = snapshot(outside)
+    recover(txn, print)
+    assert snapshot(outside) == before
+    assert not (txn / "journal").exists()

@@ -383,3 +383,30 @@ def test_a_bad_journal_stops_a_dance_and_a_rollback_and_is_kept(
     assert_one_error(rollback(cmd, scratch_root), 1, "commit journal", *words)
     assert (state / "txn/journal/journal.json").read_text() == text
     assert (scratch_root / "etc/x").exists()
+
+
+def test_a_rollback_hides_the_content_of_sensitive_paths_as_a_dance_does(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    (scratch_root / "etc/shadow").write_text("root:secret-hash:19000::::::\n")
+    server = server_with(tmp_path, {"10-a.sh": "echo 'root:new-hash:19001::::::' > /etc/shadow\n"})
+    assert dance(cmd, server, scratch_root, noop=False).returncode == 0
+    shown = rollback(cmd, scratch_root, "--noop")
+    assert shown.returncode == 0, shown.stderr
+    assert "info: File: file: /etc/shadow : Modified" in shown.stdout
+    assert "(content hidden: sensitive)" in shown.stdout
+    assert "hash" not in shown.stdout
+
+
+def test_rollback_undoes_the_last_dance_that_changed_something(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    prepare(scratch_root)
+    before = state_of(scratch_root)
+    server = server_with(tmp_path, {"10-a.sh": "echo set > /etc/app.conf\n"})
+    for _ in range(2):  # the second dance changes nothing
+        assert dance(cmd, server, scratch_root, noop=False).returncode == 0
+    result = rollback(cmd, scratch_root)
+    assert result.returncode == 0, result.stderr
+    assert "Rolling back dance(s) 2, 1 " in result.stdout
+    assert state_of(scratch_root) == before

@@ -232,8 +232,8 @@ def choose(txn: Path, root: Path, wanted: str | None) -> list[Kept]:
     kept = listing(txn)
     undone = rolled_back(txn, kept)
     live = [k for k in kept if k.mode == "live" and Path(k.root) == root]
-    if wanted is None:
-        left = [k for k in live if k.id not in undone]
+    if wanted is None:  # the last that changed something: a dance again changes nothing
+        left = [k for k in live if k.id not in undone and _committed(txn, k)]
         if not left:
             raise DiscoError(f"no live dance on {root} to roll back", _LIST)
         chosen = left[-1]
@@ -263,6 +263,11 @@ def choose(txn: Path, root: Path, wanted: str | None) -> list[Kept]:
                 "raise disco/client/history/max_mb to keep more of them",
             )
     return todo
+
+
+def _committed(txn: Path, kept: Kept) -> bool:
+    where = txn / "history" / kept.id / "commits"
+    return kept.pruned or (where.is_dir() and any(where.iterdir()))
 
 
 def prepare(txn: Path, root: Path, wanted: str | None, force: bool) -> Rollback:

@@ -37,6 +37,7 @@ from typing import Any
 
 from disco.changes import DEFAULT_SENSITIVE, Change, Meta, read_changes
 from disco.commit import Op, Remove, apply, keep_links, plan_commit, temp_name
+from disco.commit import _parent as parent  # never follows a symlink on the way
 from disco.errors import DiscoError
 
 FORMAT = 1
@@ -198,7 +199,7 @@ def _write_journal(
             removed.append(op.path)
     data = {"format": FORMAT, "dance": dance, "module": module, "step": step,
             "root": str(root), "entries": [_entry_data(e) for e in entries]}  # fmt: skip
-    _write_synced(new / "journal.json", json.dumps(data, indent=0).encode())
+    _write_synced(new / "journal.json", json.dumps(data, separators=(",", ":")).encode())
     for copy in copies:
         _fsync(copy)
     if any(e.before and e.before.file for e in entries):
@@ -326,9 +327,9 @@ def undo(journal: Journal) -> int:
     """Put every path of `journal` back as it was before its commit; how many changed."""
     desired = {e.path: (e.before, journal.saved(e)) for e in journal.entries}
     for entry in journal.entries:  # a crash between making a temp entry and its rename
-        target = journal.root / entry.path.lstrip("/")
-        with contextlib.suppress(OSError):
-            os.unlink(target.with_name(temp_name(target.name)))
+        with contextlib.suppress(OSError, DiscoError):
+            with parent(journal.root, entry.path) as (d, name):
+                os.unlink(temp_name(name), dir_fd=d)
     return restore(journal.root, desired, journal.where.with_name("undo"))
 
 
@@ -418,10 +419,12 @@ def restore_times(root: Path, desired: Desired) -> None:
     """Saved mtimes (a change of times alone is no change record), directories last."""
     items = sorted(desired.items(), key=lambda kv: -kv[0].count("/"))
     for path, (before, _content) in items:
-        target = root / path.lstrip("/")
-        with contextlib.suppress(OSError):
-            if before is not None and os.lstat(target).st_mtime_ns != before.mtime_ns:
-                os.utime(target, ns=(before.atime_ns, before.mtime_ns), follow_symlinks=False)
+        if before is None or path == "/":
+            continue
+        with contextlib.suppress(OSError, DiscoError), parent(root, path) as (d, name):
+            if os.stat(name, dir_fd=d, follow_symlinks=False).st_mtime_ns != before.mtime_ns:
+                times = (before.atime_ns, before.mtime_ns)
+                os.utime(name, ns=times, dir_fd=d, follow_symlinks=False)
 
 
 # -- reading a journal -----------------------------------------------------------------------
