@@ -103,6 +103,8 @@ def test_a_command_whose_rules_run_everything_for_real_gets_no_interceptor(
         ("frob host ...\n", ["x.rules:1", "'host'"]),
         ("# fine\nfrob outside @(a|b\n", ["x.rules:2", "@(a|b"]),
         ("frob outside $(reboot)\n", ["x.rules:1", "$(reboot)"]),
+        ("frob outside a(b)\n", ["x.rules:1", "a(b)"]),
+        ("frob outside @(a))\n", ["x.rules:1", "@(a))"]),
         ("/usr/bin/frob outside ...\n", ["x.rules:1", "/usr/bin/frob"]),
     ],
 )
