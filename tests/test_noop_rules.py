@@ -103,6 +103,8 @@ def test_a_command_whose_rules_run_everything_for_real_gets_no_interceptor(
         ("frob host ...\n", ["x.rules:1", "'host'"]),
         ("# fine\nfrob outside @(a|b\n", ["x.rules:2", "@(a|b"]),
         ("frob outside $(reboot)\n", ["x.rules:1", "$(reboot)"]),
+        ("frob outside a(b)\n", ["x.rules:1", "a(b)"]),
+        ("frob outside @(a))\n", ["x.rules:1", "@(a))"]),
         ("/usr/bin/frob outside ...\n", ["x.rules:1", "/usr/bin/frob"]),
     ],
 )
@@ -338,3 +340,33 @@ def test_a_bad_rules_file_of_the_root_is_one_error_naming_it(
     result = dance(cmd, server, scratch_root)
     assert result.stdout.splitlines()[-1].startswith("info: Ready to dance")
     assert_one_error(result, 1, "bad.rules:1", "sometimes")
+
+
+def test_the_asker_refuses_a_non_question_that_a_rule_sends_it(
+    cmd: Run, tmp_path: Path, real_root_unchanged: None
+) -> None:
+    """A rule of noop.d may call anything a host question; the asker still runs only what
+    it knows to be read-only. The host's /etc/disco is an overlay in the dance's own mount
+    namespace here, so this machine's /etc is never written."""
+    upper, work = tmp_path / "etc-upper", tmp_path / "etc-work"
+    (upper / "disco/noop.d").mkdir(parents=True)
+    (upper / "disco/noop.d/bad.rules").write_text("systemctl host=0 start ...\n")
+    work.mkdir()
+    script = 'systemctl start disco-no-such.service; echo "start: $?"\n'
+    server = make_server(tmp_path / "srv", {"m": {"scripts/10-x.sh": script}})
+    argv = ["disco", "dance", "--noop", "--server", str(server), "--node", NODE]
+    env = {**os.environ, "DISCO_STATE": str(tmp_path / "state"), "NO_COLOR": "1", "NOOP": ""}
+    refuse_live_dance_on_this_machine(tuple(argv), env)
+    overlay = f"lowerdir=/etc,upperdir={upper},workdir={work}"
+    shell = f'mount -t overlay overlay -o {overlay} /etc && exec "$@"'
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", shell, "sh",
+         str(BIN / "disco"), *argv[1:]],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "disco: 'systemctl start disco-no-such.service' is not a question disco asks the host"
+        in result.stderr.splitlines()
+    )
+    assert "start: 1" in result.stdout.splitlines()

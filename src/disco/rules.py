@@ -76,8 +76,11 @@ def parse(text: str, where: str) -> list[Rule]:
 
 
 def _balanced(word: str) -> bool:
+    """Parentheses open an extglob (@( ?( *( +( !() and close: else bash cannot parse it."""
     depth = 0
-    for c in word:
+    for i, c in enumerate(word):
+        if c == "(" and (i == 0 or word[i - 1] not in "@?*+!"):
+            return False
         depth += {"(": 1, ")": -1}.get(c, 0)
         if depth < 0:
             return False

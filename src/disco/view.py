@@ -156,4 +156,4 @@ def real_binds(root: Path, binaries: list[str]) -> list[tuple[Path, str]]:
     from the root itself: the interceptor bound over a binary runs it from there."""
     real_root = os.path.realpath(root)
     dirs = sorted({os.path.dirname(p) for p in binaries})
-    return [(Path(real_root + d), REAL + d) for d in dirs]
+    return [(Path(real_root, d.lstrip("/")), REAL + d) for d in dirs]
