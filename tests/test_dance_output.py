@@ -186,10 +186,12 @@ def test_html_report_to_stdout(cmd: Run, tmp_path: Path, scratch_root: Path) -> 
 def test_would_execute_lines_are_kept_in_every_report(
     cmd: Run, tmp_path: Path, scratch_root: Path
 ) -> None:
-    server = make_server(tmp_path / "srv", MODULES)
+    noisy = {"c": {"scripts/10-nul.sh": "printf 'x\\0y\\n\\0disco-z\\n' >&2\n"}}
+    server = make_server(tmp_path / "srv", {**MODULES, **noisy})
     result = dance(cmd, server, scratch_root)
     assert result.returncode == 0, result.stderr
     assert "warning: Would execute : service x restart" in result.stderr  # passed on as ever
+    assert "x\0y\n\0disco-z\n" in result.stderr  # a step's own NULs pass untouched
     text = cmd("disco", "report").stdout.splitlines()
     assert text[-1] == "report: b: Would execute : service x restart"
     data = json.loads(cmd("disco", "report", "--json").stdout)
