@@ -186,10 +186,12 @@ def test_html_report_to_stdout(cmd: Run, tmp_path: Path, scratch_root: Path) -> 
 def test_would_execute_lines_are_kept_in_every_report(
     cmd: Run, tmp_path: Path, scratch_root: Path
 ) -> None:
-    server = make_server(tmp_path / "srv", MODULES)
+    noisy = {"c": {"scripts/10-nul.sh": "printf 'x\\0y\\n\\0disco-z\\n' >&2\n"}}
+    server = make_server(tmp_path / "srv", {**MODULES, **noisy})
     result = dance(cmd, server, scratch_root)
     assert result.returncode == 0, result.stderr
     assert "warning: Would execute : service x restart" in result.stderr  # passed on as ever
+    assert "x\0y\n\0disco-z\n" in result.stderr  # a step's own NULs pass untouched
     text = cmd("disco", "report").stdout.splitlines()
     assert text[-1] == "report: b: Would execute : service x restart"
     data = json.loads(cmd("disco", "report", "--json").stdout)
@@ -197,3 +199,28 @@ def test_would_execute_lines_are_kept_in_every_report(
     page = cmd("disco", "report", "--html", "-").stdout
     assert "<code>service x restart</code>" in page
     assert cmd("disco", "report", "a").stdout.count("Would execute") == 0  # b's, not a's
+
+
+def test_a_dance_whose_reader_goes_away_still_finishes(
+    state: Path, tmp_path: Path, scratch_root: Path
+) -> None:
+    """stderr through the NOOP tee: with its reader gone, steps must not block on it."""
+    loud = {"loud": {"scripts/10-loud.sh": "head -c 300000 /dev/zero | tr '\\\\0' x >&2\n"}}
+    server = make_server(tmp_path / "srv", {**MODULES, **loud})
+    argv = [str(BIN / "disco"), "--state-dir", str(state), "dance", "--noop"]
+    argv += ["--server", str(server), "--node", NODE, "--root", str(scratch_root)]
+    env = {**os.environ, "NO_COLOR": "1", "NOOP": ""}
+    process = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        assert process.stderr is not None
+        process.stderr.read(10)
+        process.stderr.close()  # the reader goes away, as `| head -c 10` does
+        assert process.wait(timeout=60) in (0, 1)
+    finally:
+        if process.poll() is None:  # it hung: the bug this test is for
+            process.kill()
+            process.wait()
+    data = json.loads((state / "reports" / "last.json").read_text())
+    assert {r["module"] for r in data["records"]} >= {"a", "b", "loud"}  # every module ran

@@ -90,10 +90,16 @@ class Meter:
             self.records.append(Record(module, step, item, wall, usage, probe.exit, offset))
 
     def add(self, record: Record) -> None:
-        """A record measured elsewhere, e.g. from a sandboxed step's own wait4 usage, added
-        as the step ends: it started its wall time ago."""
-        offset = max(0.0, time.perf_counter() - record.wall - self.origin)
-        self.records.append(dataclasses.replace(record, start=offset))
+        """A record measured elsewhere, e.g. from a sandboxed step's own wait4 usage. One
+        without a start is taken as added when its step ended: it started `wall` ago."""
+        if not record.start:
+            offset = max(0.0, time.perf_counter() - record.wall - self.origin)
+            record = dataclasses.replace(record, start=offset)
+        self.records.append(record)
+
+    def now(self) -> float:
+        """A start for a Record measured elsewhere: seconds since this meter began."""
+        return time.perf_counter() - self.origin
 
 
 def _rusage() -> tuple[resource.struct_rusage, resource.struct_rusage]:

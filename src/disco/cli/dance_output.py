@@ -154,6 +154,7 @@ class StderrTee:
         self.lines: list[dict[str, str]] = []
         self.module = ""
         self.saved = os.dup(2)
+        self.broken = False  # the real stderr refused a write
         self.terminal = os.isatty(self.saved)
         read, write = os.pipe()
         sys.stderr.flush()
@@ -189,7 +190,7 @@ class StderrTee:
                 at = pending.find(b"\0")
                 text, rest = (pending, b"") if at < 0 else (pending[:at], pending[at:])
                 if text:
-                    os.write(self.saved, text)
+                    self.forward(text)
                     line = self.scan(line + text)
                 pending = rest
                 if not pending:
@@ -207,8 +208,18 @@ class StderrTee:
                 elif MARK.startswith(pending[: len(MARK)]) and len(pending) < len(MARK):
                     break
                 else:  # a NUL of a step's own: pass it on
-                    os.write(self.saved, pending[:1])
+                    self.forward(pending[:1])
                     pending = pending[1:]
+
+    def forward(self, data: bytes) -> None:
+        """Pass bytes on to the real stderr. If that is gone (a reader like `head` left),
+        keep draining the pipe all the same: a full pipe would stop every step."""
+        if self.broken:
+            return
+        try:
+            os.write(self.saved, data)
+        except OSError:
+            self.broken = True
 
     def scan(self, text: bytes) -> bytes:
         """Record the complete `Would execute` lines of `text`; return its unfinished tail."""
