@@ -201,6 +201,19 @@ def test_would_execute_lines_are_kept_in_every_report(
     assert cmd("disco", "report", "a").stdout.count("Would execute") == 0  # b's, not a's
 
 
+def test_a_live_dance_on_another_root_keeps_its_would_execute_lines(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    """Live on a root that is not this machine, outside effects are intercepted too, and
+    the report keeps them as NOOP's does."""
+    result = dance(cmd, make_server(tmp_path / "srv", MODULES), scratch_root, noop=False)
+    assert result.returncode == 0, result.stderr
+    assert "warning: Would execute : service x restart" in result.stderr
+    data = json.loads(cmd("disco", "report", "--json").stdout)
+    assert data["mode"] == "live"
+    assert data["would_execute"] == [{"module": "b", "command": "service x restart"}]
+
+
 def test_a_dance_whose_reader_goes_away_still_finishes(
     state: Path, tmp_path: Path, scratch_root: Path
 ) -> None:

@@ -147,8 +147,9 @@ class StderrTee:
     Everything written to fd 2 (ours, and every step's: they inherit it) is passed on to
     the real stderr as it comes; `mark(module)` puts a marker in the same pipe, so a line
     is counted for the module whose steps wrote it, whatever the reading thread's lag.
-    Used only where a dance intercepts (NOOP): there a pid namespace ends every process
-    of a step with it, and none is left holding the pipe."""
+    Used only where a dance intercepts (NOOP, or live on another root): there no process
+    of a step outlives it (a NOOP step's pid namespace ends them all, a live step's init
+    kills what is left), and none is left holding the pipe."""
 
     def __init__(self) -> None:
         self.lines: list[dict[str, str]] = []

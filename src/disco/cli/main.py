@@ -141,7 +141,11 @@ def dance(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, servers=servers)
     fresh = not state.root.exists()
     state.create()
-    tee = StderrTee() if noop else None  # NOOP's `Would execute` lines, for the report
+    # The `Would execute` lines of an intercepting dance (NOOP, or live on another root),
+    # for the report. No process of a step outlives it to hold the pipe: a NOOP step's
+    # pid namespace ends them all, a live step's init kills what the command left.
+    intercepting = Options(noop=noop, root=root, effects=args.effects).intercepts
+    tee = StderrTee() if intercepting else None
     out = DanceOutput(printing_to(args.json), sys.stderr, quiet=args.quiet, tee=tee)
     try:
         return dance_locked(args, state, node, root, noop, settings, out, limit)
