@@ -15,7 +15,8 @@ from disco.timer import seconds
 EPILOG = """\
 A server is a directory with parameters/ and modules/. Nodes reach it as
 disco@HOST::parameters/NODE/ and disco@HOST::MODULE/ through ssh; each node's key may only
-run a read-only rsync daemon that shows it its own parameters and the modules.
+run an rsync daemon that shows it its own parameters and the modules, read only, and takes
+its dance reports into reports/NODE/, write only.
 
 examples:
   disco-server init /srv/disco --with-balls
