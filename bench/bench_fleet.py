@@ -16,8 +16,11 @@ sshd's defaults (MaxStartups 10:30:100 drops connections beyond 10 unauthenticat
 and 50 nodes with two servers in disco/server/uri, the first killed (sshd and every
 process of its user) once its log shows logins of a fifth of the nodes.
 
-Needs root (users, sshd, mounts). Run alone: `.venv/bin/python bench/bench_fleet.py`; no
-timing is asserted. The machine's load average is printed, since others may share it.
+Knobs: FLEET_SIZES="1 10 25 50" (node counts; the largest is used for the other runs),
+FLEET_ONLY="scaling defaults failover" (which runs), FLEET_DEBUG=1 (the whole output of the
+first failed dances). Needs root (users, sshd, mounts). Run alone:
+`.venv/bin/python bench/bench_fleet.py`; no timing is asserted. The machine's load average
+is printed, since others may share it.
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ class Result:
     node: str
     seconds: float
     status: int
-    stderr: str
+    output: str  # its stdout and stderr
 
 
 def dance_all(
@@ -179,10 +182,10 @@ def summary(label: str, results: list[Result], cpu: float | None, reports: int) 
         f" {reports:>7} |"
     )
     for r in failed[:3]:
-        last = r.stderr.strip().splitlines()[-1:] or ["(no message)"]
+        last = r.output.strip().splitlines()[-1:] or ["(no message)"]
         line += f"\n  {r.node} exited {r.status}: {last[0][:200]}"
         if os.environ.get("FLEET_DEBUG"):
-            line += "\n" + r.stderr
+            line += "\n" + r.output
     return line
 
 
@@ -263,8 +266,8 @@ def failover(tmp: Path, root: Path) -> None:
         label = "two servers, the first killed"
         print(summary(label, results, None, reports_in(b.server, most)), flush=True)
         second = f"Fetched from server {b.server.user}@{b.server.user}-alias"
-        fetched = sum(second in r.stderr for r in results)
-        lost = sum("could not push" in r.stderr for r in results)
+        fetched = sum(second in r.output for r in results)
+        lost = sum("could not push" in r.output for r in results)
         print(
             f"  (killed once its log showed {logins} logins; {fetched} nodes fetched from the"
             f" second server, {reports_in(a.server, most)} reports reached the first before it"
