@@ -46,9 +46,37 @@ class Plan:
         return tuple(module.name for module in self.modules)
 
 
+class Lost(DiscoError):
+    """The server that gave the node's parameters stopped answering during the fetch."""
+
+    def __init__(self, error: DiscoError, server: Server, passed_over: tuple[DiscoError, ...]):
+        super().__init__(error.message, error.hint, error.status)
+        self.server = server
+        self.passed_over = passed_over
+
+
+class NotOnServer(DiscoError):
+    """A module the dance needs is not on the server that answered."""
+
+
 def fetch(state: State, node: str, settings: Settings) -> Plan:
-    """Fetch the node's parameters and its modules, and put them in dance order."""
+    """Fetch the node's parameters and its modules, and put them in dance order.
+
+    A server that dies in the middle of the fetch is passed over like one that did not
+    answer at all: the fetch starts again from the next server of the list."""
     recover(state, node)
+    servers = settings.servers
+    passed: tuple[DiscoError, ...] = ()
+    while True:
+        try:
+            plan = fetch_from(state, node, replace(settings, servers=servers))
+            return replace(plan, passed_over=(*passed, *plan.passed_over))
+        except Lost as e:
+            servers = servers[servers.index(e.server) + 1 :]
+            passed = (*passed, *e.passed_over, DiscoError(e.message, e.hint))
+
+
+def fetch_from(state: State, node: str, settings: Settings) -> Plan:
     staging = state.staging
     if staging.exists():
         remove_tree(staging)
@@ -64,7 +92,16 @@ def fetch(state: State, node: str, settings: Settings) -> Plan:
             changed = changed_trees(settings.rsync, server, sources, state.modules)
             fetch_modules(state, settings, server, dict.fromkeys(sorted(changed), ""))
         else:
-            wanted = discover(roots, lambda level: fetch_modules(state, settings, server, level))
+            try:
+                wanted = discover(
+                    roots, lambda level: fetch_modules(state, settings, server, level)
+                )
+            except NotOnServer:
+                raise
+            except DiscoError as e:
+                if server is settings.servers[-1]:
+                    raise
+                raise Lost(e, server, passed_over) from None
             changed = set(wanted)
         modules = {
             name: load_module((staging if name in changed else state.root) / "modules" / name, name)
@@ -111,7 +148,7 @@ def one_connection(state: State, settings: Settings) -> Iterator[Settings]:
 
 
 def not_on_server(name: str, wanted_by: str, server: Server) -> DiscoError:
-    return DiscoError(
+    return NotOnServer(
         f"module '{name}', required by {wanted_by}, is not on server {server.uri}",
         f"add modules/{name}/ to the server, or remove the requirement"
         if server.kind is Kind.LOCAL

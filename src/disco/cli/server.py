@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from disco import fleet, server
+from disco import fleet, mirror, server
 from disco.cli.common import Output, Parser, execute, parser, subparser
 from disco.errors import EXIT_FAILED, DiscoError
 from disco.timer import seconds
@@ -15,7 +15,8 @@ from disco.timer import seconds
 EPILOG = """\
 A server is a directory with parameters/ and modules/. Nodes reach it as
 disco@HOST::parameters/NODE/ and disco@HOST::MODULE/ through ssh; each node's key may only
-run a read-only rsync daemon that shows it its own parameters and the modules.
+run an rsync daemon that shows it its own parameters and the modules, read only, and takes
+its dance reports into reports/NODE/, write only.
 
 examples:
   disco-server init /srv/disco --with-balls
@@ -23,6 +24,7 @@ examples:
   disco-ball init /srv/disco/modules/nginx-1.0 && disco-server sync
   disco-server check
   disco-server report --older-than 1h
+  disco-server mirror disco@mirror1.example.com
 """
 
 
@@ -106,6 +108,26 @@ def build() -> argparse.ArgumentParser:
     how.add_argument(
         "--html", type=Path, metavar="FILE", help="write a page of nodes, each linking its dance"
     )
+    m = subparser(
+        subs,
+        "mirror",
+        "push parameters/ and modules/ to mirror servers (rsync over ssh), then sync them",
+        "disco-server mirror disco@mirror1.example.com disco@mirror2.example.com",
+    )
+    m.add_argument("hosts", nargs="+", metavar="HOST", help="[user@]host of a mirror")
+    m.add_argument(
+        "--dir", type=Path, metavar="DIR", help="the server tree (default: the last init)"
+    )
+    m.add_argument(
+        "--remote-dir", metavar="RDIR", help="where the tree is on the mirrors (default: DIR)"
+    )
+    m.add_argument("--rsh", default="ssh", metavar="CMD", help="the ssh command (default: ssh)")
+    m.add_argument(
+        "--no-sync",
+        action="store_true",
+        help="do not run 'disco-server sync' on the mirrors afterwards",
+    )
+    config_flag(m)
     return p
 
 
@@ -149,6 +171,16 @@ def body(args: argparse.Namespace) -> int:
     config: Path = args.config or Path.home() / "rsyncd.conf"
     if args.verb == "report":
         return report(args, config)
+    if args.verb == "mirror":
+        root = server.locate(args.dir, config)
+        done = mirror.mirror(root, args.hosts, args.rsh, args.remote_dir, not args.no_sync)
+        for m in done:
+            if m.problem:
+                hint = mirror.problem_hint(args.remote_dir or str(root))
+                out.error(f"mirror {m.host}: {m.problem}; {hint}")
+            else:
+                out.info(f"Mirrored {root} to {m.host}:{args.remote_dir or root}")
+        return EXIT_FAILED if any(m.problem for m in done) else 0
     if args.verb in ("init", "sync"):
         if getattr(args, "with_balls", False):
             server.sync(args.dir, config, create=True)  # lays DIR out first
