@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -163,7 +164,15 @@ class StderrTee:
         os.close(write)
         self.read = read
         self.thread = threading.Thread(target=self.pump, daemon=True)
-        self.thread.start()
+        # The thread never takes SIGINT/SIGTERM: they must reach the main thread only,
+        # which blocks them while a commit runs (journal.py); a signal taken here would
+        # still raise there at once, in the middle of the commit.
+        stop = {signal.SIGINT, signal.SIGTERM}
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        try:
+            self.thread.start()  # it inherits the mask
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def mark(self, module: str) -> None:
         sys.stderr.flush()
