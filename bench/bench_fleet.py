@@ -27,21 +27,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from sshd import SSHD, SSHServer, kill, processes_of, ssh_server  # noqa: E402
+from bench_ssh import run  # noqa: E402  (one main for the benches over a real sshd)
+from sshd import SSHServer, kill, processes_of, ssh_server  # noqa: E402
 from test_ssh_isolation import as_server_user  # noqa: E402
 
 MODULES = 5
@@ -314,32 +312,8 @@ def prepare_failover(tmp: Path, nodes: int, a: Served, b: Served) -> None:
         configure(tmp / "states" / node_name(i), uris, f'rsync -qaWHe "{ssh}"')
 
 
-def stop_on_signal() -> None:
-    def interrupted(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupted)
-    signal.signal(signal.SIGTERM, interrupted)
-
-
 def main() -> int:
-    if os.geteuid() != 0 or not SSHD.exists() or shutil.which("rsync") is None:
-        print("skipped: needs root, openssh-server and rsync (it adds users, starts sshd)")
-        return 0
-    stop_on_signal()
-    tmp = Path(tempfile.mkdtemp(prefix="disco-bench-fleet-"))
-    try:
-        bench(tmp)
-    except KeyboardInterrupt:
-        print("interrupted: sshd stopped, its users removed", file=sys.stderr)
-        return 130
-    finally:
-        if not os.path.ismount(tmp / "root" / "usr"):  # never remove through /usr
-            shutil.rmtree(tmp, ignore_errors=True)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return 0
+    return run(bench, "fleet", "users")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,22 +158,28 @@ def stop_on_signal() -> None:
     signal.signal(signal.SIGTERM, interrupted)
 
 
-def main() -> int:
+def run(bench: Callable[[Path], None], name: str, what: str) -> int:
+    """The main of a bench over a real sshd (this one, bench_fleet): `what` it sets up,
+    said when skipped or interrupted; its temp folder goes whatever happens."""
     if os.geteuid() != 0 or not SSHD.exists() or shutil.which("rsync") is None:
-        print("skipped: needs root, openssh-server and rsync (it adds a user, starts sshd)")
+        print(f"skipped: needs root, openssh-server and rsync (it adds {what}, starts sshd)")
         return 0
     stop_on_signal()
-    tmp = Path(tempfile.mkdtemp(prefix="disco-bench-ssh-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"disco-bench-{name}-"))
     try:
         bench(tmp)
     except KeyboardInterrupt:
-        print("interrupted: sshd stopped, its user removed", file=sys.stderr)
+        print(f"interrupted: sshd stopped, {what} removed", file=sys.stderr)
         return 130
     finally:
         if not os.path.ismount(tmp / "root" / "usr"):  # never remove through /usr
             shutil.rmtree(tmp, ignore_errors=True)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
+
+
+def main() -> int:
+    return run(bench, "ssh", "a user")
 
 
 if __name__ == "__main__":

@@ -17,22 +17,9 @@ from disco.changes import read_changes
 from disco.commit import HardLink, keep_links, plan_commit
 from disco.errors import DiscoError
 from disco.journal import KILL_AT, commit, load, recover
+from test_commit import T, whiteout, write
 
-T = 1_600_000_000_123_456_789
 Snapshot = dict[str, tuple[int, int, int, int, bytes, str, int, tuple[tuple[str, bytes], ...]]]
-
-
-def write(p: Path, data: bytes, mode: int = 0o644, owner: int = 0, mtime: int = T) -> Path:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(data)
-    os.chown(p, owner, owner)
-    os.chmod(p, mode)
-    os.utime(p, ns=(mtime, mtime))
-    return p
-
-
-def whiteout(p: Path) -> None:
-    os.mknod(p, stat.S_IFCHR, os.makedev(0, 0))
 
 
 def snapshot(root: Path) -> Snapshot:

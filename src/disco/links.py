@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from disco.changes import lookup
+from disco.stack import copy_dir_meta
 
 
 def copied_links(layer: Path) -> set[tuple[int, int]]:
@@ -131,11 +132,8 @@ def _make_parents(upper: Path, rel: str, lowers: Sequence[Path]) -> None:
             continue
         below = lookup(lowers, done)
         assert below is not None  # the file's lower entry is below it
-        st = below.stat()
         up.mkdir()
-        os.chown(up, st.st_uid, st.st_gid)
-        os.chmod(up, stat.S_IMODE(st.st_mode))
-        os.utime(up, ns=(st.st_atime_ns, st.st_mtime_ns))
+        copy_dir_meta(below, up)
 
 
 def _under(path: str, top: str) -> bool:

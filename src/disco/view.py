@@ -12,6 +12,7 @@ from pathlib import Path
 
 from disco.params import Tree, write_tree
 from disco.rules import Rule, compile_rules, intercepted
+from disco.stack import copy_dir_meta
 
 BIN_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -100,27 +101,27 @@ def locate(root: Path, names: tuple[str, ...]) -> dict[str, str]:
     """Each command's file in `root`, as a path in the root, first found in BIN_DIRS.
     Symlinks are resolved inside root (pidof is killall5, reboot is systemctl)."""
     found: dict[str, str] = {}
-    real_root = os.path.realpath(root)
     for name in names:
-        for directory in BIN_DIRS:
-            candidate = os.path.realpath(os.path.join(real_root, directory, name))
-            if candidate.startswith(real_root.rstrip("/") + "/") and os.path.isfile(candidate):
-                found[name] = "/" + os.path.relpath(candidate, real_root)
-                break
+        path = next(filter(None, (_in_root(root, d, name) for d in BIN_DIRS)), None)
+        if path is not None:
+            found[name] = path
     return found
 
 
 def intercepted_binaries(root: Path, names: tuple[str, ...]) -> list[str]:
     """Absolute paths in `root` of the commands to intercept, so `/usr/sbin/service`
     is caught like `service`. Symlinks are resolved inside root; each file once."""
-    found: dict[str, None] = {}
+    found = (_in_root(root, d, name) for d in BIN_DIRS for name in names)
+    return list(dict.fromkeys(p for p in found if p is not None))
+
+
+def _in_root(root: Path, directory: str, name: str) -> str | None:
+    """DIRECTORY/NAME as a file of `root` (its symlinks resolved inside), or None."""
     real_root = os.path.realpath(root)
-    for directory in BIN_DIRS:
-        for name in names:
-            candidate = os.path.realpath(os.path.join(real_root, directory, name))
-            if candidate.startswith(real_root.rstrip("/") + "/") and os.path.isfile(candidate):
-                found["/" + os.path.relpath(candidate, real_root)] = None
-    return list(found)
+    candidate = os.path.realpath(os.path.join(real_root, directory, name))
+    if candidate.startswith(real_root.rstrip("/") + "/") and os.path.isfile(candidate):
+        return "/" + os.path.relpath(candidate, real_root)
+    return None
 
 
 def build_shims(path: Path, view: View, binaries: list[str], root: Path) -> Path:
@@ -128,8 +129,9 @@ def build_shims(path: Path, view: View, binaries: list[str], root: Path) -> Path
     as a lower layer over the root, it catches `/usr/sbin/service` with no mount per
     binary. Its directories carry the owner, mode and times of the root's, so that a
     step's copy-up of them reads as unchanged."""
+    root = Path(os.path.realpath(root))  # its metadata, not a symlink's to it
     path.mkdir()
-    copy_meta(root, path)
+    copy_dir_meta(root, path)
     data = view.interceptor.read_bytes()
     for binary in binaries:
         rel = binary.lstrip("/")
@@ -137,18 +139,11 @@ def build_shims(path: Path, view: View, binaries: list[str], root: Path) -> Path
         for part in reversed([parent, *parent.parents][:-1]):
             if not (path / part).is_dir():
                 (path / part).mkdir()
-                copy_meta(root / part, path / part)
+                copy_dir_meta(root / part, path / part)
         (path / rel).write_bytes(data)
         (path / rel).chmod(0o755)
-        copy_meta(root / parent, path / parent)  # our write changed its times
+        copy_dir_meta(root / parent, path / parent)  # our write changed its times
     return path
-
-
-def copy_meta(src: Path, dst: Path) -> None:
-    st = src.stat()
-    os.chown(dst, st.st_uid, st.st_gid)
-    os.chmod(dst, st.st_mode & 0o7777)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def real_binds(root: Path, binaries: list[str]) -> list[tuple[Path, str]]:
