@@ -16,6 +16,7 @@ from disco.cli.common import add_state_dir, parser
 from disco.cli.report import add_parser, run
 from disco.errors import DiscoError
 from disco.metrics import (
+    FORMAT,
     DanceReport,
     Meter,
     Record,
@@ -23,6 +24,7 @@ from disco.metrics import (
     report_json,
     report_lines,
     save,
+    to_data,
 )
 from disco.page import report_html
 from disco.sandbox import Usage
@@ -226,6 +228,12 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     history = list((tmp_path / "reports" / "history").iterdir())
     assert [p.name for p in history] == [f"{report.started}-{os.getpid()}.json"]
     assert json.loads(history[0].read_text()) == json.loads(last.read_text())
+
+
+def test_report_data_is_what_asdict_gives() -> None:
+    report = dataclasses.replace(seed_report(), would_execute=({"module": "m", "command": "x"},))
+    expected = {"format": FORMAT, **dataclasses.asdict(report)}
+    assert json.dumps(to_data(report), sort_keys=True) == json.dumps(expected, sort_keys=True)
 
 
 def test_history_keeps_the_newest_50(tmp_path: Path) -> None:

@@ -248,6 +248,25 @@ def test_live_on_another_root_intercepts_outside_effects_unless_effects_run(
     assert "Would execute" not in ran.stderr
 
 
+def test_a_script_with_a_path_of_its_own_is_still_intercepted(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    # Only bash's builtins are functions in BASH_ENV; the rest are caught by the shims.
+    script = (
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin\n"
+        "service postgresql stop; /usr/sbin/service postgresql start\n"
+        'sleep 60 & kill -TERM $!; echo "functions: $(declare -F | wc -l)"\n'
+    )
+    server = make_server(tmp_path / "srv", {"m": {"scripts/10-x.sh": script}})
+    noop = dance(cmd, server, scratch_root)
+    assert noop.returncode == 0, noop.stderr
+    err = noop.stderr.splitlines()
+    assert "warning: Would execute : service postgresql stop" in err
+    assert "warning: Would execute : service postgresql start" in err
+    assert any(line.startswith("warning: Would execute : kill -TERM ") for line in err)
+    assert "functions: 1" in noop.stdout.splitlines()  # kill alone
+
+
 def test_effects_run_with_noop_is_a_usage_error(cmd: Run, tmp_path: Path) -> None:
     server = make_server(tmp_path / "srv", {"m": {"scripts/10-x.sh": "true\n"}})
     result = dance(cmd, server, tmp_path, "--effects", "run")

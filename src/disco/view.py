@@ -21,14 +21,23 @@ INSIDE = "/var/disco"  # where the view is shown; the interceptor knows it too
 REAL = f"{INSIDE}/real"  # the real binaries' directories, read-only, under the interceptors
 
 
+# bash's builtins (`compgen -b` of bash 5): only these escape PATH and the shims.
+BASH_BUILTINS = frozenset(
+    "alias bg bind break builtin caller cd command compgen complete compopt continue declare"
+    " dirs disown echo enable eval exec exit export false fc fg getopts hash help history jobs"
+    " kill let local logout mapfile popd printf pushd pwd read readarray readonly return set"
+    " shift shopt source suspend test times trap true type typeset ulimit umask unalias unset"
+    " wait".split()
+)
+
+
 def bash_functions(names: tuple[str, ...]) -> str:
-    """BASH_ENV for intercepting bash scripts: shell builtins (kill) are caught as
-    functions that call the interceptor."""
-    lines = [
-        f'{name}() {{ {INSIDE}/noop/{name} "$@"; }}'
-        for name in names
-        if name.replace("-", "").replace("_", "").isalnum() and "." not in name
-    ]
+    """BASH_ENV for intercepting bash scripts: the shell builtins among `names` (kill)
+    are caught as functions that call the interceptor. Other commands are caught by
+    PATH and, called by absolute path or under a PATH of the script's, by the shims; a
+    function for each would cost every bash of every step its parsing."""
+    builtins = [name for name in names if name in BASH_BUILTINS]
+    lines = [f'{name}() {{ {INSIDE}/noop/{name} "$@"; }}' for name in builtins]
     return "\n".join(lines) + "\n"
 
 
