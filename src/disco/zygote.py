@@ -2,12 +2,11 @@
 
 disco starts it as `python3 -I -S zygote.py REQ REP` (no site, no disco imports: about
 9 MB where disco is 30), so forking a step costs a fraction of a millisecond and the
-step's rusage is its own, not a copy of disco's memory. Each step has an init of its
-own, in new namespaces (in NOOP as pid 1 of a new pid namespace), forked ahead while
-disco reads the last step's changes: given its request from REQ, it performs the
-planned operations (mounts, pivot_root, ...), spawns the command and reaps its whole
-tree; the zygote then answers on REP with the exit status and the rusage of the tree.
-Requests and answers are marshal'ed dicts, length-prefixed.
+step's rusage is its own, not a copy of disco's memory. For each request read from REQ
+it forks the step's init, in new namespaces (in NOOP as pid 1 of a new pid namespace),
+which performs the planned operations (mounts, pivot_root, ...), spawns the command and
+reaps its whole tree; the zygote then answers on REP with the exit status and the
+wait4 rusage of the tree. Requests and answers are marshal'ed dicts, length-prefixed.
 
 This file is also imported by disco.mounts: `do()` is the one implementation of each
 sandbox operation, whoever runs it. Keep it free of imports beyond the few builtins.
@@ -24,7 +23,7 @@ import signal
 import struct
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -182,8 +181,6 @@ class Zygote:
         self.pending = 0  # an init that has reported, still to be reaped
         self.stopping = False
         self.timed_out = False
-        self.spare: Spare | None = None
-        self.next_key: tuple[int, bool, int | None] | None = None
 
     def reap(self) -> None:
         if self.pending:
@@ -234,23 +231,33 @@ class Zygote:
             return _failed("interrupted: no more steps")
         ops = [tuple(op) for op in req["ops"]]
         ops = [("net", self.loopback()) if op == ("net", "shared") else op for op in ops]
-        key = (req["flags"], req["newpid"], self.net)
-        spare, self.spare = self.spare, None
-        if spare is not None and spare[0] != key:  # forked for another kind of step
-            _drop(spare)
-            spare = None
-        _, pid, go, r = spare if spare is not None else self.fork_init(key)
+        stdio = [_open_stdio(s) for s in req["stdio"]]
+        r, w = os.pipe2(os.O_CLOEXEC)
         self.live, self.deadline_hit, self.timed_out = not req["newpid"], False, False
         start = time.monotonic()
+        if req["newpid"]:
+            unshare(CLONE_NEWPID)  # our next child is pid 1 of a new pid namespace
+        pid = -1
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(w)
+            os.close(r)
+            raise
+        finally:
+            if req["newpid"] and pid != 0:
+                setns(self.pid_ns, CLONE_NEWPID)
+        if pid == 0:
+            os.close(r)
+            _init(req, ops, stdio, w)
+        os.close(w)
+        for spec, fd in zip(req["stdio"], stdio):
+            if isinstance(spec, (tuple, list)) and fd is not None:  # opened here from a path
+                os.close(fd)
         self.current = pid
         if req.get("timeout"):
             signal.setitimer(signal.ITIMER_REAL, req["timeout"])
         try:
-            try:
-                send(go, {**req, "ops": ops})
-            except OSError:  # the init is gone already: what it said comes below
-                pass
-            os.close(go)
             data = b""
             while chunk := os.read(r, 4096):
                 data += chunk
@@ -272,7 +279,6 @@ class Zygote:
             usage = tuple(float(x) for x in msgs.pop("U").split())
         else:
             usage = tuple(getattr(ru, f"ru_{f}") for f in _RUSAGE) if ru else (0,) * 12
-        self.next_key = key
         return {
             "msgs": msgs,
             "status": status,
@@ -280,56 +286,6 @@ class Zygote:
             "wall": wall,
             "timed_out": self.timed_out,
         }
-
-    def fork_init(self, key: tuple[int, bool, int | None]) -> Spare:
-        """Fork a step's init, which makes its namespaces and then waits for its step."""
-        flags, newpid, _ = key
-        go_r, go = os.pipe2(os.O_CLOEXEC)
-        r, w = os.pipe2(os.O_CLOEXEC)
-        if newpid:
-            unshare(CLONE_NEWPID)  # our next child is pid 1 of a new pid namespace
-        pid = -1
-        try:
-            pid = os.fork()
-        except OSError:
-            for fd in (go_r, go, r, w):
-                os.close(fd)
-            raise
-        finally:
-            if newpid and pid != 0:
-                setns(self.pid_ns, CLONE_NEWPID)
-        if pid == 0:
-            os.close(r)
-            os.close(go)
-            _init(flags, go_r, w)
-        os.close(w)
-        os.close(go_r)
-        return (key, pid, go, r)
-
-    def prefork(self) -> None:
-        """The next step's init, forked while disco reads the last step's changes: its
-        fork and namespaces are off the next step's path."""
-        if self.next_key is not None and self.spare is None and not self.stopping:
-            try:
-                self.spare = self.fork_init(self.next_key)
-            except OSError:
-                self.spare = None
-
-    def drop_spare(self) -> None:
-        if self.spare is not None:
-            _drop(self.spare)
-            self.spare = None
-
-
-# (key, pid, request fd, report fd) of an init forked ahead of its step
-Spare = tuple[tuple[int, bool, Optional[int]], int, int, int]
-
-
-def _drop(spare: Spare) -> None:
-    _, pid, go, r = spare
-    os.close(go)  # at end of file, a waiting init exits
-    os.close(r)
-    os.waitpid(pid, 0)
 
 
 class _Command:
@@ -359,10 +315,9 @@ def _failed(message: str) -> dict[str, Any]:
             "timed_out": False}  # fmt: skip
 
 
-def _init(flags: int, go: int, w: int) -> None:
-    """The step's init: namespaces first, then, once its step comes on `go`, the mounts;
-    then it spawns the command and reaps its whole tree, as pid 1 of the step's pid
-    namespace (NOOP) or as a subreaper (live)."""
+def _init(req: dict[str, Any], ops: list[tuple[Any, ...]], stdio: list[int | None], w: int) -> None:
+    """The step's init: namespaces and mounts, then it spawns the command and reaps its
+    whole tree, as pid 1 of the step's pid namespace (NOOP) or as a subreaper (live)."""
     code = 127
     try:
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
@@ -372,18 +327,13 @@ def _init(flags: int, go: int, w: int) -> None:
         for s in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, command.forward)
         signal.signal(signal.SIGUSR1, command.kill)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        unshare(flags)
-        req = receive(go)
-        if req is None:  # a spare the dance did not need
-            os._exit(0)
-        os.close(go)
         umask = os.umask(0)
-        for target, spec in enumerate(req["stdio"]):
-            fd = _open_stdio(spec)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        unshare(req["flags"])
+        for target, fd in enumerate(stdio):
             if fd is not None:
                 os.dup2(fd, target)
-        for i, op in enumerate(req["ops"]):
+        for i, op in enumerate(ops):
             try:
                 do(op)
             except OSError as e:
@@ -493,9 +443,7 @@ def main() -> None:
         except OSError:  # disco is gone, or has stopped listening: so do we
             break
         finally:
-            zygote.prefork()
             zygote.reap()
-    zygote.drop_spare()
     zygote.reap()
 
 
