@@ -162,7 +162,7 @@ def load_last(reports_dir: Path) -> DanceReport:
 
 def to_data(report: DanceReport) -> dict[str, Any]:
     """A report as plain JSON data: what dataclasses.asdict gives, without its deep copy
-    of every value (a third of a second for a 2000-step report)."""
+    of every value (62 ms against 5 for the report of a 200-module dance)."""
     data = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
     data["records"] = [_record_data(r) for r in report.records]
     data["changes"] = [dict(c) for c in report.changes]
@@ -171,12 +171,11 @@ def to_data(report: DanceReport) -> dict[str, Any]:
 
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(Record))
-_USAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Usage))
 
 
 def _record_data(record: Record) -> dict[str, Any]:
     data = {name: getattr(record, name) for name in _RECORD_FIELDS}
-    data["usage"] = {name: getattr(record.usage, name) for name in _USAGE_FIELDS}
+    data["usage"] = {name: getattr(record.usage, name) for name in USAGE_FIELDS}
     return data
 
 
