@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,6 +208,36 @@ def test_noop_steps_can_share_one_loopback_network(tmp_path: Path) -> None:
     lines = (tmp_path / "out0").read_text().split() + (tmp_path / "out1").read_text().split()
     assert lines[:2] == ["lo", "0x9"] and lines[:3] == lines[3:]  # up; the same namespace
     assert lines[2] != ours
+
+
+@root_only
+def test_a_noop_zygote_drops_the_capabilities_once_for_every_step(tmp_path: Path) -> None:
+    script = "grep CapBnd /proc/self/status | cut -f2"
+    with Zygote(noop=True) as zygote:
+        for i in range(2):
+            step = Step(("bash", "-ec", script), Path("/"), tmp_path / str(i),
+                        stdout=tmp_path / f"out{i}", hide=(str(tmp_path),))  # fmt: skip
+            assert zygote.run(step).returncode == 0
+    for i in range(2):
+        bounding = int((tmp_path / f"out{i}").read_text(), 16)
+        assert not bounding & (1 << 16) and not bounding & (1 << 25)  # sys_module, sys_time
+        assert bounding & (1 << 21)  # sys_admin stays (mounts in the step's namespace)
+    ours = [ln for ln in Path("/proc/self/status").read_text().splitlines() if "CapBnd" in ln]
+    assert int(ours[0].split()[1], 16) & (1 << 16)  # disco's own are untouched
+
+
+@root_only
+def test_a_noop_step_is_answered_once_what_it_left_running_is_gone(tmp_path: Path) -> None:
+    script = "while :; do echo x >> /tmp/disco-straggler; done >/dev/null 2>&1 & sleep 0.1"
+    with Zygote() as zygote:
+        step = Step(("bash", "-ec", script), Path("/"), tmp_path / "l", hide=(str(tmp_path),))
+        r = zygote.run(step)
+        written = upper_of(tmp_path / "l") / "tmp/disco-straggler"
+        size = written.stat().st_size
+        time.sleep(0.2)  # the loop, were it alive, would write thousands of lines
+        assert size > 0 and written.stat().st_size == size
+    assert r.returncode == 0 and r.usage.utime + r.usage.stime > 0.05  # the loop's, reaped
+    assert not os.path.exists("/tmp/disco-straggler")
 
 
 @pytest.fixture

@@ -146,7 +146,7 @@ class Dance:
             self.shims = build_shims(work / "shims", self.view, binaries, self.options.root)
             self.real = [Bind(src, dst) for src, dst in real_binds(self.options.root, binaries)]
             make_dev(work / "dev")
-            self.zygote = stack.enter_context(Zygote())
+            self.zygote = stack.enter_context(Zygote(noop=self.options.noop))
             write_parameters(self.view, parameters(self.state, self.plan.node, self.plan.modules))
             failed: set[str] = set()
             for index, module in enumerate(self.plan.modules, start=1):

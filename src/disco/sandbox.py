@@ -266,8 +266,13 @@ def plan(step: Step, subs: Sequence[Submount], host_name: str) -> list[Op]:
         ops.append(SetHostname(step.hostname))
     ops.append(PivotRoot(merged, step.cwd))
     if noop:
-        ops.append(DropCaps(tuple(n for n in map(CAPS.index, NOOP_DROP_CAPS) if n <= _last_cap())))
+        ops.append(DropCaps(noop_caps()))
     return ops
+
+
+def noop_caps() -> tuple[int, ...]:
+    """The numbers of NOOP_DROP_CAPS this kernel knows."""
+    return tuple(n for n in map(CAPS.index, NOOP_DROP_CAPS) if n <= _last_cap())
 
 
 _LAST_CAP: list[int] = []
@@ -336,10 +341,11 @@ def _stdio(spec: int | Path | None, flags: int) -> Any:
 class Zygote:
     """The step forker of a dance (disco.zygote), started once and serving every step.
 
-    `pass_fds` are fds of ours that steps may name as their stdin/stdout/stderr.
+    `pass_fds` are fds of ours that steps may name as their stdin/stdout/stderr. A zygote
+    that will only run NOOP steps drops their capabilities once, from itself (`noop`).
     """
 
-    def __init__(self, pass_fds: Sequence[int] = ()) -> None:
+    def __init__(self, pass_fds: Sequence[int] = (), noop: bool = False) -> None:
         req_r, self.req = os.pipe2(os.O_CLOEXEC)
         self.rep, rep_w = os.pipe2(os.O_CLOEXEC)
         argv = [sys.executable, "-I", "-S", zygote.__file__, str(req_r), str(rep_w)]
@@ -352,6 +358,8 @@ class Zygote:
         self.unsettled: Path | None = None
         self.synced = False
         self.subs: dict[tuple[str, str, tuple[str, ...]], list[Submount]] = {}
+        if noop:  # each step's init then skips its DropCaps (~0.2 ms)
+            zygote.send(self.req, {"drop": list(noop_caps())})
 
     def __enter__(self) -> Zygote:
         return self

@@ -41,6 +41,11 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
 libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+# Resolved here, once: each first use in a forked init would look it up again (~20 us).
+for _name in ("unshare", "setns", "sethostname", "syscall", "capget", "capset"):
+    getattr(libc, _name)
+DROPPED: set[int] = set()  # capabilities the zygote has dropped from its own bounding set
+END = b"Z\n"  # the init's last line: the step's processes are gone, only its mounts are left
 
 
 def check(ret: int, what: str) -> None:
@@ -100,7 +105,8 @@ def do(op: tuple[Any, ...]) -> None:
         check(libc.umount2(b".", MNT_DETACH), "umount2")
         os.chdir(op[2])
     elif kind == "caps":
-        _drop_caps(op[1])
+        if not DROPPED.issuperset(op[1]):  # else inherited from the zygote already
+            _drop_caps(op[1])
     else:
         raise ValueError(f"unknown operation {kind!r}")
 
@@ -259,13 +265,14 @@ class Zygote:
             signal.setitimer(signal.ITIMER_REAL, req["timeout"])
         try:
             data = b""
-            while chunk := os.read(r, 4096):
+            while not data.endswith(END) and (chunk := os.read(r, 4096)):
                 data += chunk
-            # Our init closed its end as it exited: what it said is all there. It takes a
-            # while yet to be gone (its mounts are torn down): when it reported the
-            # command's end, disco is answered first and the init reaped after (pending).
+            # The init ends what it says with END once the step's processes are gone; it
+            # takes a while yet to be gone itself (its mounts are torn down, ~0.6 ms):
+            # disco is answered first and the init reaped after (pending). Without END it
+            # failed before the command's end, and its end of the pipe closed as it exited.
             status, ru = 0, None
-            if b"\nU " not in data:
+            if not data.endswith(END):
                 _, status, ru = os.wait4(pid, 0)
             else:
                 self.pending = pid
@@ -275,6 +282,7 @@ class Zygote:
             os.close(r)
         wall = time.monotonic() - start
         msgs = {k: v for k, _, v in (ln.partition(" ") for ln in data.decode().splitlines())}
+        msgs.pop(END.decode().strip(), None)
         if "U" in msgs:  # the command's own; else (no command ran) the init's
             usage = tuple(float(x) for x in msgs.pop("U").split())
         else:
@@ -370,10 +378,17 @@ def _init(req: dict[str, Any], ops: list[tuple[Any, ...]], stdio: list[int | Non
             _add(usage, ru)
             if got == pid:
                 status = st
+                if not live:  # what the command left behind dies now, before disco reads
+                    try:  # the layer (as pid 1, we are spared)
+                        os.kill(-1, signal.SIGKILL)
+                    except ProcessLookupError:
+                        break
+                    continue
                 break
         os.write(w, f"S {status}\nU {' '.join(map(repr, usage))}\n".encode())
-        if live:  # in NOOP, our exit as pid 1 kills the rest
+        if live:
             os.write(w, f"K {' '.join(map(str, _kill_children()))}\n".encode())
+        os.write(w, END)
         code = 0
     except BaseException as e:  # noqa: B036 -- the child must never return into the loop
         os.write(w, f"F {type(e).__name__}: {e}".replace("\n", " ").encode() + b"\n")
@@ -428,6 +443,10 @@ def main() -> None:
     signal.signal(signal.SIGALRM, zygote.timeout)  # a step's time limit, or its grace
     signal.signal(signal.SIGUSR1, zygote.interrupt)  # disco was interrupted
     while (req := receive(req_fd)) is not None:
+        if req.get("drop"):  # every step of this dance drops these: once, for all
+            _drop_caps(req["drop"])
+            DROPPED.update(req["drop"])
+            continue
         if req.get("sync"):  # disco waits for the last step's init to be gone
             try:
                 send(rep_fd, {})
