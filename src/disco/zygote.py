@@ -271,8 +271,8 @@ class Zygote:
             # takes a while yet to be gone itself (its mounts are torn down, ~0.6 ms):
             # disco is answered first and the init reaped after (pending). Without END it
             # failed before the command's end, and its end of the pipe closed as it exited.
-            status, ru = 0, None
-            if not data.endswith(END):
+            status, ru, ended = 0, None, data.endswith(END)
+            if not ended:
                 _, status, ru = os.wait4(pid, 0)
             else:
                 self.pending = pid
@@ -281,8 +281,8 @@ class Zygote:
             self.current = 0
             os.close(r)
         wall = time.monotonic() - start
-        msgs = {k: v for k, _, v in (ln.partition(" ") for ln in data.decode().splitlines())}
-        msgs.pop(END.decode().strip(), None)
+        lines = (data[: -len(END)] if ended else data).decode().splitlines()
+        msgs = {k: v for k, _, v in (ln.partition(" ") for ln in lines)}
         if "U" in msgs:  # the command's own; else (no command ran) the init's
             usage = tuple(float(x) for x in msgs.pop("U").split())
         else:
@@ -378,13 +378,12 @@ def _init(req: dict[str, Any], ops: list[tuple[Any, ...]], stdio: list[int | Non
             _add(usage, ru)
             if got == pid:
                 status = st
-                if not live:  # what the command left behind dies now, before disco reads
-                    try:  # the layer (as pid 1, we are spared)
-                        os.kill(-1, signal.SIGKILL)
-                    except ProcessLookupError:
-                        break
-                    continue
-                break
+                if live:
+                    break
+                try:  # NOOP: what the command left dies now, before disco reads the layer;
+                    os.kill(-1, signal.SIGKILL)  # we reap it (as pid 1, we are spared)
+                except ProcessLookupError:
+                    pass
         os.write(w, f"S {status}\nU {' '.join(map(repr, usage))}\n".encode())
         if live:
             os.write(w, f"K {' '.join(map(str, _kill_children()))}\n".encode())
@@ -444,8 +443,11 @@ def main() -> None:
     signal.signal(signal.SIGUSR1, zygote.interrupt)  # disco was interrupted
     while (req := receive(req_fd)) is not None:
         if req.get("drop"):  # every step of this dance drops these: once, for all
-            _drop_caps(req["drop"])
-            DROPPED.update(req["drop"])
+            try:
+                _drop_caps(req["drop"])
+                DROPPED.update(req["drop"])
+            except OSError:  # then each step drops them, and says so if it cannot
+                pass
             continue
         if req.get("sync"):  # disco waits for the last step's init to be gone
             try:
