@@ -21,7 +21,7 @@ from pathlib import Path
 from disco.errors import CommandError
 from disco.mounts import MS_PRIVATE, MS_REC, Mount, read_mounts, submounts
 from disco.run import run
-from disco.sandbox import Mode, Step, Zygote, describe, make_dev, plan, run_step, upper_of
+from disco.sandbox import Mode, Step, Zygote, base_ops, describe, plan, run_step, upper_of
 from disco.zygote import CLONE_NEWNS, unshare
 
 
@@ -73,20 +73,18 @@ def main() -> None:
 def measure(n: int, base: Path, tmpfs: Path) -> None:
     counter = iter(range(10**9))
 
-    zygote = Zygote()  # as a dance has it: one for all its steps, /dev made once
-    make_dev(tmpfs / "dev")
+    # As a dance has them: one per mode for all its steps, /proc /sys /dev made once.
+    zygotes = {mode: Zygote(mode, tmpfs / f"z-{mode.value}") for mode in Mode}
 
     def step(
         mode: Mode, store: Path = base, lowers: tuple[Path, ...] = (), cmd: str = "",
-        shared: bool = True, own: bool = False,
+        own: bool = False,
     ) -> None:  # fmt: skip
         layer = store / f"s{next(counter)}"
         argv = ("bash", "-c", cmd) if cmd else ("/bin/true",)
         hide = (str(base), str(tmpfs))
-        dev = tmpfs / "dev" if shared and mode is Mode.NOOP else None
-        s = Step(argv, Path("/"), layer, lowers, mode, hostname="bench-node", hide=hide,
-                 shared_network=shared, dev=dev)  # fmt: skip
-        run_step(s) if own else zygote.run(s)
+        s = Step(argv, Path("/"), layer, lowers, mode, hostname="bench-node", hide=hide)
+        run_step(s) if own else zygotes[mode].run(s)
         shutil.rmtree(layer)
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -103,8 +101,8 @@ def measure(n: int, base: Path, tmpfs: Path) -> None:
         ("NOOP step, layer on a tmpfs (as a dance)", median_ms(lambda: step(Mode.NOOP, tmpfs), n)),
         ("live step, layer on a tmpfs", median_ms(lambda: step(Mode.LIVE, tmpfs), n)),
     ]
-    ms = median_ms(lambda: step(Mode.NOOP, tmpfs, shared=False), n)
-    rows.append(("NOOP step, tmpfs, own network and /dev", ms))
+    ms = median_ms(lambda: step(Mode.NOOP, tmpfs, own=True), n)
+    rows.append(("NOOP step, a zygote of its own (its start included)", ms))
     stacked: dict[int, tuple[Path, ...]] = {0: ()}
     for depth in (10, 100):
         lowers: list[Path] = []
@@ -131,7 +129,8 @@ def measure(n: int, base: Path, tmpfs: Path) -> None:
         for i, sub in enumerate(subs, 1):
             (layer / f"work/m{i}").mkdir()
             (layer / "upper" / sub.path).mkdir(parents=True, exist_ok=True)
-        run(["sh", "-c", describe(s, plan(s, subs, os.uname().nodename))])
+        scratch = layer / "zygote"
+        run(["sh", "-c", describe(s, [*base_ops(Mode.NOOP, scratch), *plan(s, subs, scratch)])])
 
     try:
         rows.append(("NOOP step built by util-linux programs", median_ms(scripted, max(n // 5, 3))))

@@ -21,6 +21,8 @@ from disco.sandbox import (
     Step,
     StepResult,
     Zygote,
+    base_ops,
+    describe,
     plan,
     run_step,
     upper_of,
@@ -65,25 +67,33 @@ def test_submounts_overlays_real_filesystems_only() -> None:
 
 def test_plan_describes_each_mount(tmp_path: Path) -> None:
     step = Step(("true",), root=Path("/"), layer=tmp_path / "L", hostname="node1")
-    lines = [op.describe() for op in plan(step, [Submount("home", False)], "host")]
+    z = tmp_path / "z"
+    built = base_ops(Mode.NOOP, z)
+    ops = plan(step, [Submount("home", False)], z)
+    lines = [op.describe() for op in [*built, *ops]]
     work = tmp_path / "L" / "work"
     assert lines[0] == "mount --make-rprivate /"
+    assert f"mount -t sysfs -o ro,nosuid,nodev,noexec sysfs {z}/api/sys" in lines
     assert (
         f"mount -t overlay -o nodev,lowerdir=/home,upperdir={tmp_path}/L/upper/home,"
         f"workdir={work}/1,redirect_dir=off,index=on,metacopy=off,xino=off overlay {work}/m1"
     ) in lines
     assert f"mount --move {work}/m1 {work}/mnt/home" in lines
-    assert f"mount -t sysfs -o ro,nosuid,nodev,noexec sysfs {work}/mnt/sys" in lines
-    assert "hostname node1" in lines
-    assert lines[-2] == f"cd {work}/mnt && pivot_root . . && umount -l . && cd /"
-    assert lines[-1].startswith("setpriv --inh-caps=-sys_module,-sys_rawio,")
+    assert f"mount --rbind {z}/api/sys {work}/mnt/sys" in lines
+    assert lines[-1] == f"cd {work}/mnt && pivot_root . . && umount -l . && cd /"
+    script = describe(step, [*built, *ops])
+    assert script.startswith("unshare --mount --uts --ipc --net --pid --fork bash -ec")
+    assert "hostname node1" in script and "ip link set lo up" in script
+    assert "exec setpriv --inh-caps=-sys_module,-sys_rawio," in script
 
 
 def test_plan_live_keeps_host_name_and_api_filesystems(tmp_path: Path) -> None:
-    step = Step(("true",), Path("/"), tmp_path / "L", mode=Mode.LIVE, hostname="host")
-    lines = [op.describe() for op in plan(step, [], "host")]
+    step = Step(("true",), Path("/"), tmp_path / "L", mode=Mode.LIVE)
+    ops = [*base_ops(Mode.LIVE, tmp_path / "z"), *plan(step, [], tmp_path / "z")]
+    lines = [op.describe() for op in ops]
     assert f"mount --rbind /proc {tmp_path}/L/work/mnt/proc" in lines
-    assert not [x for x in lines if x.startswith(("hostname", "setpriv", "ip "))]
+    script = describe(step, ops)
+    assert not [x for x in script.split("\n") if x.startswith(("hostname", "setpriv", "ip "))]
 
 
 # ---- real sandboxes ----
@@ -201,8 +211,7 @@ def test_noop_steps_can_share_one_loopback_network(tmp_path: Path) -> None:
     with Zygote() as zygote:
         for i in range(2):
             step = Step(("bash", "-ec", script), Path("/"), tmp_path / str(i),
-                        stdout=tmp_path / f"out{i}", shared_network=True,
-                        hide=(str(tmp_path),))  # fmt: skip
+                        stdout=tmp_path / f"out{i}", hide=(str(tmp_path),))  # fmt: skip
             assert zygote.run(step).returncode == 0
     assert os.readlink("/proc/self/ns/net") == ours
     lines = (tmp_path / "out0").read_text().split() + (tmp_path / "out1").read_text().split()
@@ -213,7 +222,7 @@ def test_noop_steps_can_share_one_loopback_network(tmp_path: Path) -> None:
 @root_only
 def test_a_noop_zygote_drops_the_capabilities_once_for_every_step(tmp_path: Path) -> None:
     script = "grep CapBnd /proc/self/status | cut -f2"
-    with Zygote(noop=True) as zygote:
+    with Zygote(Mode.NOOP) as zygote:
         for i in range(2):
             step = Step(("bash", "-ec", script), Path("/"), tmp_path / str(i),
                         stdout=tmp_path / f"out{i}", hide=(str(tmp_path),))  # fmt: skip

@@ -36,7 +36,7 @@ from disco.modules import Edge, Module
 from disco.mounts import bind_readonly, mount_tmpfs, private_mounts
 from disco.params import Tree, encode, node_view, read_tree
 from disco.rules import intercepted, load_rules
-from disco.sandbox import Bind, Mode, Step, StepResult, Zygote, make_dev, upper_of
+from disco.sandbox import Bind, Mode, Step, StepResult, Zygote, upper_of
 from disco.scripts import interpreter_problem
 from disco.stack import fold
 from disco.staging import Source, stage
@@ -145,8 +145,11 @@ class Dance:
             binaries = intercepted_binaries(self.options.root, self.noop_names)
             self.shims = build_shims(work / "shims", self.view, binaries, self.options.root)
             self.real = [Bind(src, dst) for src, dst in real_binds(self.options.root, binaries)]
-            make_dev(work / "dev")
-            self.zygote = stack.enter_context(Zygote(noop=self.options.noop))
+            # Templates run under NOOP rules in both modes; live steps need a zygote of
+            # their own, in the host's namespaces.
+            self.zygotes = {Mode.NOOP: stack.enter_context(Zygote(Mode.NOOP, work / "z-noop"))}
+            if not self.options.noop:
+                self.zygotes[Mode.LIVE] = stack.enter_context(Zygote(Mode.LIVE, work / "z-live"))
             write_parameters(self.view, parameters(self.state, self.plan.node, self.plan.modules))
             failed: set[str] = set()
             for index, module in enumerate(self.plan.modules, start=1):
@@ -270,10 +273,9 @@ class Dance:
     def settle(self, module: Module, label: str, layer: Path) -> None:
         """Report a successful step's changes; commit them (live) or stack them (NOOP)."""
         with self.meter.measure(module.name, "diff", label):
-            changes = self.read(layer)  # while the step's sandbox is being torn down
-            self.zygote.sync()  # the step's overlays are gone: now its layer may change
+            changes = self.read(layer)
             linked = copied_links(layer)
-            self.zygote.settle()
+            self.settle_all()
             if linked and relink(upper_of(layer), self.lowers(), linked, self.exclude):
                 changes = self.read(layer)  # the other names of hard-linked files changed
             self.report(module, label, changes)
@@ -329,9 +331,13 @@ class Dance:
         try:
             yield path
         finally:
-            self.zygote.settle()
+            self.settle_all()
             if path != self.below:
                 shutil.rmtree(path, ignore_errors=True)
+
+    def settle_all(self) -> None:
+        for zygote in self.zygotes.values():
+            zygote.settle()
 
     def sandboxed(
         self,
@@ -343,7 +349,7 @@ class Dance:
     ) -> StepResult:
         noop = mode is Mode.NOOP
         lowers = self.stacked() if self.options.noop else ()
-        return self.zygote.run(
+        return self.zygotes[mode].run(
             Step(
                 argv,
                 root=self.options.root,
@@ -355,8 +361,6 @@ class Dance:
                 hide=self.hidden,
                 binds=(Bind(self.view.path, VIEW_AT), *(self.real if intercept else ())),
                 shims=self.shims if intercept else None,
-                dev=self.work / "dev" if noop else None,
-                shared_network=noop,
                 stdout=stdout,
                 timeout=self.options.timeout,
             )

@@ -102,32 +102,6 @@ class Make:
 
 
 @dataclass(frozen=True)
-class Network:
-    """Bring up loopback in the step's new network namespace, or join the loopback-only
-    one that the zygote keeps for the NOOP steps of a dance (entering it costs a step
-    microseconds where a new one costs about 1.5 ms)."""
-
-    shared: bool = True
-
-    def wire(self) -> tuple[Any, ...]:
-        return ("net", "shared" if self.shared else -1)
-
-    def describe(self) -> str:
-        return "ip link set lo up"
-
-
-@dataclass(frozen=True)
-class SetHostname:
-    name: str
-
-    def wire(self) -> tuple[Any, ...]:
-        return ("hostname", self.name)
-
-    def describe(self) -> str:
-        return f"hostname {shlex.quote(self.name)}"
-
-
-@dataclass(frozen=True)
 class PivotRoot:
     """Make `path` the root, detach the old one (pivot_root(".", ".")), go to `cwd`."""
 
@@ -142,22 +116,7 @@ class PivotRoot:
         return f"cd {q(self.path)} && pivot_root . . && umount -l . && cd {q(self.cwd)}"
 
 
-@dataclass(frozen=True)
-class DropCaps:
-    """Remove capabilities from the bounding, ambient and inheritable sets."""
-
-    caps: tuple[int, ...]  # numbers the running kernel knows
-
-    def wire(self) -> tuple[Any, ...]:
-        return ("caps", list(self.caps))
-
-    def describe(self) -> str:
-        return "setpriv --inh-caps={0} --bounding-set={0} --".format(
-            ",".join(f"-{CAPS[c]}" for c in self.caps)
-        )
-
-
-Op = Union[Mount, Make, Network, SetHostname, PivotRoot, DropCaps]
+Op = Union[Mount, Make, PivotRoot]
 
 
 # ---- the mount table ----

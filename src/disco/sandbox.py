@@ -5,14 +5,17 @@ root: a write to /home/x on its own partition lands in upper/home/x) and, while 
 step runs, `work/` (overlayfs work dirs and mount points, removed afterwards).
 
 disco plans each step's sandbox as a list of small operations (disco.mounts) and hands
-it to the zygote (disco.zygote), a small process started once per dance, which forks
-the step's init: it unshares the namespaces, performs the operations, spawns the
-command and reaps its whole tree (as pid 1 of a new pid namespace in NOOP, as a
-subreaper killing what is left behind in live mode). Every mount lives in the step's
-private mount namespace and dies with it: nothing is ever unmounted by disco. Each
+it to the zygote (disco.zygote), a small process started once per dance and mode. What
+does not change from step to step it builds once in a mount namespace of its own: in
+NOOP a /proc, a read-only /sys and a minimal /dev, and for every step the binds (the
+view at /var/disco, with the real binaries read-only inside it), each made once and
+then bound into a step in one recursive bind. Per step, the zygote unshares a mount
+namespace, mounts the step's overlays, binds those, pivots, spawns the command and
+returns to its own namespace; the step's mounts die with its processes, which the
+zygote reaps all (in NOOP as pid 1 of the dance's pid namespace, in live mode as a
+subreaper killing what is left behind). Nothing is ever unmounted by disco. Each
 operation also describes itself as a shell command, so a failed setup comes back with
-a script that reproduces it. What a dance builds once (a /dev, the interceptors as a
-lower layer, the loopback network) the steps only mount or join.
+a script that reproduces it.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ import os
 import resource
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,20 +50,17 @@ from disco.mounts import (
     MS_REC,
     MS_REMOUNT,
     SAFE,
-    DropCaps,
     Make,
     Mount,
-    Network,
     Op,
     PivotRoot,
-    SetHostname,
     Submount,
     read_mounts,
     submounts,
     under,
 )
 from disco.run import start
-from disco.zygote import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUTS
+from disco.zygote import CLONE_NEWPID
 
 # The capabilities that reach outside a NOOP sandbox.
 NOOP_DROP_CAPS = (
@@ -108,8 +108,6 @@ class Step:
     hide: tuple[str, ...] = ()  # sandbox paths covered by an empty tmpfs (disco's state)
     binds: tuple[Bind, ...] = ()
     shims: Path | None = None  # a dir laid out like the root, shown over it (interceptors)
-    dev: Path | None = None  # NOOP: a /dev made by make_dev() to bind; None: a new one
-    shared_network: bool = False  # NOOP: join the zygote's loopback-only network
     # None: /dev/null for stdin, ours for stdout/stderr; an fd (of the zygote's: pass it
     # to Zygote(), as run_step does); or a file that stdout/stderr are written to.
     stdin: int | None = None
@@ -124,7 +122,7 @@ class Usage:
 
     utime: float
     stime: float
-    maxrss: int  # KiB; at least the zygote's ~5 MB at fork (see docs/sandbox-notes.md)
+    maxrss: int  # KiB; at least the zygote's ~10 MB, spawned from (docs/sandbox-notes.md)
     minflt: int
     majflt: int
     inblock: int
@@ -143,7 +141,7 @@ class Usage:
 @dataclass(frozen=True)
 class StepResult:
     returncode: int  # exit status, or -N if killed by signal N
-    wall: float  # seconds, from the fork of the step's init to its reaping
+    wall: float  # seconds, from the zygote's taking the step to the last of it reaped
     usage: Usage
     stray_pids: tuple[int, ...] = ()  # live: processes the command left running, killed
     timed_out: bool = False
@@ -190,15 +188,56 @@ def dev_ops(dev: str) -> list[Op]:
     return ops
 
 
-def make_dev(path: Path) -> None:
-    """Build, in our own mount namespace, the /dev that a dance's NOOP steps bind."""
-    path.mkdir(parents=True, exist_ok=True)
-    for op in dev_ops(str(path)):
-        zygote.do(op.wire())
+def base_ops(mode: Mode, scratch: Path) -> list[Op]:
+    """What a zygote builds once in its own mount namespace. NOOP: at scratch/api a /proc
+    of its pid namespace (/proc/sys read-only), a read-only /sys of its network namespace
+    and a minimal /dev, which every step binds."""
+    ops: list[Op] = [Mount("/", flags=MS_REC | MS_PRIVATE)]
+    if mode is Mode.NOOP:
+        api = scratch / "api"
+        ops += [Make("dir", str(api / d)) for d in ("proc", "sys", "dev")]
+        ops.append(Mount(str(api / "proc"), "proc", "proc", SAFE))
+        for p in [p for p in ("sys", "sysrq-trigger") if os.path.exists(f"/proc/{p}")]:
+            at = str(api / "proc" / p)
+            ops.append(Mount(at, at, flags=MS_BIND))
+            ops.append(Mount(at, flags=MS_BIND | MS_REMOUNT | MS_RDONLY | SAFE))
+        ops.append(Mount(str(api / "sys"), "sysfs", "sysfs", MS_RDONLY | SAFE))
+        ops += dev_ops(str(api / "dev"))
+    return ops
 
 
-def plan(step: Step, subs: Sequence[Submount], host_name: str) -> list[Op]:
-    """The operations that build the step's sandbox, in order."""
+@dataclass(frozen=True)
+class Prebuilt:
+    """A bind and the binds below its target, made once by the zygote at `place`."""
+
+    top: Bind
+    nested: tuple[Bind, ...]
+    place: str
+
+    def ops(self) -> list[Op]:
+        ops: list[Op] = []
+        for b in (self.top, *self.nested):
+            at = self.place + b.target[len(self.top.target) :]
+            ops += [Make("dir" if b.source.is_dir() else "file", at),
+                    Mount(at, str(b.source), flags=MS_BIND | MS_REC)]  # fmt: skip
+        for b in (*reversed(self.nested), self.top):  # read-only last: nested ones made inside
+            if b.readonly:
+                at = self.place + b.target[len(self.top.target) :]
+                ops.append(Mount(at, flags=MS_BIND | MS_REMOUNT | MS_RDONLY))
+        return ops
+
+
+def bind_groups(binds: Sequence[Bind]) -> list[tuple[Bind, tuple[Bind, ...]]]:
+    """Each bind whose target lies under no other's, with those that lie under it."""
+    tops = [b for b in binds if not any(o is not b and under(b.target, o.target) for o in binds)]
+    return [(t, tuple(b for b in binds if b is not t and under(b.target, t.target))) for t in tops]
+
+
+def plan(
+    step: Step, subs: Sequence[Submount], scratch: Path, binds: Sequence[Prebuilt] = ()
+) -> list[Op]:
+    """The operations that build the step's sandbox in the zygote's new mount namespace,
+    in order; `binds` are the zygote's prebuilt ones for step.binds."""
     noop = step.mode is Mode.NOOP
     root, work, merged = str(step.root), step.layer / "work", str(step.layer / "work" / "mnt")
     ovl_flags = MS_NODEV if noop else 0
@@ -209,9 +248,7 @@ def plan(step: Step, subs: Sequence[Submount], host_name: str) -> list[Op]:
             lows.append(step.shims / rel)
         return [p for p in lows if p.is_dir()] + [Path(root, rel)]
 
-    ops: list[Op] = [Mount("/", flags=MS_REC | MS_PRIVATE)]
-    if noop:
-        ops.append(Network(step.shared_network))
+    ops: list[Op] = []
     for i, sub in enumerate(subs, 1):  # sub-overlays first, so no upper nests in a mounted one
         if not sub.readonly:
             up, stage = upper_of(step.layer) / sub.path, str(work / f"m{i}")
@@ -235,17 +272,8 @@ def plan(step: Step, subs: Sequence[Submount], host_name: str) -> list[Op]:
 
     ops += [Make("dir", at(d)) for d in API_DIRS]
     if noop:
-        ops += [Mount(at("proc"), "proc", "proc", SAFE)]
-        for p in [p for p in ("proc/sys", "proc/sysrq-trigger") if os.path.exists(f"/{p}")]:
-            ops += [
-                Mount(at(p), at(p), flags=MS_BIND),
-                Mount(at(p), flags=MS_BIND | MS_REMOUNT | MS_RDONLY | SAFE),
-            ]
-        ops += [Mount(at("sys"), "sysfs", "sysfs", MS_RDONLY | SAFE)]
-        if step.dev is not None:
-            ops += [Mount(at("dev"), str(step.dev), flags=MS_BIND | MS_REC)]
-        else:
-            ops += dev_ops(at("dev"))
+        api = scratch / "api"
+        ops += [Mount(at(d), str(api / d), flags=MS_BIND | MS_REC) for d in ("proc", "sys", "dev")]
         ops += [Mount(at("run"), "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")]
     else:
         ops += [Mount(at(d), f"/{d}", flags=MS_BIND | MS_REC) for d in API_DIRS]
@@ -253,20 +281,16 @@ def plan(step: Step, subs: Sequence[Submount], host_name: str) -> list[Op]:
     covered = {b.target for b in step.binds if b.source.is_dir()}  # a bind hides it anyway
     hide = [h for h in step.hide if Path(root, h.lstrip("/")).is_dir() and h not in covered]
     hide = [h for h in hide if not any(under(h, d) for d in fresh)]
-    for h in hide:
-        ops.append(Mount(at(h), "tmpfs", "tmpfs", SAFE, "mode=755,size=1m"))
-    for b in step.binds:
+    inside = [h for h in hide if any(under(b.top.target, h) for b in binds)]
+    for h in hide:  # read-only at once, unless a bind is made inside it first
+        flags = SAFE if h in inside else SAFE | MS_RDONLY
+        ops.append(Mount(at(h), "tmpfs", "tmpfs", flags, "mode=755,size=1m"))
+    for b in binds:
         # A missing mount point is made in the view (in the layer: excluded from reports).
-        ops.append(Make("dir" if b.source.is_dir() else "file", at(b.target)))
-        ops.append(Mount(at(b.target), str(b.source), flags=MS_BIND | MS_REC))
-        if b.readonly:
-            ops.append(Mount(at(b.target), flags=MS_BIND | MS_REMOUNT | MS_RDONLY))
-    ops += [Mount(at(h), flags=MS_REMOUNT | MS_RDONLY | SAFE, data="mode=755") for h in hide]
-    if step.hostname and (noop or step.hostname != host_name):
-        ops.append(SetHostname(step.hostname))
+        ops.append(Make("dir" if b.top.source.is_dir() else "file", at(b.top.target)))
+        ops.append(Mount(at(b.top.target), b.place, flags=MS_BIND | MS_REC))
+    ops += [Mount(at(h), flags=MS_REMOUNT | MS_RDONLY | SAFE, data="mode=755") for h in inside]
     ops.append(PivotRoot(merged, step.cwd))
-    if noop:
-        ops.append(DropCaps(noop_caps()))
     return ops
 
 
@@ -284,25 +308,22 @@ def _last_cap() -> int:
     return _LAST_CAP[0]
 
 
-def _unshare_flags(step: Step, host_name: str) -> int:
-    if step.mode is Mode.NOOP:
-        own_net = CLONE_NEWNET * (not step.shared_network)
-        return CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | own_net
-    return CLONE_NEWNS | (CLONE_NEWUTS if step.hostname not in (None, host_name) else 0)
-
-
 def describe(step: Step, ops: Sequence[Op]) -> str:
-    """A shell command that rebuilds the sandbox and runs the step, for a human to debug."""
-    flags = _unshare_flags(replace(step, shared_network=False), os.uname().nodename)
-    bits = {CLONE_NEWUTS: "--uts", CLONE_NEWIPC: "--ipc", CLONE_NEWNET: "--net"}
-    names = [n for bit, n in bits.items() if flags & bit]
-    names += ["--pid", "--fork"] if step.mode is Mode.NOOP else []
+    """A shell command that rebuilds the sandbox and runs the step, for a human to debug:
+    `ops` are what the zygote built once (base_ops, the prebuilt binds), then the step's."""
+    names = ["--uts", "--ipc", "--net", "--pid", "--fork"] if step.mode is Mode.NOOP else []
     env = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(step.env.items()))
-    lines = [op.describe() for op in ops if not isinstance(op, DropCaps)]
-    caps = [op.describe() + " " for op in ops if isinstance(op, DropCaps)]
-    lines.append(f"exec {''.join(caps)}env -i {env} {shlex.join(step.argv)}")
-    body = "\n".join(lines)
-    return shlex.join(["unshare", "--mount", *names, "bash", "-ec", body])
+    lines = [op.describe() for op in ops]
+    if step.mode is Mode.NOOP:
+        lines.insert(0, "ip link set lo up")
+    if step.hostname:
+        lines.insert(0, f"hostname {shlex.quote(step.hostname)}")
+    caps = ""
+    if step.mode is Mode.NOOP:
+        drop = ",".join(f"-{CAPS[c]}" for c in noop_caps())
+        caps = f"setpriv --inh-caps={drop} --bounding-set={drop} -- "
+    lines.append(f"exec {caps}env -i {env} {shlex.join(step.argv)}")
+    return shlex.join(["unshare", "--mount", *names, "bash", "-ec", "\n".join(lines)])
 
 
 # ---- running ----
@@ -339,27 +360,51 @@ def _stdio(spec: int | Path | None, flags: int) -> Any:
 
 
 class Zygote:
-    """The step forker of a dance (disco.zygote), started once and serving every step.
+    """The step runner of a dance for one mode (disco.zygote), started once and serving
+    every step of that mode.
 
-    `pass_fds` are fds of ours that steps may name as their stdin/stdout/stderr. A zygote
-    that will only run NOOP steps drops their capabilities once, from itself (`noop`).
+    `scratch` is an empty directory for what the zygote builds once (its mount points
+    live in its own namespace only); None: a temporary one. `pass_fds` are fds of ours
+    that steps may name as their stdin/stdout/stderr.
     """
 
-    def __init__(self, pass_fds: Sequence[int] = (), noop: bool = False) -> None:
+    def __init__(
+        self, mode: Mode = Mode.NOOP, scratch: Path | None = None, pass_fds: Sequence[int] = ()
+    ) -> None:
+        self.mode = mode
+        self.own_scratch = scratch is None
+        self.scratch = (
+            Path(tempfile.mkdtemp(prefix="disco-zygote-")) if scratch is None else scratch
+        )
+        self.scratch.mkdir(parents=True, exist_ok=True)
         req_r, self.req = os.pipe2(os.O_CLOEXEC)
         self.rep, rep_w = os.pipe2(os.O_CLOEXEC)
-        argv = [sys.executable, "-I", "-S", zygote.__file__, str(req_r), str(rep_w)]
+        # Imported, not run as a script: its cached bytecode is read, not compiled anew.
+        load = f"import sys; sys.path.append({os.path.dirname(zygote.__file__)!r}); import zygote"
+        argv = [sys.executable, "-I", "-S", "-c", f"{load}; zygote.main()", str(req_r), str(rep_w)]
+        ours = -1
         try:
-            self.proc = start(argv, pass_fds=(req_r, rep_w, *pass_fds))
+            if mode is Mode.NOOP:  # the zygote is pid 1 of a pid namespace of its own
+                ours = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+                zygote.unshare(CLONE_NEWPID)
+            try:
+                self.proc = start(argv, pass_fds=(req_r, rep_w, *pass_fds))
+            finally:
+                if ours >= 0:
+                    zygote.setns(ours, CLONE_NEWPID)
         finally:
-            os.close(req_r)
-            os.close(rep_w)
-        self.host_name = os.uname().nodename
+            for fd in (req_r, rep_w, ours):
+                if fd >= 0:
+                    os.close(fd)
         self.unsettled: Path | None = None
-        self.synced = False
-        self.subs: dict[tuple[str, str, tuple[str, ...]], list[Submount]] = {}
-        if noop:  # each step's init then skips its DropCaps (~0.2 ms)
-            zygote.send(self.req, {"drop": list(noop_caps())})
+        self.subs: tuple[str, str, tuple[str, ...], list[Submount]] | None = None
+        self.prebuilt: dict[tuple[Bind, tuple[Bind, ...]], Prebuilt] = {}
+        self.built: list[Op] = base_ops(mode, self.scratch)
+        self.pending: tuple[Step, list[Op]] | None = None
+        noop = mode is Mode.NOOP
+        setup = {"noop": noop, "ops": [op.wire() for op in self.built],
+                 "drop": list(noop_caps()) if noop else []}  # fmt: skip
+        self._call({"setup": setup}, "cannot start the sandbox helper")
 
     def __enter__(self) -> Zygote:
         return self
@@ -370,38 +415,55 @@ class Zygote:
         self.close(interrupted=e is not None)
 
     def close(self, interrupted: bool = False) -> None:
-        """Stop the zygote. Interrupted (an exception on its way), a step it may still
-        be running is killed; else the last one is settled first."""
-        if interrupted and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGUSR1)
-        elif self.proc.poll() is None and self.req >= 0:
-            self.settle()
-        for fd in (self.req, self.rep):  # at end of file, the zygote reaps and exits
-            try:
+        """Stop the zygote (it kills a step it may still be running)."""
+        if self.req >= 0:
+            if interrupted and self.proc.poll() is None:
+                try:
+                    zygote.send(self.req, {"stop": True})
+                except OSError:
+                    pass
+            for fd in (self.req, self.rep):  # at end of file, the zygote kills and exits
                 os.close(fd)
-            except OSError:
-                pass
-        self.req = self.rep = -1
+            self.req = self.rep = -1
         try:
             self.proc.wait(timeout=zygote.KILL_GRACE + 5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.unsettled is not None:
-            shutil.rmtree(self.unsettled / "work", ignore_errors=True)
-            self.unsettled = None
+        self.settle()
+        if self.own_scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def submounts(self, step: Step) -> list[Submount]:
         """The filesystems under the root, parsed again only when the mount table
         changed (someone else mounted or unmounted: the steps' own mounts live in their
         namespaces and never show in ours)."""
         hidden = [str(step.root / h.lstrip("/")) for h in step.hide]
-        skip = (*map(str, step.lower_layers), *hidden)
+        skip = (*map(str, step.lower_layers), *hidden, str(self.scratch))
         table = Path("/proc/self/mountinfo").read_text()
-        key = (table, str(step.root), skip)
-        if key not in self.subs:
-            self.subs = {key: submounts(str(step.root), read_mounts(table), skip)}
-        return self.subs[key]
+        if self.subs is None or self.subs[:3] != (table, str(step.root), skip):
+            self.subs = (
+                table,
+                str(step.root),
+                skip,
+                submounts(str(step.root), read_mounts(table), skip),
+            )
+        return self.subs[3]
+
+    def prebuild(self, binds: Sequence[Bind]) -> list[Prebuilt]:
+        """The zygote's prebuilt mounts for `binds`, made now if they are new."""
+        out = []
+        for group in bind_groups(binds):
+            if group not in self.prebuilt:
+                place = str(self.scratch / "binds" / str(len(self.prebuilt)))
+                built = Prebuilt(group[0], group[1], place)
+                ops = built.ops()
+                self._call({"prebuild": [op.wire() for op in ops]},
+                           f"cannot bind {group[0].source} into the sandbox")  # fmt: skip
+                self.prebuilt[group] = built
+                self.built += ops
+            out.append(self.prebuilt[group])
+        return out
 
     def run(self, step: Step) -> StepResult:
         """Run `step.argv` in a fresh overlay layer over the target root; see the module doc.
@@ -409,18 +471,25 @@ class Zygote:
         Raises DiscoError (with a script that reproduces the sandbox as hint) when the
         sandbox cannot be built, CommandError (status 127) when the command cannot be run.
         """
+        self.start(step)
+        return self.result()
+
+    def start(self, step: Step) -> None:
+        """Hand `step` to the zygote; `result()` waits for it. Meanwhile disco may read
+        anything but the step's layer and the layers below it may not change."""
         if not step.argv:
             raise DiscoError("a step needs a command", "give at least the program to run")
+        if step.mode is not self.mode:
+            raise ValueError(f"a {self.mode.value} zygote cannot run a {step.mode.value} step")
         self.settle()
         step = _absolute(step)
         subs = self.submounts(step)
-        ops = plan(step, subs, self.host_name)
+        ops = plan(step, subs, self.scratch, self.prebuild(step.binds))
         _prepare(step, subs)
         write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         request = {
             "ops": [op.wire() for op in ops],
-            "flags": _unshare_flags(step, self.host_name),
-            "newpid": step.mode is Mode.NOOP,
+            "hostname": step.hostname,
             "argv": list(step.argv),
             "env": dict(step.env),
             "stdio": [
@@ -430,39 +499,39 @@ class Zygote:
             ],
             "timeout": step.timeout or 0,
         }
-        try:
-            zygote.send(self.req, request)
-            answer = self._answer()
-        finally:
-            self.unsettled, self.synced = step.layer, False
-        return _result(step, ops, answer)
+        zygote.send(self.req, request)
+        self.pending, self.unsettled = (step, ops), step.layer
+
+    def result(self) -> StepResult:
+        """The result of the step started last: its sandbox is gone by then."""
+        assert self.pending is not None
+        step, ops = self.pending
+        self.pending = None
+        answer = self._answer()
+        return _result(step, self.built, ops, answer)
 
     def settle(self) -> None:
-        """Wait until the last step's sandbox is gone (its init reaped, its overlays
-        unmounted), then remove its work dir. The zygote answers a step before that, so
-        its changes can be read meanwhile; nothing may move in a layer, nor be committed
-        under it, before this returns (overlayfs leaves that undefined)."""
-        if self.unsettled is None:
-            return
-        self.sync()
-        layer, self.unsettled = self.unsettled, None
-        shutil.rmtree(layer / "work", ignore_errors=True)
+        """Remove the last step's work dir (its overlays are gone once it is answered)."""
+        if self.unsettled is not None:
+            layer, self.unsettled = self.unsettled, None
+            shutil.rmtree(layer / "work", ignore_errors=True)
 
-    def sync(self) -> None:
-        """Wait until the last step's sandbox is gone, keeping its work dir (settle)."""
-        if self.unsettled is None or self.synced:
-            return
-        zygote.send(self.req, {"sync": True})
-        if zygote.receive(self.rep) is None:
-            raise DiscoError("the sandbox helper (zygote) exited", "run again with --debug")
-        self.synced = True
+    def _call(self, message: dict[str, Any], what: str) -> None:
+        """A request the zygote answers at once (setup, prebuild): {} or why it failed."""
+        zygote.send(self.req, message)
+        answer = zygote.receive(self.rep)
+        if answer is None:
+            answer = {"msgs": {"F": f"the zygote exited with status {self.proc.wait()}"}}
+        if answer:
+            hint = "run disco as root, on a kernel with overlayfs and namespaces"
+            raise DiscoError(f"{what}: {answer['msgs']['F']}", hint)
 
     def _answer(self) -> dict[str, Any]:
         """The zygote's answer. If we are interrupted, the step is killed first."""
         try:
             answer = zygote.receive(self.rep)
         except BaseException:
-            self.proc.send_signal(signal.SIGUSR1)
+            zygote.send(self.req, {"stop": True})
             zygote.receive(self.rep)
             raise
         if answer is None:
@@ -473,32 +542,33 @@ class Zygote:
         return dict(answer)
 
 
-def _result(step: Step, ops: Sequence[Op], answer: dict[str, Any]) -> StepResult:
+def _result(
+    step: Step, built: Sequence[Op], ops: Sequence[Op], answer: dict[str, Any]
+) -> StepResult:
     msgs: dict[str, str] = answer["msgs"]
     if "E" in msgs:
         i, err = map(int, msgs["E"].split())
         raise DiscoError(
             f"cannot build the step's sandbox: {ops[i].describe()}: {os.strerror(err)}",
-            f"reproduce it as root with:\n{describe(step, ops)}",
+            f"reproduce it as root with:\n{describe(step, [*built, *ops])}",
         )
     if "X" in msgs:
         raise CommandError(
             step.argv, 127, f"cannot run {step.argv[0]}: {os.strerror(int(msgs['X']))}"
         )
     if "F" in msgs:
-        raise DiscoError(f"the step's sandbox failed: {msgs['F']}", describe(step, ops))
-    status = int(msgs["S"]) if "S" in msgs else answer["status"]
+        raise DiscoError(f"the step's sandbox failed: {msgs['F']}", describe(step, [*built, *ops]))
     strays = tuple(map(int, msgs.get("K", "").split()))
     utime, stime, *counts = answer["usage"]  # getrusage(2) order, as Usage
     usage = Usage(float(utime), float(stime), *map(int, counts))
-    code = os.waitstatus_to_exitcode(status)
+    code = os.waitstatus_to_exitcode(answer["status"])
     return StepResult(code, answer["wall"], usage, strays, bool(answer["timed_out"]))
 
 
 def run_step(step: Step) -> StepResult:
     """Run one step with a zygote of its own (a dance keeps one for all its steps)."""
     fds = [fd for fd in (step.stdin, step.stdout, step.stderr) if isinstance(fd, int)]
-    with Zygote(pass_fds=fds) as z:
+    with Zygote(step.mode, pass_fds=fds) as z:
         return z.run(step)
 
 

@@ -1,29 +1,42 @@
-"""The zygote: one small process per dance that forks every step's sandbox (DESIGN §12).
+"""The zygote: one small process per dance that runs every step's sandbox (DESIGN §12).
 
 disco starts it as `python3 -I -S zygote.py REQ REP` (no site, no disco imports: about
-9 MB where disco is 30), so forking a step costs a fraction of a millisecond and the
-step's rusage is its own, not a copy of disco's memory. For each request read from REQ
-it forks the step's init, in new namespaces (in NOOP as pid 1 of a new pid namespace),
-which performs the planned operations (mounts, pivot_root, ...), spawns the command and
-reaps its whole tree; the zygote then answers on REP with the exit status and the
-wait4 rusage of the tree. Requests and answers are marshal'ed dicts, length-prefixed.
+10 MB where disco is 30). A NOOP zygote is started as pid 1 of a pid namespace of its
+own and first enters new uts, ipc and loopback-only network namespaces, where it stays:
+every NOOP step of the dance shares them, and a /proc, a read-only /sys and a minimal
+/dev made once. A live zygote stays in the host's, as a subreaper.
 
-This file is also imported by disco.mounts: `do()` is the one implementation of each
-sandbox operation, whoever runs it. Keep it free of imports beyond the few builtins.
+Per step nothing forks but the command. The zygote itself unshares a fresh mount
+namespace, mounts the step's overlays and binds in it, pivots into them, spawns the
+command there (posix_spawn, a vfork: it costs the same whatever our size) and goes back
+to its own mount namespace with setns. The step's namespace then belongs to the
+command's processes alone, and is torn down as the last of them exits: once the zygote
+has reaped them all (in NOOP it kills what the command left running, as pid 1 of the
+namespace it may: `kill(-1)`; live it kills its orphans as their subreaper), no mount of
+the step is left and its layer may change. The answer is the exit status and the
+wait4 rusage of the command's tree, its own and not the zygote's.
+
+Requests and answers are marshal'ed dicts, length-prefixed. This file is also imported
+by disco.mounts: `do()` is the one implementation of each sandbox operation, whoever
+runs it. Keep it free of imports beyond the few builtins.
 """
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal's C half: `signal` imports enum (see TYPE_CHECKING below)
 import ctypes
 import gc
 import marshal
 import os
 import resource  # noqa: F401 -- os.wait4's result type, loaded before any pivot_root
-import signal
+import select
 import struct
 import sys
 import time
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing too: imported, it would cost each step's maxrss a megabyte
+    from typing import Any
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -31,21 +44,16 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 1, 24, 36
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
-_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE,
-                    signal.SIGXFSZ)  # fmt: skip
+_DEFAULT_SIGNALS = (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGTERM, _signal.SIGHUP,
+                    _signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGUSR1, _signal.SIGALRM)  # fmt: skip
 _RUSAGE = ("utime", "stime", "maxrss", "minflt", "majflt", "inblock", "oublock", "msgsnd",
            "msgrcv", "nsignals", "nvcsw", "nivcsw")  # fmt: skip
-KILL_GRACE = 2.0  # seconds a live step gets to go after its timeout, before SIGKILL
+KILL_GRACE = 2.0  # seconds disco waits for the zygote to be gone after asking it to stop
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
 libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-# Resolved here, once: each first use in a forked init would look it up again (~20 us).
-for _name in ("unshare", "setns", "sethostname", "syscall", "capget", "capset"):
-    getattr(libc, _name)
-DROPPED: set[int] = set()  # capabilities the zygote has dropped from its own bounding set
-END = b"Z\n"  # the init's last line: the step's processes are gone, only its mounts are left
 
 
 def check(ret: int, what: str) -> None:
@@ -72,7 +80,7 @@ def _b(s: str | None) -> bytes | None:
 def do(op: tuple[Any, ...]) -> None:
     """Perform one operation: ("mount", target, source, fstype, flags, data), ("dir", path,
     mode), ("file", path, mode), ("chr", path, mode, major, minor), ("link", arg, path),
-    ("net", fd or -1), ("hostname", name), ("pivot", path, cwd), ("caps", numbers)."""
+    ("pivot", path, cwd)."""
     kind = op[0]
     if kind == "mount":
         _, target, source, fstype, flags, data = op
@@ -88,14 +96,6 @@ def do(op: tuple[Any, ...]) -> None:
         os.mknod(op[1], op[2] | 0o020000, os.makedev(op[3], op[4]))
     elif kind == "link":
         os.symlink(op[1], op[2])
-    elif kind == "net":
-        if op[1] >= 0:
-            setns(op[1], CLONE_NEWNET)
-        else:
-            _loopback_up()
-    elif kind == "hostname":
-        name = op[1].encode()
-        check(libc.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
     elif kind == "pivot":
         os.chdir(op[1])
         nr = _PIVOT_ROOT.get(os.uname().machine)
@@ -104,24 +104,40 @@ def do(op: tuple[Any, ...]) -> None:
         check(libc.syscall(ctypes.c_long(nr), b".", b"."), "pivot_root")
         check(libc.umount2(b".", MNT_DETACH), "umount2")
         os.chdir(op[2])
-    elif kind == "caps":
-        if not DROPPED.issuperset(op[1]):  # else inherited from the zygote already
-            _drop_caps(op[1])
     else:
         raise ValueError(f"unknown operation {kind!r}")
 
 
-def _loopback_up() -> None:
-    import fcntl  # only the zygote's first NOOP step needs these
-    import socket
+def loopback_up() -> None:
+    """Bring up lo in our network namespace (ioctls on a socket; the socket module would
+    cost every step's maxrss its megabyte: see `main`)."""
+    fd = libc.socket(2, 2 | 0o2000000, 0)  # AF_INET, SOCK_DGRAM | SOCK_CLOEXEC
+    if fd < 0:
+        check(fd, "socket")
+    try:
+        ifr = ctypes.create_string_buffer(struct.pack("16sH14x", b"lo", 0), 32)
+        check(libc.ioctl(fd, 0x8913, ifr), "ioctl(SIOCGIFFLAGS)")
+        flags = struct.unpack("16sH14x", ifr.raw)[1] | 1  # IFF_UP
+        ifr = ctypes.create_string_buffer(struct.pack("16sH14x", b"lo", flags), 32)
+        check(libc.ioctl(fd, 0x8914, ifr), "ioctl(SIOCSIFFLAGS)")
+    finally:
+        os.close(fd)
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        ifr = fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0))  # SIOCGIFFLAGS
-        flags = struct.unpack("16sH14x", ifr)[1] | 1  # IFF_UP
-        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags))  # SIOCSIFFLAGS
+
+def forget_peak() -> None:
+    """Reset our peak RSS to what we use now. A step is spawned by vfork, and the kernel
+    counts the peak of the memory it leaves at exec in the step's maxrss: our imports'
+    and setup's transient peaks would be reported as every step's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # kernels without CONFIG_PROC_PAGE_MONITOR
+        pass
 
 
-def _drop_caps(caps: list[int]) -> None:
+def drop_caps(caps: list[int]) -> None:
+    """Remove `caps` from our bounding, ambient and inheritable sets; the commands we
+    spawn inherit that."""
     for n in caps:
         check(libc.prctl(PR_CAPBSET_DROP, n, 0, 0, 0), "prctl(PR_CAPBSET_DROP)")
     libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
@@ -132,7 +148,7 @@ def _drop_caps(caps: list[int]) -> None:
     check(libc.capset(head, data), "capset")
 
 
-# ---- the zygote ----
+# ---- messages ----
 
 
 def _read_exact(fd: int, n: int) -> bytes:
@@ -159,6 +175,9 @@ def send(fd: int, message: Any) -> None:
     os.write(fd, struct.pack("<Q", len(data)) + data)
 
 
+# ---- the zygote ----
+
+
 def _which(name: str, path: str) -> str | None:
     if "/" in name:
         return name
@@ -177,251 +196,201 @@ def _open_stdio(spec: Any) -> int | None:
     return os.open(path, flags | os.O_CLOEXEC, mode)
 
 
-class Zygote:
-    def __init__(self) -> None:
-        self.pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        self.net: int | None = None  # the loopback-only namespace NOOP steps share
-        self.current = 0  # the init of the running step
-        self.live = False
-        self.deadline_hit = False
-        self.pending = 0  # an init that has reported, still to be reaped
-        self.stopping = False
-        self.timed_out = False
-
-    def reap(self) -> None:
-        if self.pending:
-            os.waitpid(self.pending, 0)
-            self.pending = 0
-
-    def loopback(self) -> int:
-        if self.net is None:
-            ours = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                unshare(CLONE_NEWNET)
-                try:
-                    self.net = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-                    _loopback_up()
-                finally:
-                    setns(ours, CLONE_NEWNET)
-            finally:
-                os.close(ours)
-        return self.net
-
-    def stop_step(self, *_: Any) -> None:
-        """Kill the running step: its pid 1 takes the namespace along (NOOP); a live init,
-        on SIGUSR1, kills the command and whatever it left, then SIGKILL after a grace."""
-        if not self.current:
-            return
-        try:
-            if self.live and not self.deadline_hit:
-                os.kill(self.current, signal.SIGUSR1)
-                signal.setitimer(signal.ITIMER_REAL, KILL_GRACE)
-            else:
-                os.kill(self.current, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.deadline_hit = True
-
-    def interrupt(self, *_: Any) -> None:
-        """disco was interrupted: stop the running step, and run no other."""
-        self.stopping = True
-        self.timed_out = False
-        self.stop_step()
-
-    def timeout(self, *_: Any) -> None:
-        self.timed_out = not self.deadline_hit and not self.stopping
-        self.stop_step()
-
-    def run(self, req: dict[str, Any]) -> dict[str, Any]:
-        if self.stopping:
-            return _failed("interrupted: no more steps")
-        ops = [tuple(op) for op in req["ops"]]
-        ops = [("net", self.loopback()) if op == ("net", "shared") else op for op in ops]
-        stdio = [_open_stdio(s) for s in req["stdio"]]
-        r, w = os.pipe2(os.O_CLOEXEC)
-        self.live, self.deadline_hit, self.timed_out = not req["newpid"], False, False
-        start = time.monotonic()
-        if req["newpid"]:
-            unshare(CLONE_NEWPID)  # our next child is pid 1 of a new pid namespace
-        pid = -1
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(w)
-            os.close(r)
-            raise
-        finally:
-            if req["newpid"] and pid != 0:
-                setns(self.pid_ns, CLONE_NEWPID)
-        if pid == 0:
-            os.close(r)
-            _init(req, ops, stdio, w)
-        os.close(w)
-        for spec, fd in zip(req["stdio"], stdio):
-            if isinstance(spec, (tuple, list)) and fd is not None:  # opened here from a path
-                os.close(fd)
-        self.current = pid
-        if req.get("timeout"):
-            signal.setitimer(signal.ITIMER_REAL, req["timeout"])
-        try:
-            data = b""
-            while not data.endswith(END) and (chunk := os.read(r, 4096)):
-                data += chunk
-            # The init ends what it says with END once the step's processes are gone; it
-            # takes a while yet to be gone itself (its mounts are torn down, ~0.6 ms):
-            # disco is answered first and the init reaped after (pending). Without END it
-            # failed before the command's end, and its end of the pipe closed as it exited.
-            status, ru, ended = 0, None, data.endswith(END)
-            if not ended:
-                _, status, ru = os.wait4(pid, 0)
-            else:
-                self.pending = pid
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            self.current = 0
-            os.close(r)
-        wall = time.monotonic() - start
-        lines = (data[: -len(END)] if ended else data).decode().splitlines()
-        msgs = {k: v for k, _, v in (ln.partition(" ") for ln in lines)}
-        if "U" in msgs:  # the command's own; else (no command ran) the init's
-            usage = tuple(float(x) for x in msgs.pop("U").split())
-        else:
-            usage = tuple(getattr(ru, f"ru_{f}") for f in _RUSAGE) if ru else (0,) * 12
-        return {
-            "msgs": msgs,
-            "status": status,
-            "usage": usage,
-            "wall": wall,
-            "timed_out": self.timed_out,
-        }
-
-
-class _Command:
-    """The init's command, and the signals that came for it."""
-
-    def __init__(self) -> None:
-        self.pid = 0
-        self.pending: list[int] = []
-
-    def forward(self, signum: int, _frame: Any = None) -> None:
-        if self.pid:
-            os.kill(self.pid, signum)
-        else:
-            self.pending.append(signum)
-
-    def kill(self, _signum: int = 0, _frame: Any = None) -> None:
-        self.forward(signal.SIGKILL)
-
-    def started(self, pid: int) -> None:
-        self.pid = pid
-        for signum in self.pending:
-            os.kill(pid, signum)
-
-
 def _failed(message: str) -> dict[str, Any]:
     return {"msgs": {"F": message}, "status": 0, "usage": (0,) * 12, "wall": 0.0,
             "timed_out": False}  # fmt: skip
 
 
-def _init(req: dict[str, Any], ops: list[tuple[Any, ...]], stdio: list[int | None], w: int) -> None:
-    """The step's init: namespaces and mounts, then it spawns the command and reaps its
-    whole tree, as pid 1 of the step's pid namespace (NOOP) or as a subreaper (live)."""
-    code = 127
-    try:
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        # A signal for the command may come before the command does: it is kept for it.
-        # (SIGUSR1: disco was interrupted or the step ran out of time, kill it.)
-        command = _Command()
-        for s in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(s, command.forward)
-        signal.signal(signal.SIGUSR1, command.kill)
-        umask = os.umask(0)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        unshare(req["flags"])
-        for target, fd in enumerate(stdio):
-            if fd is not None:
-                os.dup2(fd, target)
-        for i, op in enumerate(ops):
-            try:
-                do(op)
-            except OSError as e:
-                os.write(w, f"E {i} {e.errno or 0}\n".encode())
-                os._exit(code)
-        os.umask(umask)
-        env, argv = req["env"], req["argv"]
-        exe = _which(argv[0], env.get("PATH", "/usr/bin:/bin"))
-        if exe is None:
-            os.write(w, b"X 2\n")
-            os._exit(code)
-        live = not req["newpid"]
-        if live:  # orphans of the command become ours, not init's
-            check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
-        try:
-            pid = os.posix_spawn(exe, argv, env, setsigdef=_DEFAULT_SIGNALS)
-            command.started(pid)
-        except OSError as e:
-            os.write(w, f"X {e.errno}\n".encode())
-            os._exit(code)
-        if not live:
+class Zygote:
+    def __init__(self, req: int, rep: int) -> None:
+        self.req, self.rep = req, rep
+        self.noop = False
+        self.base = -1  # our own mount namespace, where each step's is unshared from
+        self.hostname = os.uname().nodename
+        self.own_uts = False
+        self.stopping = False  # disco was interrupted: run no other step
+
+    def setup(self, msg: dict[str, Any]) -> None:
+        """Our namespaces, and what every step binds from them (msg["ops"])."""
+        self.noop = bool(msg["noop"])
+        if self.noop and os.getpid() != 1:
+            raise OSError(22, "a NOOP zygote must be pid 1 of its own pid namespace")
+        flags = CLONE_NEWNS | (CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET) * self.noop
+        unshare(flags)
+        self.own_uts = self.noop
+        if self.noop:
+            loopback_up()
             with open("/proc/self/comm", "w") as f:  # what `ps` shows as pid 1
                 f.write("disco-init")
-        for s in (signal.SIGINT, signal.SIGQUIT):  # the terminal signals the command itself
-            signal.signal(s, signal.SIG_IGN)
-        # The usage of the command's tree, not ours: we are a fork of the zygote, and our
-        # memory is not the step's. (resource.struct_rusage was imported before the fork.)
-        status, usage = 0, [0.0] * len(_RUSAGE)
+        else:  # what the command leaves running comes to us, to be killed
+            check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
+        umask = os.umask(0)
+        try:
+            for op in msg["ops"]:
+                do(tuple(op))
+        finally:
+            os.umask(umask)
+        if msg.get("drop"):
+            drop_caps(msg["drop"])
+        self.base = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        forget_peak()
+
+    def prebuild(self, ops: list[Any]) -> None:
+        """Mounts that later steps bind from (a view, its read-only binds), in our own
+        namespace: a step then makes them in one recursive bind each."""
+        umask = os.umask(0)
+        try:
+            for op in ops:
+                do(tuple(op))
+        finally:
+            os.umask(umask)
+        forget_peak()
+
+    def name(self, hostname: str | None) -> None:
+        if hostname is None or hostname == self.hostname:
+            return
+        if not self.own_uts:  # live: the node's name in a uts namespace of ours
+            unshare(CLONE_NEWUTS)
+            self.own_uts = True
+        name = hostname.encode()
+        check(libc.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
+        self.hostname = hostname
+
+    def run(self, req: dict[str, Any]) -> dict[str, Any]:
+        if self.stopping:
+            return _failed("interrupted: no more steps")
+        start = time.monotonic()
+        self.name(req.get("hostname"))
+        stdio = [_open_stdio(s) for s in req["stdio"]]
+        try:
+            pid, msgs = self.spawn(req, stdio)
+        finally:
+            for spec, fd in zip(req["stdio"], stdio):
+                if isinstance(spec, (tuple, list)) and fd is not None:  # opened here
+                    os.close(fd)
+        if pid == 0:
+            return {"msgs": msgs, "status": 0, "usage": (0,) * 12,
+                    "wall": time.monotonic() - start, "timed_out": False}  # fmt: skip
+        status, usage, timed_out, strays = self.wait(pid, req.get("timeout") or 0)
+        if strays:
+            msgs["K"] = " ".join(map(str, strays))
+        return {"msgs": msgs, "status": status, "usage": tuple(usage),
+                "wall": time.monotonic() - start, "timed_out": timed_out}  # fmt: skip
+
+    def spawn(self, req: dict[str, Any], stdio: list[int | None]) -> tuple[int, dict[str, str]]:
+        """The step's mount namespace, and the command started in it; (0, why) if not."""
+        unshare(CLONE_NEWNS)
+        umask = os.umask(0)
+        try:
+            for i, op in enumerate(req["ops"]):
+                try:
+                    do(tuple(op))
+                except OSError as e:
+                    return 0, {"E": f"{i} {e.errno or 0}"}
+            os.umask(umask)
+            env, argv = req["env"], req["argv"]
+            exe = _which(argv[0], env.get("PATH", "/usr/bin:/bin"))
+            if exe is None:
+                return 0, {"X": "2"}
+            actions = [(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(stdio) if fd is not None]
+            try:
+                pid = os.posix_spawn(exe, argv, env, file_actions=actions,
+                                     setsigdef=_DEFAULT_SIGNALS, setsigmask=())  # fmt: skip
+            except OSError as e:
+                return 0, {"X": str(e.errno)}
+            return pid, {}
+        finally:
+            os.umask(umask)
+            # Back home: the step's namespace is now its processes' alone.
+            setns(self.base, CLONE_NEWNS)
+
+    def wait(self, pid: int, timeout: float) -> tuple[int, list[float], bool, list[int]]:
+        """Wait for the command, or its time limit, or disco's word to stop; then kill
+        and reap whatever of the step is left. Its status, usage, whether it ran out of
+        time, and (live) the pids it left running."""
+        pidfd = os.pidfd_open(pid)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(self.req, select.POLLIN)
+        deadline = time.monotonic() + timeout if timeout else None
+        timed_out = False
+        try:
+            while True:
+                left = (
+                    None
+                    if deadline is None
+                    else max(0, int((deadline - time.monotonic()) * 1000) + 1)
+                )
+                events = dict(poller.poll(left))
+                if pidfd in events:
+                    break
+                if self.req in events:
+                    msg = receive(self.req)  # only ever "stop" while a step runs
+                    self.stopping = True
+                    if msg is None:
+                        os.kill(pid, _signal.SIGKILL)
+                        break
+                    self.kill(pid)
+                    continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    timed_out = not self.stopping
+                    self.kill(pid)
+                    deadline = None
+        finally:
+            os.close(pidfd)
+        _, status, ru = os.wait4(pid, 0)
+        usage = [0.0] * len(_RUSAGE)
+        _add(usage, ru)
+        strays = self.reap(usage)
+        return status, usage, timed_out, strays
+
+    def kill(self, pid: int) -> None:
+        """Kill the running step: in NOOP everything in our pid namespace but us."""
+        try:
+            os.kill(-1 if self.noop else pid, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def reap(self, usage: list[float]) -> list[int]:
+        """Kill and reap what the command left running: it would keep the step's mount
+        namespace, and so its overlays, alive. Live, the pids killed."""
+        if self.noop:
+            try:  # as pid 1 of the namespace we are spared
+                os.kill(-1, _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            while True:
+                try:
+                    _, _, ru = os.wait4(-1, 0)
+                except ChildProcessError:
+                    return []
+                _add(usage, ru)
+        killed: list[int] = []
+        me = os.getpid()
         while True:
             try:
-                got, st, ru = os.wait4(-1, 0)
-            except ChildProcessError:
-                break
-            _add(usage, ru)
-            if got == pid:
-                status = st
-                if live:
-                    break
-                try:  # NOOP: what the command left dies now, before disco reads the layer;
-                    os.kill(-1, signal.SIGKILL)  # we reap it (as pid 1, we are spared)
+                with open(f"/proc/{me}/task/{me}/children") as f:
+                    kids = f.read().split()
+            except OSError:  # kernel without CONFIG_PROC_CHILDREN
+                kids = [d for d in os.listdir("/proc") if d.isdigit() and _ppid(d) == me]
+            for k in map(int, kids):
+                try:
+                    os.kill(k, _signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        os.write(w, f"S {status}\nU {' '.join(map(repr, usage))}\n".encode())
-        if live:
-            os.write(w, f"K {' '.join(map(str, _kill_children()))}\n".encode())
-        os.write(w, END)
-        code = 0
-    except BaseException as e:  # noqa: B036 -- the child must never return into the loop
-        os.write(w, f"F {type(e).__name__}: {e}".replace("\n", " ").encode() + b"\n")
-    os._exit(code)
+                killed.append(k)
+            try:
+                _, _, ru = os.wait4(-1, 0)
+            except ChildProcessError:
+                return sorted(set(killed))
+            _add(usage, ru)
 
 
 def _add(usage: list[float], ru: Any) -> None:
-    """Add a reaped child's rusage: times and counts add up, the peak RSS is the largest."""
+    """Add a reaped process's rusage: times and counts add up, the peak RSS is the largest."""
     for i, name in enumerate(_RUSAGE):
         value = getattr(ru, f"ru_{name}")
         usage[i] = max(usage[i], value) if name == "maxrss" else usage[i] + value
-
-
-def _kill_children() -> list[int]:
-    """Kill and reap every process left behind (live daemons, reparented to us): they would
-    keep the step's mount namespace, and so its overlays, alive."""
-    killed: list[int] = []
-    me = os.getpid()
-    while True:
-        try:
-            with open(f"/proc/{me}/task/{me}/children") as f:
-                kids = f.read().split()
-        except OSError:  # kernel without CONFIG_PROC_CHILDREN
-            kids = [d for d in os.listdir("/proc") if d.isdigit() and _ppid(d) == me]
-        for k in map(int, kids):
-            try:
-                os.kill(k, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            killed.append(k)
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return sorted(set(killed))
 
 
 def _ppid(pid: str) -> int:
@@ -434,38 +403,32 @@ def _ppid(pid: str) -> int:
 
 def main() -> None:
     req_fd, rep_fd = int(sys.argv[1]), int(sys.argv[2])
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # never outlive disco
-    zygote = Zygote()
-    gc.freeze()  # a forked init then copies fewer of our pages: no collector touches them
+    libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)  # never outlive disco
+    # disco decides when to stop; the command gets the terminal's signals itself.
+    for s in (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGHUP, _signal.SIGTERM):
+        _signal.signal(s, _signal.SIG_IGN)
+    zygote = Zygote(req_fd, rep_fd)
+    gc.freeze()
     gc.disable()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # disco decides; the command gets its own
-    signal.signal(signal.SIGALRM, zygote.timeout)  # a step's time limit, or its grace
-    signal.signal(signal.SIGUSR1, zygote.interrupt)  # disco was interrupted
-    while (req := receive(req_fd)) is not None:
-        if req.get("drop"):  # every step of this dance drops these: once, for all
-            try:
-                _drop_caps(req["drop"])
-                DROPPED.update(req["drop"])
-            except OSError:  # then each step drops them, and says so if it cannot
-                pass
-            continue
-        if req.get("sync"):  # disco waits for the last step's init to be gone
-            try:
-                send(rep_fd, {})
-            except OSError:
-                break
-            continue
+    while (msg := receive(req_fd)) is not None:
         try:
-            answer = zygote.run(req)
-        except OSError as e:
-            answer = _failed(f"zygote: {e}")
+            if "setup" in msg:
+                zygote.setup(msg["setup"])
+                answer: dict[str, Any] = {}
+            elif "prebuild" in msg:
+                zygote.prebuild(msg["prebuild"])
+                answer = {}
+            elif "stop" in msg:  # disco was interrupted between steps
+                zygote.stopping = True
+                continue
+            else:
+                answer = zygote.run(msg)
+        except Exception as e:  # noqa: BLE001 -- said to disco, which raises it
+            answer = _failed(f"zygote: {e}" if isinstance(e, OSError) else f"zygote: {e!r}")
         try:
             send(rep_fd, answer)
         except OSError:  # disco is gone, or has stopped listening: so do we
             break
-        finally:
-            zygote.reap()
-    zygote.reap()
 
 
 if __name__ == "__main__":
