@@ -130,7 +130,7 @@ def measure(n: int, base: Path, tmpfs: Path) -> None:
             (layer / f"work/m{i}").mkdir()
             (layer / "upper" / sub.path).mkdir(parents=True, exist_ok=True)
         scratch = layer / "zygote"
-        run(["sh", "-c", describe(s, [*base_ops(Mode.NOOP, scratch), *plan(s, subs, scratch)])])
+        run(["sh", "-c", describe(s, base_ops(Mode.NOOP, scratch), plan(s, subs, scratch))])
 
     try:
         rows.append(("NOOP step built by util-linux programs", median_ms(scripted, max(n // 5, 3))))

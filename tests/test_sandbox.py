@@ -71,28 +71,29 @@ def test_plan_describes_each_mount(tmp_path: Path) -> None:
     built = base_ops(Mode.NOOP, z)
     ops = plan(step, [Submount("home", False)], z)
     lines = [op.describe() for op in [*built, *ops]]
-    work = tmp_path / "L" / "work"
     assert lines[0] == "mount --make-rprivate /"
     assert f"mount -t sysfs -o ro,nosuid,nodev,noexec sysfs {z}/api/sys" in lines
+    # The layer's own paths are relative to it: one plan for every step.
     assert (
-        f"mount -t overlay -o nodev,lowerdir=/home,upperdir={tmp_path}/L/upper/home,"
-        f"workdir={work}/1,redirect_dir=off,index=on,metacopy=off,xino=off overlay {work}/m1"
+        "mount -t overlay -o nodev,lowerdir=/home,upperdir=upper/home,"
+        "workdir=work/1,redirect_dir=off,index=on,metacopy=off,xino=off overlay work/m1"
     ) in lines
-    assert f"mount --move {work}/m1 {work}/mnt/home" in lines
-    assert f"mount --rbind {z}/api/sys {work}/mnt/sys" in lines
-    assert lines[-1] == f"cd {work}/mnt && pivot_root . . && umount -l . && cd /"
-    script = describe(step, [*built, *ops])
+    assert "mount --move work/m1 work/mnt/home" in lines
+    assert f"mount --rbind {z}/api/sys work/mnt/sys" in lines
+    assert lines[-1] == "cd work/mnt && pivot_root . . && umount -l . && cd /"
+    script = describe(step, built, ops)
     assert script.startswith("unshare --mount --uts --ipc --net --pid --fork bash -ec")
     assert "hostname node1" in script and "ip link set lo up" in script
+    assert f"cd {tmp_path}/L\n" in script
     assert "exec setpriv --inh-caps=-sys_module,-sys_rawio," in script
 
 
 def test_plan_live_keeps_host_name_and_api_filesystems(tmp_path: Path) -> None:
     step = Step(("true",), Path("/"), tmp_path / "L", mode=Mode.LIVE)
-    ops = [*base_ops(Mode.LIVE, tmp_path / "z"), *plan(step, [], tmp_path / "z")]
+    built, ops = base_ops(Mode.LIVE, tmp_path / "z"), plan(step, [], tmp_path / "z")
     lines = [op.describe() for op in ops]
-    assert f"mount --rbind /proc {tmp_path}/L/work/mnt/proc" in lines
-    script = describe(step, ops)
+    assert "mount --rbind /proc work/mnt/proc" in lines
+    script = describe(step, built, ops)
     assert not [x for x in script.split("\n") if x.startswith(("hostname", "setpriv", "ip "))]
 
 

@@ -34,7 +34,7 @@ import os
 import pwd
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from disco.errors import CommandError, DiscoError
@@ -71,7 +71,7 @@ _OVERLAY, _SELINUX = "trusted.overlay.", "security.selinux"
 _PROBE = 8192  # a NUL byte in this many first bytes makes a file binary
 # One directory of the lower view and the older layers merged below it, newest first;
 # the bool says it is an overlay layer (whiteouts and opaque dirs count), not the root.
-_Dirs = list[tuple[Path, bool]]
+_Dirs = list[tuple[str, bool]]
 
 
 class ChangeKind(enum.Enum):
@@ -167,7 +167,7 @@ def read_changes(
     if not lowers:
         raise ValueError("the lower view needs at least the target root")
     try:
-        real = [Path(os.path.realpath(p)) for p in (upper, *lowers)]
+        real = [_realpath(p) for p in (upper, *lowers)]
         reader = _Reader(real[0], real[1:], exclude, sensitive)
         reader.read()
     except OSError as e:
@@ -295,26 +295,47 @@ def _head(path: Path) -> bytes:
 
 
 # ---- reading ----
+#
+# On plain string paths: a dance reads a layer at every step, and pathlib's objects
+# cost more than the system calls they wrap.
+
+
+def _realpath(path: Path | str) -> str:
+    """os.path.realpath, directories remembered: a dance asks at every step for a new
+    layer in the same few dirs, and realpath would lstat each of their components."""
+    path = os.path.normpath(os.fspath(path))
+    head, name = os.path.split(path)
+    if not name or name == ".." or not os.path.isabs(path):
+        return os.path.realpath(path)
+    if head not in _REAL_DIRS:
+        if len(_REAL_DIRS) > 256:
+            _REAL_DIRS.clear()
+        _REAL_DIRS[head] = _realpath(head)
+    full = os.path.join(_REAL_DIRS[head], name)
+    return os.path.realpath(full) if os.path.islink(full) else full
+
+
+_REAL_DIRS: dict[str, str] = {}
 
 
 def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(path: Path) -> bool:
+def _is_opaque(path: str) -> bool:
     try:
         return os.getxattr(path, _OVERLAY + "opaque", follow_symlinks=False) == b"y"
     except OSError:
         return False
 
 
-def _child(dirs: _Dirs, name: str) -> tuple[Path | None, _Dirs]:
+def _child(dirs: _Dirs, name: str) -> tuple[str | None, _Dirs]:
     """Look `name` up below `dirs` as overlayfs does: the entry seen there (or None) and,
     if it is a directory, the merged dirs of it."""
-    found: Path | None = None
+    found: str | None = None
     merged: _Dirs = []
     for d, layer in dirs:
-        p = d / name
+        p = f"{d}/{name}" if d != "/" else f"/{name}"
         try:
             st = os.lstat(p)
         except (FileNotFoundError, NotADirectoryError):
@@ -331,7 +352,7 @@ def _child(dirs: _Dirs, name: str) -> tuple[Path | None, _Dirs]:
     return found, merged
 
 
-def _listing(dirs: _Dirs) -> dict[str, tuple[Path, _Dirs]]:
+def _listing(dirs: _Dirs) -> dict[str, tuple[str, _Dirs]]:
     """The entries of a merged directory, by name."""
     names = dict.fromkeys(n for d, _ in dirs for n in sorted(os.listdir(d)))
     out = {}
@@ -342,21 +363,28 @@ def _listing(dirs: _Dirs) -> dict[str, tuple[Path, _Dirs]]:
     return out
 
 
-def _resolve(dirs: _Dirs, rel: str) -> Path | None:
+def _resolve(dirs: _Dirs, rel: str) -> str | None:
     """The entry at `rel` in the view `dirs`, or None."""
-    found: Path | None = None
+    found: str | None = None
     for name in rel.split("/"):  # a non-dir leaves no dirs to look in: None below it
         found, dirs = _child(dirs, name)
     return found
 
 
+def _view(lowers: Sequence[Path | str]) -> _Dirs:
+    """Upper dirs of layers, newest first, then the target root: as _Dirs."""
+    last = len(lowers) - 1
+    return [(os.fspath(p).rstrip("/") or "/", i < last) for i, p in enumerate(lowers)]
+
+
 def lookup(lowers: Sequence[Path], rel: str) -> Path | None:
     """The entry at `rel` ("" for the top) in the view `lowers` (upper dirs of layers,
     newest first, then the target root), as overlayfs shows it; None if there is none."""
-    dirs: _Dirs = [(Path(p), i < len(lowers) - 1) for i, p in enumerate(lowers)]
+    dirs = _view(lowers)
     if not rel:
-        return dirs[-1][0]
-    return _resolve(dirs, rel)
+        return Path(dirs[-1][0])
+    found = _resolve(dirs, rel)
+    return None if found is None else Path(found)
 
 
 class _Names:
@@ -374,6 +402,9 @@ class _Names:
     def group(self, gid: int) -> str:
         return _name(gid, self.groups, self.host, lambda: grp.getgrgid(gid).gr_name)
 
+    def perms(self, meta: Meta) -> str:
+        return f"{self.user(meta.uid)}:{self.group(meta.gid)} {meta.bits:o}"
+
 
 def _name(id: int, table: dict[int, str] | None, host: bool, ask: Callable[[], str]) -> str:
     if table is not None and id in table:
@@ -386,24 +417,25 @@ def _name(id: int, table: dict[int, str] | None, host: bool, ask: Callable[[], s
     return str(id)
 
 
-def _table(path: Path | None) -> dict[int, str] | None:
+def _table(path: str | None) -> dict[int, str] | None:
     """name:x:id:... lines as {id: name}, the first name of an id winning. Read again
     only when the file is another (each step of a dance asks for the same ones)."""
     if path is None:
         return None
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _TABLES:
         table: dict[int, str] = {}
-        for line in path.read_text(errors="replace").splitlines():
-            fields = line.split(":")
-            if len(fields) > 2 and fields[2].isdigit():
-                table.setdefault(int(fields[2]), fields[0])
+        with open(path, errors="replace") as f:
+            for line in f.read().splitlines():
+                fields = line.split(":")
+                if len(fields) > 2 and fields[2].isdigit():
+                    table.setdefault(int(fields[2]), fields[0])
         if len(_TABLES) > 64:
             _TABLES.clear()
         _TABLES[key] = table
@@ -413,7 +445,7 @@ def _table(path: Path | None) -> dict[int, str] | None:
 _TABLES: dict[tuple[str, int, int, int, int], dict[int, str]] = {}
 
 
-def _md5(path: Path) -> str:
+def _md5(path: str) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -421,7 +453,7 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _xattrs(path: Path) -> tuple[str, tuple[tuple[str, bytes], ...]]:
+def _xattrs(path: str) -> tuple[str, tuple[tuple[str, bytes], ...]]:
     """The SELinux label (or "?") and the other xattrs, trusted.overlay.* left out."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -441,22 +473,44 @@ def _xattrs(path: Path) -> tuple[str, tuple[tuple[str, bytes], ...]]:
 
 class _Reader:
     def __init__(
-        self, upper: Path, lowers: list[Path], exclude: Sequence[str], sensitive: Sequence[str]
+        self, upper: str, lowers: list[str], exclude: Sequence[str], sensitive: Sequence[str]
     ) -> None:
         self.upper, self.root = upper, lowers[-1]
-        self.lower: _Dirs = [(p, i < len(lowers) - 1) for i, p in enumerate(lowers)]
+        self.lower: _Dirs = _view(lowers)
         self.exclude = tuple("/" + e.strip("/") for e in exclude)
         self.sensitive = tuple(sensitive)
-        host = os.path.realpath(self.root) == "/"
-        self.names_before = _Names(self.lower, host)
-        self.names_after = _Names([(upper, True), *self.lower], host)
+        self.host = self.root == "/"
+        self._before: _Names | None = None
+        self._after: _Names | None = None
         self.devices: dict[str, str] = {}
         self.changes: list[Change] = []
 
+    # The owners' names, looked up only for what is reported: most of a layer is the
+    # directories overlayfs copied up, which are no change.
+
+    @property
+    def names_before(self) -> _Names:
+        if self._before is None:
+            self._before = _Names(self.lower, self.host)
+        return self._before
+
+    @property
+    def names_after(self) -> _Names:
+        if self._after is None:
+            etc = f"{self.upper}/etc" if self.upper != "/" else "/etc"
+            own = [f"{etc}/{n}" for n in ("passwd", "group")]
+            if not os.path.lexists(etc) or not (
+                _is_opaque(etc) or any(map(os.path.lexists, own))
+            ):  # the layer has no user tables of its own: the same as before
+                self._after = self.names_before
+            else:
+                self._after = _Names([(self.upper, True), *self.lower], self.host)
+        return self._after
+
     def read(self) -> None:
         if not self.excluded("/"):
-            before = self.meta(self.root, "/", self.names_before)
-            after = self.meta(self.upper, "/", self.names_after)
+            before = self.meta(self.root, "/")
+            after = self.meta(self.upper, "/")
             if _differences(before, after):
                 self.add("/", ChangeKind.MODIFIED, before, after, self.root, self.upper)
         self.walk(self.upper, "", self.lower, opaque=False)
@@ -468,12 +522,13 @@ class _Reader:
         """stat %D of the target path, or of its nearest existing ancestor."""
         if rel not in self.devices:
             try:
-                self.devices[rel] = f"{os.lstat(self.root / rel).st_dev:x}"
+                self.devices[rel] = f"{os.lstat(os.path.join(self.root, rel)).st_dev:x}"
             except (FileNotFoundError, NotADirectoryError):
                 self.devices[rel] = self.device(os.path.dirname(rel))
         return self.devices[rel]
 
-    def meta(self, p: Path, path: str, names: _Names) -> Meta:
+    def meta(self, p: str, path: str) -> Meta:
+        """The entry's metadata; its `perms` (owner names) are filled in by add()."""
         st = os.lstat(p)
         fmt, bits = stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)
         empty = fmt == stat.S_IFREG and st.st_size == 0
@@ -482,7 +537,7 @@ class _Reader:
             kind="regular empty file" if empty else _KINDS.get(fmt, "weird file"),
             device=self.device(path.lstrip("/")),
             mode=f"{st.st_mode:x}",
-            perms=f"{names.user(st.st_uid)}:{names.group(st.st_gid)} {bits:o}",
+            perms=f"{st.st_uid}:{st.st_gid} {bits:o}",
             selinux=selinux,
             md5=_md5(p) if fmt == stat.S_IFREG else None,
             target=os.readlink(p) if fmt == stat.S_IFLNK else None,
@@ -496,12 +551,18 @@ class _Reader:
 
     def add(
         self, path: str, kind: ChangeKind, before: Meta | None, after: Meta | None,
-        old: Path | None, new: Path | None,
+        old: str | None, new: str | None,
     ) -> None:  # fmt: skip
+        if before is not None:
+            before = replace(before, perms=self.names_before.perms(before))
+        if after is not None:
+            after = replace(after, perms=self.names_after.perms(after))
         hidden = is_sensitive(path, self.sensitive)
-        self.changes.append(Change(path, kind, before, after, old, new, hidden))
+        old_path = None if old is None else Path(old)
+        new_path = None if new is None else Path(new)
+        self.changes.append(Change(path, kind, before, after, old_path, new_path, hidden))
 
-    def walk(self, up: Path, rel: str, below: _Dirs, opaque: bool) -> None:
+    def walk(self, up: str, rel: str, below: _Dirs, opaque: bool) -> None:
         """Compare the upper dir `up` (target path `rel`, "" for the root) with `below`,
         the merged lower dirs of the same path."""
         names = sorted(os.listdir(up))
@@ -510,7 +571,7 @@ class _Reader:
                 if name not in names:
                     self.deleted(f"{rel}/{name}", hidden, sub)
         for name in names:
-            path, new = f"{rel}/{name}", up / name
+            path, new = f"{rel}/{name}", f"{up}/{name}"
             if self.excluded(path):
                 continue
             st = os.lstat(new)
@@ -519,11 +580,11 @@ class _Reader:
                 if old is not None:
                     self.deleted(path, old, merged)
                 continue
-            after = self.meta(new, path, self.names_after)
+            after = self.meta(new, path)
             if old is None:
                 self.add(path, ChangeKind.CREATED, None, after, None, new)
             else:
-                before = self.meta(old, path, self.names_before)
+                before = self.meta(old, path)
                 if before.type == stat.S_IFDIR and after.type != stat.S_IFDIR:
                     self.deleted_below(path, merged)
                 if _differences(before, after):
@@ -531,10 +592,10 @@ class _Reader:
             if stat.S_ISDIR(st.st_mode):
                 self.walk(new, path, merged, _is_opaque(new))
 
-    def deleted(self, path: str, old: Path, merged: _Dirs) -> None:
+    def deleted(self, path: str, old: str, merged: _Dirs) -> None:
         if self.excluded(path):
             return
-        self.add(path, ChangeKind.DELETED, self.meta(old, path, self.names_before), None, old, None)
+        self.add(path, ChangeKind.DELETED, self.meta(old, path), None, old, None)
         self.deleted_below(path, merged)
 
     def deleted_below(self, path: str, merged: _Dirs) -> None:

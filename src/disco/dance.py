@@ -9,10 +9,9 @@ run under NOOP rules and only their output is kept.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,7 +29,7 @@ from disco.errors import DiscoError
 from disco.fetch import Plan
 from disco.files import write_atomic
 from disco.journal import commit, recover
-from disco.links import copied_links, relink
+from disco.links import relink
 from disco.metrics import Meter, Record
 from disco.modules import Edge, Module
 from disco.mounts import bind_readonly, mount_tmpfs, private_mounts
@@ -223,15 +222,16 @@ class Dance:
             sources.append(Source(tree, f"{module.name}/templates", keep_owner=False))
         if not any(s.tree.is_dir() for s in sources):
             return True
-        with self.layer() as layer:
-            try:
-                with self.meter.measure(module.name, "fetch", None):
-                    upper_of(layer).mkdir()
-                    stage(sources, upper_of(layer), self.lowers())
-            except DiscoError as e:
-                self.sink.error(f"{module.name}: delivery of files and templates: {e}")
-                return False
-            self.settle(module, "fetch", layer)
+        layer = self.new_layer()
+        try:
+            with self.meter.measure(module.name, "fetch", None):
+                upper_of(layer).mkdir()
+                stage(sources, upper_of(layer), self.lowers())
+        except DiscoError as e:
+            self.drop(layer)
+            self.sink.error(f"{module.name}: delivery of files and templates: {e}")
+            return False
+        self.settle(module, "fetch", layer, frozenset())
         return True
 
     # -- steps ----------------------------------------------------------------------
@@ -245,8 +245,8 @@ class Dance:
         for parent in Path(rel).parents:
             os.chmod(tree / parent, stat.S_IMODE((templates / parent).stat().st_mode))
         path = f"{VIEW_AT}/modules/{module.name}/templates/{rel}"
-        with self.layer() as layer:
-            result = self.sandboxed(("bash", path), layer, Mode.NOOP, True, stdout=out)
+        layer = self.new_layer()  # its writes are discarded with it, by the zygote
+        result = self.sandboxed(("bash", path), layer, Mode.NOOP, True, stdout=out, discard=True)
         self.meter.add(record(module.name, "template", rel, result))
         os.chmod(out, stat.S_IMODE((templates / rel).stat().st_mode))
         if result.returncode != 0:
@@ -261,23 +261,25 @@ class Dance:
         self, module: Module, name: str, item: str | None, argv: tuple[str, ...], intercept: bool
     ) -> bool:
         mode = Mode.NOOP if self.options.noop else Mode.LIVE
-        with self.layer() as layer:
-            result = self.sandboxed(argv, layer, mode, intercept and self.options.intercepts)
-            self.meter.add(record(module.name, name, item, result))
-            if result.returncode != 0:
-                self.sink.error(f"{module.name}: script {item} {failure(result, self.options)}")
-                return False
-            self.settle(module, item or name, layer)
+        layer = self.new_layer()
+        result = self.sandboxed(argv, layer, mode, intercept and self.options.intercepts)
+        self.meter.add(record(module.name, name, item, result))
+        if result.returncode != 0:
+            self.drop(layer)  # a failed step commits nothing, and is stacked under nothing
+            self.sink.error(f"{module.name}: script {item} {failure(result, self.options)}")
+            return False
+        self.settle(module, item or name, layer, result.copied)
         return True
 
-    def settle(self, module: Module, label: str, layer: Path) -> None:
-        """Report a successful step's changes; commit them (live) or stack them (NOOP)."""
+    def settle(
+        self, module: Module, label: str, layer: Path, copied: frozenset[tuple[int, int]]
+    ) -> None:
+        """Report a successful step's changes; commit them (live) or stack them (NOOP).
+        `copied`: the files the step copied up from a hard-linked one (disco.links)."""
         with self.meter.measure(module.name, "diff", label):
+            if copied:  # the other names of hard-linked files changed too
+                relink(upper_of(layer), self.lowers(), copied, self.exclude)
             changes = self.read(layer)
-            linked = copied_links(layer)
-            self.settle_all()
-            if linked and relink(upper_of(layer), self.lowers(), linked, self.exclude):
-                changes = self.read(layer)  # the other names of hard-linked files changed
             self.report(module, label, changes)
         if not self.options.noop and changes:
             with self.meter.measure(module.name, "commit", label):
@@ -285,6 +287,8 @@ class Dance:
                        module.name, label)  # fmt: skip
         if self.options.noop:
             self.stack(layer)
+        else:
+            self.drop(layer)
 
     def stack(self, layer: Path) -> None:
         """Put a NOOP step's layer under the steps to come."""
@@ -292,6 +296,7 @@ class Dance:
             self.below = layer
         else:
             fold(upper_of(layer), upper_of(self.below), self.options.root)
+            self.drop(layer)
 
     def lowers(self) -> list[Path]:
         """What a step's layer lies on: the NOOP steps so far, then the target root."""
@@ -322,22 +327,16 @@ class Dance:
     def stacked(self) -> tuple[Path, ...]:
         return () if self.below is None else (self.below,)
 
-    @contextmanager
-    def layer(self) -> Iterator[Path]:
-        """A fresh layer; gone afterwards unless a NOOP step kept it for the stack."""
+    def new_layer(self) -> Path:
+        """A fresh layer directory: the zygote makes its work/, disco its upper/."""
         self.count += 1
         path = self.work / "layers" / str(self.count)
         path.mkdir(parents=True)
-        try:
-            yield path
-        finally:
-            self.settle_all()
-            if path != self.below:
-                shutil.rmtree(path, ignore_errors=True)
+        return path
 
-    def settle_all(self) -> None:
-        for zygote in self.zygotes.values():
-            zygote.settle()
+    def drop(self, layer: Path) -> None:
+        """A layer done with: the NOOP zygote removes it before its next step."""
+        self.zygotes[Mode.NOOP].remove(layer)
 
     def sandboxed(
         self,
@@ -346,6 +345,7 @@ class Dance:
         mode: Mode,
         intercept: bool,
         stdout: Path | None = None,
+        discard: bool = False,
     ) -> StepResult:
         noop = mode is Mode.NOOP
         lowers = self.stacked() if self.options.noop else ()
@@ -363,7 +363,8 @@ class Dance:
                 shims=self.shims if intercept else None,
                 stdout=stdout,
                 timeout=self.options.timeout,
-            )
+            ),
+            discard,
         )
 
 

@@ -21,31 +21,19 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set
 from pathlib import Path
 
 from disco.changes import lookup
 from disco.stack import copy_dir_meta
 
 
-def copied_links(layer: Path) -> set[tuple[int, int]]:
-    """The files of `layer`'s upper that overlayfs copied up from a hard-linked lower
-    file: with index=on it links each to an entry of its work dir's index/. Read after
-    the step's mounts are gone, before its work dir is."""
-    found: set[tuple[int, int]] = set()
-    for index in (layer / "work").glob("*/index"):
-        for entry in os.scandir(index):
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode):
-                found.add((st.st_dev, st.st_ino))
-    return found
-
-
 def relink(
-    upper: Path, lowers: Sequence[Path], copied: set[tuple[int, int]], exclude: Sequence[str] = ()
+    upper: Path, lowers: Sequence[Path], copied: Set[tuple[int, int]], exclude: Sequence[str] = ()
 ) -> list[str]:
     """Link into `upper` every other name of each hard-linked lower file it copied up
-    (`copied`: their (dev, inode), from copied_links); the target paths added, sorted."""
+    (`copied`: their (dev, inode), as the zygote found them in the step's work dir: see
+    disco.zygote.copied_links); the target paths added, sorted."""
     wanted: list[tuple[str, Path]] = []  # (rel of the copy in upper, its lower file)
     for rel in _files(upper):
         st_up = (upper / rel).lstat()

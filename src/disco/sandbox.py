@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import os
 import resource
+import select
 import shlex
 import shutil
 import stat
@@ -145,6 +146,8 @@ class StepResult:
     usage: Usage
     stray_pids: tuple[int, ...] = ()  # live: processes the command left running, killed
     timed_out: bool = False
+    # (dev, inode) of the files copied up from a hard-linked lower file (disco.links)
+    copied: frozenset[tuple[int, int]] = frozenset()
 
 
 def upper_of(layer: Path) -> Path:
@@ -233,27 +236,31 @@ def bind_groups(binds: Sequence[Bind]) -> list[tuple[Bind, tuple[Bind, ...]]]:
     return [(t, tuple(b for b in binds if b is not t and under(b.target, t.target))) for t in tops]
 
 
+def _lowers(step: Step, rel: str) -> list[Path]:
+    """The lower dirs of the overlay at `rel`: the earlier layers and the shims that have
+    it as a directory, then the root's."""
+    lows = [upper_of(x) / rel for x in step.lower_layers]
+    if step.shims is not None:
+        lows.append(step.shims / rel)
+    return [p for p in lows if p.is_dir()] + [Path(step.root, rel)]
+
+
 def plan(
     step: Step, subs: Sequence[Submount], scratch: Path, binds: Sequence[Prebuilt] = ()
 ) -> list[Op]:
     """The operations that build the step's sandbox in the zygote's new mount namespace,
-    in order; `binds` are the zygote's prebuilt ones for step.binds."""
+    in order; `binds` are the zygote's prebuilt ones for step.binds. Paths inside the
+    step's layer are relative to it (the zygote works from there): one plan serves every
+    step alike but for its layer."""
     noop = step.mode is Mode.NOOP
-    root, work, merged = str(step.root), step.layer / "work", str(step.layer / "work" / "mnt")
+    root, work, merged = str(step.root), Path("work"), "work/mnt"
     ovl_flags = MS_NODEV if noop else 0
-
-    def layers(rel: str) -> list[Path]:
-        lows = [upper_of(x) / rel for x in step.lower_layers]
-        if step.shims is not None:
-            lows.append(step.shims / rel)
-        return [p for p in lows if p.is_dir()] + [Path(root, rel)]
-
-    ops: list[Op] = []
+    ops: list[Op] = [Make("dir", f"work/{d}") for d in _work_dirs(subs)]
     for i, sub in enumerate(subs, 1):  # sub-overlays first, so no upper nests in a mounted one
         if not sub.readonly:
-            up, stage = upper_of(step.layer) / sub.path, str(work / f"m{i}")
-            ops.append(_overlay(layers(sub.path), up, work / str(i), stage, ovl_flags))
-    ops.append(_overlay(layers(""), upper_of(step.layer), work / "0", merged, ovl_flags))
+            up, stage = Path("upper", sub.path), str(work / f"m{i}")
+            ops.append(_overlay(_lowers(step, sub.path), up, work / str(i), stage, ovl_flags))
+    ops.append(_overlay(_lowers(step, ""), Path("upper"), work / "0", merged, ovl_flags))
     for i, sub in enumerate(subs, 1):
         target = os.path.join(merged, sub.path)
         shim = step.shims / sub.path if step.shims is not None else None
@@ -308,12 +315,19 @@ def _last_cap() -> int:
     return _LAST_CAP[0]
 
 
-def describe(step: Step, ops: Sequence[Op]) -> str:
+def describe(step: Step, built: Sequence[Op], ops: Sequence[Op]) -> str:
     """A shell command that rebuilds the sandbox and runs the step, for a human to debug:
-    `ops` are what the zygote built once (base_ops, the prebuilt binds), then the step's."""
+    what the zygote built once (base_ops, the prebuilt binds), then the step's `ops`."""
     names = ["--uts", "--ipc", "--net", "--pid", "--fork"] if step.mode is Mode.NOOP else []
     env = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(step.env.items()))
-    lines = [op.describe() for op in ops]
+    work = shlex.quote(str(step.layer / "work"))
+    lines = [op.describe() for op in built]
+    lines += [
+        f"rm -rf {work}",
+        f"mkdir -p {work}/mnt {work}/0",
+        f"cd {shlex.quote(str(step.layer))}",
+    ]
+    lines += [op.describe() for op in ops]
     if step.mode is Mode.NOOP:
         lines.insert(0, "ip link set lo up")
     if step.hostname:
@@ -329,13 +343,14 @@ def describe(step: Step, ops: Sequence[Op]) -> str:
 # ---- running ----
 
 
+def _work_dirs(subs: Sequence[Submount]) -> list[str]:
+    """What the zygote makes in a step's work/: the overlays' work dirs, mount points."""
+    n = len(subs)
+    return ["mnt", *map(str, range(n + 1)), *(f"m{i}" for i in range(1, n + 1))]
+
+
 def _prepare(step: Step, subs: Sequence[Submount]) -> None:
-    """Create upper/ and a fresh work/; dirs we create in upper/ copy their lower's metadata."""
-    work = step.layer / "work"
-    if work.exists():
-        shutil.rmtree(work)
-    for d in ["mnt", *map(str, range(len(subs) + 1)), *(f"m{i}" for i in range(1, len(subs) + 1))]:
-        (work / d).mkdir(parents=True)
+    """Create upper/; dirs we create in upper/ copy their lower's metadata."""
     for rel in ["", *(s.path for s in subs if not s.readonly)]:
         parts = Path(rel).parts
         for n in range(len(parts) + 1):
@@ -396,9 +411,13 @@ class Zygote:
             for fd in (req_r, rep_w, ours):
                 if fd >= 0:
                     os.close(fd)
-        self.unsettled: Path | None = None
-        self.subs: tuple[str, str, tuple[str, ...], list[Submount]] | None = None
+        self.subs: tuple[str, tuple[str, ...], list[Submount]] | None = None
+        self.mountinfo_fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        self.mountinfo = select.poll()
+        self.mountinfo.register(self.mountinfo_fd, select.POLLPRI | select.POLLERR)
+        self.table = Path("/proc/self/mountinfo").read_text()
         self.prebuilt: dict[tuple[Bind, tuple[Bind, ...]], Prebuilt] = {}
+        self.plans: dict[tuple[Any, ...], list[Op]] = {}
         self.built: list[Op] = base_ops(mode, self.scratch)
         self.pending: tuple[Step, list[Op]] | None = None
         noop = mode is Mode.NOOP
@@ -422,15 +441,14 @@ class Zygote:
                     zygote.send(self.req, {"stop": True})
                 except OSError:
                     pass
-            for fd in (self.req, self.rep):  # at end of file, the zygote kills and exits
-                os.close(fd)
-            self.req = self.rep = -1
+            for fd in (self.req, self.rep, self.mountinfo_fd):  # at end of file, the zygote
+                os.close(fd)  # kills what it runs, and exits
+            self.req = self.rep = self.mountinfo_fd = -1
         try:
             self.proc.wait(timeout=zygote.KILL_GRACE + 5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        self.settle()
         if self.own_scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -440,15 +458,14 @@ class Zygote:
         namespaces and never show in ours)."""
         hidden = [str(step.root / h.lstrip("/")) for h in step.hide]
         skip = (*map(str, step.lower_layers), *hidden, str(self.scratch))
-        table = Path("/proc/self/mountinfo").read_text()
-        if self.subs is None or self.subs[:3] != (table, str(step.root), skip):
-            self.subs = (
-                table,
-                str(step.root),
-                skip,
-                submounts(str(step.root), read_mounts(table), skip),
-            )
-        return self.subs[3]
+        # The kernel marks an open mount table when it changes: poll says so, once.
+        if self.mountinfo.poll(0):
+            self.table = Path("/proc/self/mountinfo").read_text()
+            self.subs = None
+        if self.subs is None or self.subs[:2] != (str(step.root), skip):
+            found = submounts(str(step.root), read_mounts(self.table), skip)
+            self.subs = (str(step.root), skip, found)
+        return self.subs[2]
 
     def prebuild(self, binds: Sequence[Bind]) -> list[Prebuilt]:
         """The zygote's prebuilt mounts for `binds`, made now if they are new."""
@@ -465,29 +482,32 @@ class Zygote:
             out.append(self.prebuilt[group])
         return out
 
-    def run(self, step: Step) -> StepResult:
+    def run(self, step: Step, discard: bool = False) -> StepResult:
         """Run `step.argv` in a fresh overlay layer over the target root; see the module doc.
+        `discard`: the zygote removes the layer afterwards (a template's writes).
 
         Raises DiscoError (with a script that reproduces the sandbox as hint) when the
         sandbox cannot be built, CommandError (status 127) when the command cannot be run.
         """
-        self.start(step)
+        self.start(step, discard)
         return self.result()
 
-    def start(self, step: Step) -> None:
+    def start(self, step: Step, discard: bool = False) -> None:
         """Hand `step` to the zygote; `result()` waits for it. Meanwhile disco may read
-        anything but the step's layer and the layers below it may not change."""
+        anything, but the step's layer and the layers below it may not change."""
         if not step.argv:
             raise DiscoError("a step needs a command", "give at least the program to run")
         if step.mode is not self.mode:
             raise ValueError(f"a {self.mode.value} zygote cannot run a {step.mode.value} step")
-        self.settle()
         step = _absolute(step)
         subs = self.submounts(step)
-        ops = plan(step, subs, self.scratch, self.prebuild(step.binds))
+        ops = self.plan(step, subs)
         _prepare(step, subs)
         write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         request = {
+            "layer": str(step.layer),
+            "work": str(step.layer / "work"),
+            "discard": str(step.layer) if discard else "",
             "ops": [op.wire() for op in ops],
             "hostname": step.hostname,
             "argv": list(step.argv),
@@ -500,7 +520,7 @@ class Zygote:
             "timeout": step.timeout or 0,
         }
         zygote.send(self.req, request)
-        self.pending, self.unsettled = (step, ops), step.layer
+        self.pending = (step, ops)
 
     def result(self) -> StepResult:
         """The result of the step started last: its sandbox is gone by then."""
@@ -510,11 +530,22 @@ class Zygote:
         answer = self._answer()
         return _result(step, self.built, ops, answer)
 
-    def settle(self) -> None:
-        """Remove the last step's work dir (its overlays are gone once it is answered)."""
-        if self.unsettled is not None:
-            layer, self.unsettled = self.unsettled, None
-            shutil.rmtree(layer / "work", ignore_errors=True)
+    def plan(self, step: Step, subs: list[Submount]) -> list[Op]:
+        """plan(), made again only when something it depends on is another: the steps
+        of a dance differ in their layers, which the plan does not name."""
+        dirs = tuple(p.is_dir() for s in subs if not s.readonly for p in _lowers(step, s.path))
+        key = (step.mode, step.root, step.lower_layers, step.shims, step.hide, step.binds,
+               step.cwd, tuple(subs), dirs)  # fmt: skip
+        if key not in self.plans:
+            if len(self.plans) > 16:
+                self.plans.clear()
+            self.plans[key] = plan(step, subs, self.scratch, self.prebuild(step.binds))
+        return self.plans[key]
+
+    def remove(self, path: Path) -> None:
+        """Have the zygote remove a layer (or any tree with no mount under it) before it
+        runs the next step: meanwhile disco goes on."""
+        zygote.send(self.req, {"remove": str(path)})
 
     def _call(self, message: dict[str, Any], what: str) -> None:
         """A request the zygote answers at once (setup, prebuild): {} or why it failed."""
@@ -550,19 +581,20 @@ def _result(
         i, err = map(int, msgs["E"].split())
         raise DiscoError(
             f"cannot build the step's sandbox: {ops[i].describe()}: {os.strerror(err)}",
-            f"reproduce it as root with:\n{describe(step, [*built, *ops])}",
+            f"reproduce it as root with:\n{describe(step, built, ops)}",
         )
     if "X" in msgs:
         raise CommandError(
             step.argv, 127, f"cannot run {step.argv[0]}: {os.strerror(int(msgs['X']))}"
         )
     if "F" in msgs:
-        raise DiscoError(f"the step's sandbox failed: {msgs['F']}", describe(step, [*built, *ops]))
+        raise DiscoError(f"the step's sandbox failed: {msgs['F']}", describe(step, built, ops))
     strays = tuple(map(int, msgs.get("K", "").split()))
     utime, stime, *counts = answer["usage"]  # getrusage(2) order, as Usage
     usage = Usage(float(utime), float(stime), *map(int, counts))
     code = os.waitstatus_to_exitcode(answer["status"])
-    return StepResult(code, answer["wall"], usage, strays, bool(answer["timed_out"]))
+    copied = frozenset(map(tuple, answer.get("copied", ())))
+    return StepResult(code, answer["wall"], usage, strays, bool(answer["timed_out"]), copied)
 
 
 def run_step(step: Step) -> StepResult:

@@ -260,6 +260,8 @@ class Zygote:
         if self.stopping:
             return _failed("interrupted: no more steps")
         start = time.monotonic()
+        work = req["work"]
+        remove(work)  # a step's before it, cut short (the operations make it anew)
         self.name(req.get("hostname"))
         stdio = [_open_stdio(s) for s in req["stdio"]]
         try:
@@ -275,13 +277,16 @@ class Zygote:
         if strays:
             msgs["K"] = " ".join(map(str, strays))
         return {"msgs": msgs, "status": status, "usage": tuple(usage),
-                "wall": time.monotonic() - start, "timed_out": timed_out}  # fmt: skip
+                "wall": time.monotonic() - start, "timed_out": timed_out,
+                "copied": copied_links(work)}  # fmt: skip
 
     def spawn(self, req: dict[str, Any], stdio: list[int | None]) -> tuple[int, dict[str, str]]:
-        """The step's mount namespace, and the command started in it; (0, why) if not."""
+        """The step's mount namespace, and the command started in it; (0, why) if not.
+        The operations name the paths in the step's layer relative to it."""
         unshare(CLONE_NEWNS)
         umask = os.umask(0)
         try:
+            os.chdir(req["layer"])
             for i, op in enumerate(req["ops"]):
                 try:
                     do(tuple(op))
@@ -386,6 +391,42 @@ class Zygote:
             _add(usage, ru)
 
 
+def copied_links(work: str) -> list[tuple[int, int]]:
+    """(dev, inode) of the files the step's overlays copied up from a hard-linked lower
+    file: with index=on overlayfs links each to an entry of its work dir's index/
+    (disco.links gives the layer their other names)."""
+    found = []
+    for d in os.listdir(work):
+        try:
+            entries = os.scandir(os.path.join(work, d, "index"))
+        except OSError:  # a mount point, not an overlay's work dir
+            continue
+        with entries:
+            for e in entries:
+                st = e.stat(follow_symlinks=False)
+                if e.is_file(follow_symlinks=False):
+                    found.append((st.st_dev, st.st_ino))
+    return found
+
+
+def remove(path: str) -> None:
+    """Remove a tree of a layer (no mount is ever under one in our namespace)."""
+    try:
+        entries = os.scandir(path)
+    except NotADirectoryError:
+        os.unlink(path)
+        return
+    except FileNotFoundError:
+        return
+    with entries:
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                remove(e.path)
+            else:
+                os.unlink(e.path)
+    os.rmdir(path)
+
+
 def _add(usage: list[float], ru: Any) -> None:
     """Add a reaped process's rusage: times and counts add up, the peak RSS is the largest."""
     for i, name in enumerate(_RUSAGE):
@@ -421,6 +462,12 @@ def main() -> None:
             elif "stop" in msg:  # disco was interrupted between steps
                 zygote.stopping = True
                 continue
+            elif "remove" in msg:  # a layer disco is done with: not worth an answer
+                try:
+                    remove(msg["remove"])
+                except OSError:
+                    pass
+                continue
             else:
                 answer = zygote.run(msg)
         except Exception as e:  # noqa: BLE001 -- said to disco, which raises it
@@ -429,6 +476,14 @@ def main() -> None:
             send(rep_fd, answer)
         except OSError:  # disco is gone, or has stopped listening: so do we
             break
+        # Cleaning up after the step while disco reads its changes.
+        if "work" in msg:
+            try:
+                remove(msg["work"])
+                if msg.get("discard"):
+                    remove(msg["discard"])
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":
