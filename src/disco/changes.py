@@ -377,6 +377,29 @@ def _view(lowers: Sequence[Path | str]) -> _Dirs:
     return [(os.fspath(p).rstrip("/") or "/", i < last) for i, p in enumerate(lowers)]
 
 
+class LowerView:
+    """A lower view whose directories, once looked up, are remembered: for many lookups
+    in the same few directories while the view does not change (a delivery's)."""
+
+    def __init__(self, lowers: Sequence[Path | str]) -> None:
+        self.dirs: dict[str, _Dirs] = {"": _view(lowers)}
+
+    def _dirs(self, rel: str) -> _Dirs:
+        if rel not in self.dirs:
+            head, name = os.path.split(rel)
+            self.dirs[rel] = _child(self._dirs(head), name)[1]
+        return self.dirs[rel]
+
+    def lookup(self, rel: str) -> str | None:
+        """The entry at `rel` (not ""), or None."""
+        head, name = os.path.split(rel)
+        return _child(self._dirs(head), name)[0]
+
+    @property
+    def root(self) -> str:
+        return self.dirs[""][-1][0]
+
+
 def lookup(lowers: Sequence[Path], rel: str) -> Path | None:
     """The entry at `rel` ("" for the top) in the view `lowers` (upper dirs of layers,
     newest first, then the target root), as overlayfs shows it; None if there is none."""

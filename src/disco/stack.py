@@ -18,14 +18,14 @@ from disco.files import remove_tree
 OPAQUE = "trusted.overlay.opaque"
 
 
-def is_opaque(path: Path) -> bool:
+def is_opaque(path: Path | str) -> bool:
     try:
         return os.getxattr(path, OPAQUE, follow_symlinks=False) == b"y"
     except OSError:
         return False
 
 
-def fold(top: Path, below: Path, lower: Path | None) -> None:
+def fold(top: Path | str, below: Path | str, lower: Path | str | None) -> None:
     """Move upper dir `top` into upper dir `below`: afterwards `below` alone shows what
     `below` then `top` showed together, over the same lower layers.
 
@@ -34,41 +34,44 @@ def fold(top: Path, below: Path, lower: Path | None) -> None:
     it merges with a lower one, so a deletion with nothing beneath it is applied, not
     kept as a whiteout.
     """
+    top, below = os.fspath(top), os.fspath(below)
+    low = None if lower is None else os.fspath(lower)
     copy_dir_meta(top, below)
-    for entry in os.scandir(top):
-        src, dst = Path(entry.path), below / entry.name
-        try:
-            dst_st: os.stat_result | None = dst.lstat()
-        except FileNotFoundError:
-            dst_st = None
-        beneath = lower / entry.name if lower is not None else None
-        if beneath is not None and not os.path.lexists(beneath):
-            beneath = None
-        if is_whiteout(entry):
-            if dst_st is not None:
-                remove_tree(dst)
-            if beneath is not None:
-                os.rename(src, dst)
-            continue
-        if entry.is_dir(follow_symlinks=False) and not is_opaque(src):
-            if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
-                # Both merge with what is beneath: merge them with each other.
-                shows = beneath if beneath is not None and beneath.is_dir() else None
-                fold(src, dst, None if is_opaque(dst) else shows)
+    with os.scandir(top) as entries:
+        for entry in list(entries):
+            src, dst = entry.path, os.path.join(below, entry.name)
+            try:
+                dst_st: os.stat_result | None = os.lstat(dst)
+            except FileNotFoundError:
+                dst_st = None
+            beneath = os.path.join(low, entry.name) if low is not None else None
+            if beneath is not None and not os.path.lexists(beneath):
+                beneath = None
+            if is_whiteout(entry):
+                if dst_st is not None:
+                    remove_tree(Path(dst))
+                if beneath is not None:
+                    os.rename(src, dst)
                 continue
-            if dst_st is None:
-                os.rename(src, dst)
-            else:
-                # It covers something of `below` (a file, a whiteout) that hid what is
-                # beneath: it must hide it too.
-                remove_tree(dst)
-                os.rename(src, dst)
-                os.setxattr(dst, OPAQUE, b"y", follow_symlinks=False)
-            continue
-        # A file, a symlink or an opaque directory: it replaces all below.
-        if dst_st is not None:
-            remove_tree(dst)
-        os.rename(src, dst)
+            if entry.is_dir(follow_symlinks=False) and not is_opaque(src):
+                if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
+                    # Both merge with what is beneath: merge them with each other.
+                    shows = beneath if beneath is not None and os.path.isdir(beneath) else None
+                    fold(src, dst, None if is_opaque(dst) else shows)
+                    continue
+                if dst_st is None:
+                    os.rename(src, dst)
+                else:
+                    # It covers something of `below` (a file, a whiteout) that hid what is
+                    # beneath: it must hide it too.
+                    remove_tree(Path(dst))
+                    os.rename(src, dst)
+                    os.setxattr(dst, OPAQUE, b"y", follow_symlinks=False)
+                continue
+            # A file, a symlink or an opaque directory: it replaces all below.
+            if dst_st is not None:
+                remove_tree(Path(dst))
+            os.rename(src, dst)
 
 
 def is_whiteout(entry: os.DirEntry[str]) -> bool:
@@ -76,9 +79,9 @@ def is_whiteout(entry: os.DirEntry[str]) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def copy_dir_meta(src: Path, dst: Path) -> None:
+def copy_dir_meta(src: Path | str, dst: Path | str) -> None:
     """A directory copied up in `src` carries its current owner, mode, times and xattrs."""
-    st = src.lstat()
+    st = os.lstat(src)
     os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
     os.chmod(dst, stat.S_IMODE(st.st_mode))
     for name in os.listxattr(src, follow_symlinks=False):
