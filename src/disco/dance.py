@@ -92,6 +92,17 @@ class Options:
 
 
 @dataclass
+class Pending:
+    """A NOOP step's layer that is stacked but not yet reported nor folded: it is read
+    while the next step runs (on the other core)."""
+
+    module: str
+    label: str
+    layer: Path
+    reported: bool = False
+
+
+@dataclass
 class Outcome:
     changes: list[dict[str, str]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
@@ -120,8 +131,11 @@ class Dance:
         self.sink = sink
         self.meter = meter
         self.outcome = Outcome()
-        # NOOP: what the steps so far would have written, folded into one layer.
+        # NOOP: what the steps so far would have written, folded into one layer, and the
+        # last step's layer over it until it is reported (Pending).
         self.below: Path | None = None
+        self.pending: Pending | None = None
+        self.announcement: str | None = None  # "Processing X", once X's first lines come
         self.count = 0
         self.hidden = hidden_state(state.root, options.root)
         self.exclude = (*DEFAULT_EXCLUDE, *self.hidden)
@@ -159,15 +173,28 @@ class Dance:
                     None,
                 )
                 if blocker is not None:
+                    self.report_pending()
                     self.sink.warning(f"Skipping {module.name}: requires {blocker}")
                     self.outcome.skipped.append(module.name)
                     failed.add(module.name)
                     continue
-                self.sink.info(f"Processing {module.name}")
-                if not self.module(module):
+                # Said once the module before has said all: its last step's changes are
+                # reported while this module's first step runs.
+                self.announcement = f"Processing {module.name}"
+                ok = self.module(module)
+                self.announce()
+                if not ok:
                     self.outcome.failed.append(module.name)
                     failed.add(module.name)
+            self.fold_pending()
         return self.outcome
+
+    def announce(self) -> None:
+        """Print what waits to be said, after the changes still to be reported."""
+        self.report_pending()
+        if self.announcement is not None:
+            self.sink.info(self.announcement)
+            self.announcement = None
 
     # -- one module -----------------------------------------------------------------
 
@@ -204,6 +231,7 @@ class Dance:
                 module.part("scripts") / name, self.options.root, module.name
             )
             if problem:
+                self.announce()
                 self.sink.error(problem)
                 return False
             path = f"{VIEW_AT}/modules/{module.name}/scripts/{name}"
@@ -229,8 +257,11 @@ class Dance:
                 stage(sources, upper_of(layer), self.lowers())
         except DiscoError as e:
             self.drop(layer)
+            self.announce()
             self.sink.error(f"{module.name}: delivery of files and templates: {e}")
             return False
+        self.announce()
+        self.fold_pending()
         self.settle(module, "fetch", layer, frozenset())
         return True
 
@@ -274,24 +305,40 @@ class Dance:
     def settle(
         self, module: Module, label: str, layer: Path, copied: frozenset[tuple[int, int]]
     ) -> None:
-        """Report a successful step's changes; commit them (live) or stack them (NOOP).
+        """A successful step. Live: report its changes and commit them. NOOP: stack it,
+        to be reported while the next step runs, then folded under the steps to come.
         `copied`: the files the step copied up from a hard-linked one (disco.links)."""
+        if copied:  # the other names of hard-linked files changed too
+            relink(upper_of(layer), self.lowers(), copied, self.exclude)
+        if self.options.noop:
+            self.fold_pending()
+            self.pending = Pending(module.name, label, layer)
+            return
         with self.meter.measure(module.name, "diff", label):
-            if copied:  # the other names of hard-linked files changed too
-                relink(upper_of(layer), self.lowers(), copied, self.exclude)
-            changes = self.read(layer)
-            self.report(module, label, changes)
-        if not self.options.noop and changes:
+            changes = self.read(layer, self.lowers())
+            self.report(module.name, label, changes)
+        if changes:
             with self.meter.measure(module.name, "commit", label):
                 commit(self.state.txn, changes, self.options.root, self.options.dance,
                        module.name, label)  # fmt: skip
-        if self.options.noop:
-            self.stack(layer)
-        else:
-            self.drop(layer)
+        self.drop(layer)
 
-    def stack(self, layer: Path) -> None:
-        """Put a NOOP step's layer under the steps to come."""
+    def report_pending(self) -> None:
+        """Read and report the pending step's changes (the view below it stays as it was)."""
+        p = self.pending
+        if p is None or p.reported:
+            return
+        p.reported = True
+        with self.meter.measure(p.module, "diff", p.label):
+            self.report(p.module, p.label, self.read(p.layer, self.lowers()[1:]))
+
+    def fold_pending(self) -> None:
+        """Report the pending step if not yet done, then fold its layer under the steps
+        to come (nothing may be mounted over the layers meanwhile)."""
+        if self.pending is None:
+            return
+        self.report_pending()
+        layer, self.pending = self.pending.layer, None
         if self.below is None:
             self.below = layer
         else:
@@ -299,15 +346,14 @@ class Dance:
             self.drop(layer)
 
     def lowers(self) -> list[Path]:
-        """What a step's layer lies on: the NOOP steps so far, then the target root."""
+        """What a step's layer lies on: the NOOP steps so far (the pending one on top),
+        then the target root."""
         return [upper_of(x) for x in self.stacked()] + [self.options.root]
 
-    def read(self, layer: Path) -> list[Change]:
-        return read_changes(
-            upper_of(layer), self.lowers(), exclude=self.exclude, sensitive=self.sensitive
-        )
+    def read(self, layer: Path, lowers: list[Path]) -> list[Change]:
+        return read_changes(upper_of(layer), lowers, exclude=self.exclude, sensitive=self.sensitive)
 
-    def report(self, module: Module, label: str, changes: list[Change]) -> None:
+    def report(self, module: str, label: str, changes: list[Change]) -> None:
         for change in changes:
             line = header(change)
             self.sink.info(line)
@@ -316,7 +362,7 @@ class Dance:
                 self.sink.text(diff)
             self.outcome.changes.append(
                 {
-                    "module": module.name,
+                    "module": module,
                     "step": label,
                     "path": change.path,
                     "kind": change.kind.value,
@@ -325,7 +371,8 @@ class Dance:
             )
 
     def stacked(self) -> tuple[Path, ...]:
-        return () if self.below is None else (self.below,)
+        pending = () if self.pending is None else (self.pending.layer,)
+        return pending + (() if self.below is None else (self.below,))
 
     def new_layer(self) -> Path:
         """A fresh layer directory: the zygote makes its work/, disco its upper/."""
@@ -349,7 +396,13 @@ class Dance:
     ) -> StepResult:
         noop = mode is Mode.NOOP
         lowers = self.stacked() if self.options.noop else ()
-        return self.zygotes[mode].run(
+        # The last step's changes are read and reported while this one runs, if its
+        # output cannot come between them (a template's goes to a file); else first.
+        overlap = stdout is not None
+        if not overlap:
+            self.announce()
+        zygote = self.zygotes[mode]
+        zygote.start(
             Step(
                 argv,
                 root=self.options.root,
@@ -366,6 +419,10 @@ class Dance:
             ),
             discard,
         )
+        self.announce()
+        result = zygote.result()
+        self.fold_pending()
+        return result
 
 
 def step_env(node: str, noop: bool, intercept: bool) -> dict[str, str]:
