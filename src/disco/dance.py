@@ -312,7 +312,10 @@ class Dance:
             relink(upper_of(layer), self.lowers(), copied, self.exclude)
         if self.options.noop:
             self.fold_pending()
-            self.pending = Pending(module.name, label, layer)
+            # Under a name of its own, as the layer below: the next step's sandbox is
+            # then planned as the one before it was (Zygote.plan).
+            os.rename(layer, self.work / "layers" / "pending")
+            self.pending = Pending(module.name, label, self.work / "layers" / "pending")
             return
         with self.meter.measure(module.name, "diff", label):
             changes = self.read(layer, self.lowers())
@@ -340,10 +343,14 @@ class Dance:
         self.report_pending()
         layer, self.pending = self.pending.layer, None
         if self.below is None:
-            self.below = layer
+            self.below = self.work / "layers" / "below"
+            os.rename(layer, self.below)
         else:
             fold(upper_of(layer), upper_of(self.below), self.options.root)
-            self.drop(layer)
+            self.count += 1
+            done = self.work / "layers" / f"{self.count}-folded"
+            os.rename(layer, done)
+            self.drop(done)
 
     def lowers(self) -> list[Path]:
         """What a step's layer lies on: the NOOP steps so far (the pending one on top),
@@ -395,12 +402,13 @@ class Dance:
         discard: bool = False,
     ) -> StepResult:
         noop = mode is Mode.NOOP
-        lowers = self.stacked() if self.options.noop else ()
         # The last step's changes are read and reported while this one runs, if its
         # output cannot come between them (a template's goes to a file); else first.
         overlap = stdout is not None
         if not overlap:
+            self.fold_pending()
             self.announce()
+        lowers = self.stacked() if self.options.noop else ()
         zygote = self.zygotes[mode]
         zygote.start(
             Step(

@@ -80,11 +80,16 @@ def is_whiteout(entry: os.DirEntry[str]) -> bool:
 
 
 def copy_dir_meta(src: Path | str, dst: Path | str) -> None:
-    """A directory copied up in `src` carries its current owner, mode, times and xattrs."""
-    st = os.lstat(src)
-    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-    os.chmod(dst, stat.S_IMODE(st.st_mode))
+    """A directory copied up in `src` carries its current owner, mode, times and xattrs
+    (set only where they differ: a fold meets the same directories at every step)."""
+    st, was = os.lstat(src), os.lstat(dst)
+    chown = (st.st_uid, st.st_gid) != (was.st_uid, was.st_gid)
+    if chown:
+        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    if chown or stat.S_IMODE(st.st_mode) != stat.S_IMODE(was.st_mode):  # chown may clear bits
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
     for name in os.listxattr(src, follow_symlinks=False):
         if not name.startswith("trusted.overlay."):
             os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False))
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    if (st.st_atime_ns, st.st_mtime_ns) != (was.st_atime_ns, was.st_mtime_ns):
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
