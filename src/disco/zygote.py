@@ -87,7 +87,12 @@ def do(op: tuple[Any, ...]) -> None:
         err = libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data or None))
         check(err, "mount")
     elif kind == "dir":
-        os.makedirs(op[1], op[2], exist_ok=True)
+        try:  # most exist already, or only lack themselves: one system call
+            os.mkdir(op[1], op[2])
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(op[1], op[2], exist_ok=True)
     elif kind == "file":
         # Opening an existing file for writing would copy it up into the layer.
         if not os.path.lexists(op[1]):
@@ -183,7 +188,11 @@ def _which(name: str, path: str) -> str | None:
         return name
     for d in path.split(":"):
         p = os.path.join(d or ".", name)
-        if os.path.isfile(p) and os.access(p, os.X_OK):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if st.st_mode & 0o170000 == 0o100000 and st.st_mode & 0o111:  # as root: any x bit
             return p
     return None
 
@@ -397,9 +406,11 @@ def copied_links(work: str) -> list[tuple[int, int]]:
     (disco.links gives the layer their other names)."""
     found = []
     for d in os.listdir(work):
+        if not d.isdigit():  # a mount point, not an overlay's work dir
+            continue
         try:
             entries = os.scandir(os.path.join(work, d, "index"))
-        except OSError:  # a mount point, not an overlay's work dir
+        except OSError:
             continue
         with entries:
             for e in entries:
