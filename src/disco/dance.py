@@ -27,7 +27,6 @@ from disco.changes import (
 )
 from disco.errors import DiscoError
 from disco.fetch import Plan
-from disco.files import write_atomic
 from disco.journal import commit, recover
 from disco.links import relink
 from disco.metrics import Meter, Record
@@ -201,7 +200,9 @@ class Dance:
     def module(self, module: Module) -> bool:
         # The merged parameters are written once; a module changes only current_module.
         current = self.view.parameters / self.plan.node / "current_module"
-        write_atomic(current, encode(module.name))
+        new = current.with_name(".current_module")  # a reader sees the old or the new
+        new.write_bytes(encode(module.name))
+        os.replace(new, current)
         templates = (
             sorted(
                 str(p.relative_to(module.part("templates")))

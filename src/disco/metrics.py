@@ -106,19 +106,22 @@ def _rusage() -> tuple[resource.struct_rusage, resource.struct_rusage]:
     return resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 
 
+# A struct_rusage is a sequence in getrusage(2)'s order: every record reads two, by index.
+_ORDER = ("utime stime maxrss ixrss idrss isrss minflt majflt nswap inblock oublock msgsnd"
+          " msgrcv nsignals nvcsw nivcsw").split()  # fmt: skip
+_INDEX = tuple(_ORDER.index(name) for name in USAGE_FIELDS)
+_MAXRSS = USAGE_FIELDS.index("maxrss")
+
+
 def _delta(before: tuple[Any, Any], after: tuple[Any, Any]) -> Usage:
     """disco's own usage plus its reaped children's, between two _rusage() readings."""
-    values: dict[str, Any] = {}
-    for name in USAGE_FIELDS:
-        own0, kids0, own1, kids1 = (getattr(r, f"ru_{name}") for r in (*before, *after))
-        # maxrss is a high-water mark, not a counter: disco's own, or that of a larger
-        # child reaped inside the block (the children's mark only moves when one was).
-        values[name] = (
-            max(own1, kids1 if kids1 > kids0 else 0)
-            if name == "maxrss"
-            else own1 - own0 + kids1 - kids0
-        )
-    return Usage(**values)
+    (own0, kids0), (own1, kids1) = before, after
+    values = [own1[i] - own0[i] + kids1[i] - kids0[i] for i in _INDEX]
+    # maxrss is a high-water mark, not a counter: disco's own, or that of a larger child
+    # reaped inside the block (the children's mark only moves when one was).
+    i = _INDEX[_MAXRSS]
+    values[_MAXRSS] = max(own1[i], kids1[i] if kids1[i] > kids0[i] else 0)
+    return Usage(*values)
 
 
 # -- storage ---------------------------------------------------------------------------------

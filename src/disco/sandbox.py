@@ -411,13 +411,14 @@ class Zygote:
             for fd in (req_r, rep_w, ours):
                 if fd >= 0:
                     os.close(fd)
-        self.subs: tuple[str, tuple[str, ...], list[Submount]] | None = None
+        self.subs: dict[tuple[str, tuple[str, ...]], list[Submount]] = {}
         self.mountinfo_fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
         self.mountinfo = select.poll()
         self.mountinfo.register(self.mountinfo_fd, select.POLLPRI | select.POLLERR)
         self.table = Path("/proc/self/mountinfo").read_text()
         self.prebuilt: dict[tuple[Bind, tuple[Bind, ...]], Prebuilt] = {}
         self.plans: dict[tuple[Any, ...], list[Op]] = {}
+        self.trash: list[str] = []  # to remove, told with the next step
         self.built: list[Op] = base_ops(mode, self.scratch)
         self.pending: tuple[Step, list[Op]] | None = None
         noop = mode is Mode.NOOP
@@ -436,6 +437,9 @@ class Zygote:
     def close(self, interrupted: bool = False) -> None:
         """Stop the zygote (it kills a step it may still be running)."""
         if self.req >= 0:
+            if self.trash and not interrupted and self.proc.poll() is None:
+                zygote.send(self.req, {"remove": self.trash})
+                self.trash = []
             if interrupted and self.proc.poll() is None:
                 try:
                     zygote.send(self.req, {"stop": True})
@@ -461,11 +465,11 @@ class Zygote:
         # The kernel marks an open mount table when it changes: poll says so, once.
         if self.mountinfo.poll(0):
             self.table = Path("/proc/self/mountinfo").read_text()
-            self.subs = None
-        if self.subs is None or self.subs[:2] != (str(step.root), skip):
-            found = submounts(str(step.root), read_mounts(self.table), skip)
-            self.subs = (str(step.root), skip, found)
-        return self.subs[2]
+            self.subs.clear()
+        key = (str(step.root), skip)
+        if key not in self.subs:
+            self.subs[key] = submounts(str(step.root), read_mounts(self.table), skip)
+        return self.subs[key]
 
     def prebuild(self, binds: Sequence[Bind]) -> list[Prebuilt]:
         """The zygote's prebuilt mounts for `binds`, made now if they are new."""
@@ -505,6 +509,7 @@ class Zygote:
         _prepare(step, subs)
         write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         request = {
+            "remove": self.trash,
             "layer": str(step.layer),
             "work": str(step.layer / "work"),
             "discard": str(step.layer) if discard else "",
@@ -520,7 +525,7 @@ class Zygote:
             "timeout": step.timeout or 0,
         }
         zygote.send(self.req, request)
-        self.pending = (step, ops)
+        self.pending, self.trash = (step, ops), []
 
     def result(self) -> StepResult:
         """The result of the step started last: its sandbox is gone by then."""
@@ -543,9 +548,11 @@ class Zygote:
         return self.plans[key]
 
     def remove(self, path: Path) -> None:
-        """Have the zygote remove a layer (or any tree with no mount under it) before it
-        runs the next step: meanwhile disco goes on."""
-        zygote.send(self.req, {"remove": str(path)})
+        """Have the zygote remove a layer (or any tree with no mount under it) once it
+        has answered its next step, while disco reads that step's changes. (Told with
+        the step: a message of its own would wake the zygote, which then runs where
+        disco does.)"""
+        self.trash.append(str(path))
 
     def _call(self, message: dict[str, Any], what: str) -> None:
         """A request the zygote answers at once (setup, prebuild): {} or why it failed."""

@@ -473,11 +473,12 @@ def main() -> None:
             elif "stop" in msg:  # disco was interrupted between steps
                 zygote.stopping = True
                 continue
-            elif "remove" in msg:  # a layer disco is done with: not worth an answer
-                try:
-                    remove(msg["remove"])
-                except OSError:
-                    pass
+            elif "ops" not in msg:  # layers disco is done with, at its end: no answer
+                for path in msg["remove"]:
+                    try:
+                        remove(path)
+                    except OSError:
+                        pass
                 continue
             else:
                 answer = zygote.run(msg)
@@ -487,14 +488,14 @@ def main() -> None:
             send(rep_fd, answer)
         except OSError:  # disco is gone, or has stopped listening: so do we
             break
-        # Cleaning up after the step while disco reads its changes.
-        if "work" in msg:
-            try:
-                remove(msg["work"])
-                if msg.get("discard"):
-                    remove(msg["discard"])
-            except OSError:
-                pass
+        # Cleaning up after the step while disco reads its changes: its work dir, its
+        # layer if disco has no use for it, and the layers disco was done with before.
+        for path in [msg.get("work"), msg.get("discard"), *msg.get("remove", ())]:
+            if path:
+                try:
+                    remove(path)
+                except OSError:
+                    pass
 
 
 if __name__ == "__main__":
