@@ -351,3 +351,17 @@ def test_live_hostname_and_binds(scratch: Path, tmp_path: Path) -> None:
     assert out.read_text().splitlines()[:3] == ["other-node", "42", "1"]
     assert "Read-only file system" in out.read_text()
     assert os.uname().nodename != "other-node" and not (params / "x").exists()
+
+
+@root_only
+@pytest.mark.parametrize("mode", list(Mode))
+def test_a_step_runs_with_the_usual_scheduling_not_the_zygotes(
+    scratch: Path, tmp_path: Path, mode: Mode
+) -> None:
+    out = tmp_path / "out"
+    with Zygote(mode) as zygote:
+        step = Step(("bash", "-c", "chrt -p $$"), scratch, tmp_path / "l", mode=mode, stdout=out)
+        assert zygote.run(step).returncode == 0
+        ours = Path(f"/proc/{zygote.proc.pid}/sched").read_text()
+    assert "SCHED_OTHER" in out.read_text()
+    assert "policy                                       :                    3" in ours  # BATCH

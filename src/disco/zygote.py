@@ -309,7 +309,8 @@ class Zygote:
             actions = [(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(stdio) if fd is not None]
             try:
                 pid = os.posix_spawn(exe, argv, env, file_actions=actions,
-                                     setsigdef=_DEFAULT_SIGNALS, setsigmask=())  # fmt: skip
+                                     setsigdef=_DEFAULT_SIGNALS, setsigmask=(),
+                                     scheduler=(os.SCHED_OTHER, os.sched_param(0)))  # fmt: skip
             except OSError as e:
                 return 0, {"X": str(e.errno)}
             return pid, {}
@@ -459,6 +460,13 @@ def main() -> None:
     # disco decides when to stop; the command gets the terminal's signals itself.
     for s in (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGHUP, _signal.SIGTERM):
         _signal.signal(s, _signal.SIG_IGN)
+    # Woken by disco's request, we do not take its CPU from it (SCHED_BATCH forgoes
+    # wakeup preemption): it is either about to wait for us, or reads the last step's
+    # changes meanwhile. Measured: ~8% off a 200-module NOOP dance. Commands run as usual.
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError:
+        pass
     zygote = Zygote(req_fd, rep_fd)
     gc.freeze()
     gc.disable()
