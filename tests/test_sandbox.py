@@ -79,7 +79,7 @@ def test_plan_describes_each_mount(tmp_path: Path) -> None:
         "workdir=work/1,redirect_dir=off,index=on,metacopy=off,xino=off overlay work/m1"
     ) in lines
     assert "mount --move work/m1 work/mnt/home" in lines
-    assert f"mount --rbind {z}/api/sys work/mnt/sys" in lines
+    assert f"mkdir -p work/mnt/sys && mount --rbind {z}/api/sys work/mnt/sys" in lines
     assert lines[-1] == "cd work/mnt && pivot_root . . && umount -l . && cd /"
     script = describe(step, built, ops)
     assert script.startswith("unshare --mount --uts --ipc --net --pid --fork bash -ec")
@@ -92,7 +92,7 @@ def test_plan_live_keeps_host_name_and_api_filesystems(tmp_path: Path) -> None:
     step = Step(("true",), Path("/"), tmp_path / "L", mode=Mode.LIVE)
     built, ops = base_ops(Mode.LIVE, tmp_path / "z"), plan(step, [], tmp_path / "z")
     lines = [op.describe() for op in ops]
-    assert "mount --rbind /proc work/mnt/proc" in lines
+    assert "mkdir -p work/mnt/proc && mount --rbind /proc work/mnt/proc" in lines
     script = describe(step, built, ops)
     assert not [x for x in script.split("\n") if x.startswith(("hostname", "setpriv", "ip "))]
 

@@ -53,14 +53,20 @@ class Mount:
     fstype: str | None = None
     flags: int = 0
     data: str = ""
+    make: str = ""  # "dir" or "file": made first if missing (mostly it is not: no call)
 
     def wire(self) -> tuple[Any, ...]:
-        return ("mount", self.target, self.source, self.fstype, self.flags, self.data)
+        return ("mount", self.target, self.source, self.fstype, self.flags, self.data, self.make)
 
     def do(self) -> None:
         do(self.wire())
 
     def describe(self) -> str:
+        q = shlex.quote
+        made = {"dir": f"mkdir -p {q(self.target)} && ", "file": f"touch {q(self.target)} && "}
+        return made.get(self.make, "") + self._mount()
+
+    def _mount(self) -> str:
         q, f = shlex.quote, self.flags
         opts = ",".join([n for bit, n in _FLAG_NAMES if f & bit] + [self.data] * bool(self.data))
         if f & MS_PRIVATE:

@@ -277,13 +277,13 @@ def plan(
     def at(path: str) -> str:
         return os.path.join(merged, path.lstrip("/"))
 
-    ops += [Make("dir", at(d)) for d in API_DIRS]
     if noop:
         api = scratch / "api"
-        ops += [Mount(at(d), str(api / d), flags=MS_BIND | MS_REC) for d in ("proc", "sys", "dev")]
-        ops += [Mount(at("run"), "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")]
+        ops += [Mount(at(d), str(api / d), flags=MS_BIND | MS_REC, make="dir")
+                for d in ("proc", "sys", "dev")]  # fmt: skip
+        ops += [Mount(at("run"), "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755", "dir")]
     else:
-        ops += [Mount(at(d), f"/{d}", flags=MS_BIND | MS_REC) for d in API_DIRS]
+        ops += [Mount(at(d), f"/{d}", flags=MS_BIND | MS_REC, make="dir") for d in API_DIRS]
     fresh = [f"/{d}" for d in API_DIRS] if noop else []  # already new and empty
     covered = {b.target for b in step.binds if b.source.is_dir()}  # a bind hides it anyway
     hide = [h for h in step.hide if Path(root, h.lstrip("/")).is_dir() and h not in covered]
@@ -294,8 +294,8 @@ def plan(
         ops.append(Mount(at(h), "tmpfs", "tmpfs", flags, "mode=755,size=1m"))
     for b in binds:
         # A missing mount point is made in the view (in the layer: excluded from reports).
-        ops.append(Make("dir" if b.top.source.is_dir() else "file", at(b.top.target)))
-        ops.append(Mount(at(b.top.target), b.place, flags=MS_BIND | MS_REC))
+        kind = "dir" if b.top.source.is_dir() else "file"
+        ops.append(Mount(at(b.top.target), b.place, flags=MS_BIND | MS_REC, make=kind))
     ops += [Mount(at(h), flags=MS_REMOUNT | MS_RDONLY | SAFE, data="mode=755") for h in inside]
     ops.append(PivotRoot(merged, step.cwd))
     return ops
@@ -345,8 +345,8 @@ def describe(step: Step, built: Sequence[Op], ops: Sequence[Op]) -> str:
 
 def _work_dirs(subs: Sequence[Submount]) -> list[str]:
     """What the zygote makes in a step's work/: the overlays' work dirs, mount points."""
-    n = len(subs)
-    return ["mnt", *map(str, range(n + 1)), *(f"m{i}" for i in range(1, n + 1))]
+    rw = [i for i, sub in enumerate(subs, 1) if not sub.readonly]
+    return ["mnt", "0", *(d for i in rw for d in (str(i), f"m{i}"))]
 
 
 def _prepare(step: Step, subs: Sequence[Submount]) -> None:

@@ -78,14 +78,20 @@ def _b(s: str | None) -> bytes | None:
 
 
 def do(op: tuple[Any, ...]) -> None:
-    """Perform one operation: ("mount", target, source, fstype, flags, data), ("dir", path,
-    mode), ("file", path, mode), ("chr", path, mode, major, minor), ("link", arg, path),
+    """Perform one operation: ("mount", target, source, fstype, flags, data, make), ("dir",
+    path, mode), ("file", path, mode), ("chr", path, mode, major, minor), ("link", arg, path),
     ("pivot", path, cwd)."""
     kind = op[0]
     if kind == "mount":
-        _, target, source, fstype, flags, data = op
-        err = libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data or None))
-        check(err, "mount")
+        _, target, source, fstype, flags, data, make = op
+        args = (_b(source), _b(target), _b(fstype), flags, _b(data or None))
+        if libc.mount(*args) == 0:
+            return
+        err = ctypes.get_errno()
+        if not (make and err == 2):  # ENOENT: the mount point is made, and mounted on
+            raise OSError(err, f"mount: {os.strerror(err)}")
+        do((make, target, 0o755))
+        check(libc.mount(*args), "mount")
     elif kind == "dir":
         try:  # most exist already, or only lack themselves: one system call
             os.mkdir(op[1], op[2])
@@ -181,20 +187,6 @@ def send(fd: int, message: Any) -> None:
 
 
 # ---- the zygote ----
-
-
-def _which(name: str, path: str) -> str | None:
-    if "/" in name:
-        return name
-    for d in path.split(":"):
-        p = os.path.join(d or ".", name)
-        try:
-            st = os.stat(p)
-        except OSError:
-            continue
-        if st.st_mode & 0o170000 == 0o100000 and st.st_mode & 0o111:  # as root: any x bit
-            return p
-    return None
 
 
 def _open_stdio(spec: Any) -> int | None:
@@ -303,14 +295,14 @@ class Zygote:
                     return 0, {"E": f"{i} {e.errno or 0}"}
             os.umask(umask)
             env, argv = req["env"], req["argv"]
-            exe = _which(argv[0], env.get("PATH", "/usr/bin:/bin"))
-            if exe is None:
-                return 0, {"X": "2"}
+            # posix_spawnp searches our PATH (the child is a vfork, reading our memory):
+            # the step's, so found as its shell would find it, in C.
+            os.environ["PATH"] = env.get("PATH", "/usr/bin:/bin")
             actions = [(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(stdio) if fd is not None]
             try:
-                pid = os.posix_spawn(exe, argv, env, file_actions=actions,
-                                     setsigdef=_DEFAULT_SIGNALS, setsigmask=(),
-                                     scheduler=(os.SCHED_OTHER, os.sched_param(0)))  # fmt: skip
+                pid = os.posix_spawnp(argv[0], argv, env, file_actions=actions,
+                                      setsigdef=_DEFAULT_SIGNALS, setsigmask=(),
+                                      scheduler=(os.SCHED_OTHER, os.sched_param(0)))  # fmt: skip
             except OSError as e:
                 return 0, {"X": str(e.errno)}
             return pid, {}
