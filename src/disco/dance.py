@@ -42,9 +42,10 @@ from disco.state import State
 from disco.view import (
     SANDBOX_PATH,
     View,
+    binaries,
     build_shims,
     build_view,
-    intercepted_binaries,
+    find,
     real_binds,
     write_parameters,
 )
@@ -150,13 +151,14 @@ class Dance:
             work.mkdir(parents=True, exist_ok=True)
             mount_tmpfs(work)  # our own mount namespace: gone when we are
             self.work = work
-            self.view = build_view(work / "view", self.rules, self.options.root)
+            found = find(self.options.root, self.noop_names)
+            self.view = build_view(work / "view", self.rules, self.options.root, found)
             if self.options.on_host:  # questions about the running host asked outside
                 stack.enter_context(asking(self.view.ask))
             bind_readonly(self.state.modules, self.view.path / "modules")
-            binaries = intercepted_binaries(self.options.root, self.noop_names)
-            self.shims = build_shims(work / "shims", self.view, binaries, self.options.root)
-            self.real = [Bind(src, dst) for src, dst in real_binds(self.options.root, binaries)]
+            shown = binaries(found)
+            self.shims = build_shims(work / "shims", self.view, shown, self.options.root)
+            self.real = [Bind(src, dst) for src, dst in real_binds(self.options.root, shown)]
             # Templates run under NOOP rules in both modes; live steps need a zygote of
             # their own, in the host's namespaces.
             self.zygotes = {Mode.NOOP: stack.enter_context(Zygote(Mode.NOOP, work / "z-noop"))}

@@ -133,7 +133,8 @@ def save(reports_dir: Path, report: DanceReport) -> Path:
     Returns the path of last.json."""
     history = reports_dir / "history"
     history.mkdir(mode=0o700, parents=True, exist_ok=True)
-    text = json.dumps(to_data(report), indent=1, sort_keys=True) + "\n"
+    # Compact: with an indent json.dumps uses its pure-Python encoder (~10x slower).
+    text = json.dumps(to_data(report), sort_keys=True, separators=(",", ":")) + "\n"
     name = report.started.replace(os.sep, "_")
     write_atomic(history / f"{name}-{os.getpid()}.json", text.encode("ascii"))
     last = reports_dir / "last.json"

@@ -77,8 +77,9 @@ class View:
         return self.path / "out" / module
 
 
-def build_view(path: Path, rules: tuple[Rule, ...], root: Path) -> View:
-    """The view of a dance (or a shell session) over `root`, intercepting by `rules`."""
+def build_view(path: Path, rules: tuple[Rule, ...], root: Path, found: Found | None = None) -> View:
+    """The view of a dance (or a shell session) over `root`, intercepting by `rules`;
+    `found`: find(root, intercepted(rules)) if the caller has it already."""
     view = View(path)
     for directory in (view.parameters, view.bin, view.noop, path / "out", path / "modules"):
         directory.mkdir(parents=True, exist_ok=True)
@@ -88,9 +89,10 @@ def build_view(path: Path, rules: tuple[Rule, ...], root: Path) -> View:
     for target in (view.bin / "disco-param", view.interceptor):
         target.chmod(0o755)
     names = intercepted(rules)
-    for _, inside in real_binds(root, intercepted_binaries(root, names)):
+    found = find(root, names) if found is None else found
+    for _, inside in real_binds(root, binaries(found)):
         (path / os.path.relpath(inside, INSIDE)).mkdir(parents=True, exist_ok=True)
-    real = {name: REAL + p for name, p in locate(root, names).items()}
+    real = {name: REAL + p for name, p in locate(found).items()}
     (view.noop / ".rules").write_text(compile_rules(rules, real))
     for name in names:
         (view.noop / name).symlink_to(".intercept")
@@ -106,22 +108,35 @@ def write_parameters(view: View, tree: Tree) -> None:
     write_tree(view.parameters, tree)
 
 
-def locate(root: Path, names: tuple[str, ...]) -> dict[str, str]:
-    """Each command's file in `root`, as a path in the root, first found in BIN_DIRS.
-    Symlinks are resolved inside root (pidof is killall5, reboot is systemctl)."""
-    found: dict[str, str] = {}
-    for name in names:
-        path = next(filter(None, (_in_root(root, d, name) for d in BIN_DIRS)), None)
-        if path is not None:
-            found[name] = path
-    return found
+# (command, its file as a path in the root) for each of BIN_DIRS in turn: a root's
+# commands looked up once, for the view and for the binaries intercepted.
+Found = list[tuple[str, str]]
+
+
+def find(root: Path, names: tuple[str, ...]) -> Found:
+    """Where each of `names` is in `root`'s BIN_DIRS. Symlinks are resolved inside root
+    (pidof is killall5, reboot is systemctl)."""
+    found = ((name, _in_root(root, d, name)) for d in BIN_DIRS for name in names)
+    return [(name, path) for name, path in found if path is not None]
+
+
+def locate(found: Found) -> dict[str, str]:
+    """Each command's file, the first found in BIN_DIRS."""
+    first: dict[str, str] = {}
+    for name, path in found:
+        first.setdefault(name, path)
+    return first
+
+
+def binaries(found: Found) -> list[str]:
+    """The files of `found`, each once: intercepted at their absolute paths, so
+    `/usr/sbin/service` is caught like `service`."""
+    return list(dict.fromkeys(path for _, path in found))
 
 
 def intercepted_binaries(root: Path, names: tuple[str, ...]) -> list[str]:
-    """Absolute paths in `root` of the commands to intercept, so `/usr/sbin/service`
-    is caught like `service`. Symlinks are resolved inside root; each file once."""
-    found = (_in_root(root, d, name) for d in BIN_DIRS for name in names)
-    return list(dict.fromkeys(p for p in found if p is not None))
+    """Absolute paths in `root` of the commands to intercept, each file once."""
+    return binaries(find(root, names))
 
 
 def _in_root(root: Path, directory: str, name: str) -> str | None:
