@@ -236,6 +236,16 @@ def test_report_data_is_what_asdict_gives() -> None:
     assert json.dumps(to_data(report), sort_keys=True) == json.dumps(expected, sort_keys=True)
 
 
+def test_the_saved_report_is_its_data_as_compact_json(tmp_path: Path) -> None:
+    """Written a record at a time, it is still the one JSON text of the whole report."""
+    report = dataclasses.replace(seed_report(), would_execute=({"module": "m", "command": "x"},))
+    last = save(tmp_path, report)
+    text = json.dumps(to_data(report), sort_keys=True, separators=(",", ":")) + "\n"
+    assert last.read_text() == text
+    history = next((tmp_path / "history").iterdir())
+    assert history.stat().st_ino == last.stat().st_ino  # one file, two names
+
+
 def test_history_keeps_the_newest_50(tmp_path: Path) -> None:
     for n in range(55):
         save(tmp_path, seed_report(f"2024-05-01T12:00:{n:02d}.000000Z"))

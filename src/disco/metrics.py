@@ -12,15 +12,15 @@ import dataclasses
 import json
 import os
 import resource
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from disco.errors import DiscoError
-from disco.files import write_atomic
 from disco.sandbox import Usage
 
 FORMAT = 1  # bumped when a report's JSON changes incompatibly
@@ -128,21 +128,55 @@ def _delta(before: tuple[Any, Any], after: tuple[Any, Any]) -> Usage:
 
 
 def save(reports_dir: Path, report: DanceReport) -> Path:
-    """Write last.json and history/<started>-<pid>.json, keep the newest KEEP history files.
+    """Write history/<started>-<pid>.json and make last.json the same file; keep the
+    newest KEEP history files. Returns the path of last.json.
 
-    Returns the path of last.json."""
+    Written a record at a time: the report of a long dance is the largest thing disco
+    holds, and a whole JSON text of it (and its dicts) would be the dance's peak memory."""
     history = reports_dir / "history"
     history.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Compact: with an indent json.dumps uses its pure-Python encoder (~10x slower).
-    text = json.dumps(to_data(report), sort_keys=True, separators=(",", ":")) + "\n"
     name = report.started.replace(os.sep, "_")
-    write_atomic(history / f"{name}-{os.getpid()}.json", text.encode("ascii"))
+    path = history / f"{name}-{os.getpid()}.json"
+    fd, temp = tempfile.mkstemp(prefix=f".~{path.name}.", dir=history)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:  # json escapes all else
+            _write_json(f, report)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
     last = reports_dir / "last.json"
-    write_atomic(last, text.encode("ascii"))  # json.dumps escapes all else
+    link = reports_dir / f".~last.json.{os.getpid()}"
+    link.unlink(missing_ok=True)
+    os.link(path, link)  # the history file's, under its second name, in one rename
+    os.replace(link, last)
     kept = sorted(p for p in history.glob("*.json") if not p.name.startswith("."))
     for old in kept[:-KEEP]:
         old.unlink()
     return last
+
+
+def _write_json(f: TextIO, report: DanceReport) -> None:
+    """json.dumps(to_data(report), sort_keys=True, separators=(",", ":")), written as it
+    is made."""
+    data = to_data(report, lazy=True)
+    f.write("{")
+    for i, key in enumerate(sorted(data)):
+        f.write(("," if i else "") + json.dumps(key) + ":")
+        value = data[key]
+        if isinstance(value, Iterator):
+            f.write("[")
+            for j, item in enumerate(value):
+                f.write(
+                    ("," if j else "") + json.dumps(item, sort_keys=True, separators=(",", ":"))
+                )
+            f.write("]")
+        else:
+            f.write(json.dumps(value, sort_keys=True, separators=(",", ":")))
+    f.write("}\n")
 
 
 _REDO = "run 'disco dance' to write a new one"
@@ -164,13 +198,18 @@ def load_last(reports_dir: Path) -> DanceReport:
         raise DiscoError(f"the last report {path} is damaged ({e!r})", _REDO) from None
 
 
-def to_data(report: DanceReport) -> dict[str, Any]:
+def to_data(report: DanceReport, lazy: bool = False) -> dict[str, Any]:
     """A report as plain JSON data: what dataclasses.asdict gives, without its deep copy
-    of every value (62 ms against 5 for the report of a 200-module dance)."""
+    of every value (62 ms against 5 for the report of a 200-module dance). `lazy`: its
+    lists as iterators, each item made as it is asked for."""
     data = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
-    data["records"] = [_record_data(r) for r in report.records]
-    data["changes"] = [dict(c) for c in report.changes]
-    data["would_execute"] = [dict(c) for c in report.would_execute]
+    lists: dict[str, Iterator[dict[str, Any]]] = {
+        "records": (_record_data(r) for r in report.records),
+        "changes": (dict(c) for c in report.changes),
+        "would_execute": (dict(c) for c in report.would_execute),
+    }
+    for key, items in lists.items():
+        data[key] = items if lazy else list(items)
     return {"format": FORMAT, **data}
 
 

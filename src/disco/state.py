@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,4 +143,4 @@ def default_node() -> str:
     (no DNS name, no hostname binary), the kernel's hostname."""
     result = run(["hostname", "-f"], check=False)
     name = result.stdout.decode(errors="replace").strip()
-    return name if result.returncode == 0 and name else socket.gethostname()
+    return name if result.returncode == 0 and name else os.uname().nodename

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from disco.cli.common import Output, Parser, subparser
 from disco.errors import DiscoError
-from disco.metrics import load_last, report_json, report_lines
-from disco.page import report_html
+from disco.metrics import DanceReport, load_last, report_json, report_lines
 from disco.state import State
 
 
@@ -37,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(report_json(report, args.module))
     elif args.html is not None and str(args.html) == "-":
-        sys.stdout.write(report_html(report, args.module))
+        sys.stdout.write(page_of(report, args.module))
     elif args.html is not None:
-        page = report_html(report, args.module)
+        page = page_of(report, args.module)
         try:
             args.html.write_text(page, encoding="utf-8", errors="surrogateescape")
         except OSError as e:
@@ -57,3 +56,10 @@ def run(args: argparse.Namespace) -> int:
         for text in lines:
             out.line("report", text, sys.stdout)
     return 0
+
+
+def page_of(report: DanceReport, module: str | None) -> str:
+    # Imported here: html's entity tables cost every dance's memory half a megabyte.
+    from disco.page import report_html
+
+    return report_html(report, module)
