@@ -365,3 +365,20 @@ def test_a_step_runs_with_the_usual_scheduling_not_the_zygotes(
         ours = Path(f"/proc/{zygote.proc.pid}/sched").read_text()
     assert "SCHED_OTHER" in out.read_text()
     assert "policy                                       :                    3" in ours  # BATCH
+
+
+@root_only
+def test_a_zygote_that_cannot_set_up_says_why_and_is_gone(tmp_path: Path) -> None:
+    scratch = tmp_path / "z"
+    scratch.mkdir()
+    (scratch / "api").write_text("a file where the zygote makes a directory\n")
+    before = {p for p in os.listdir("/proc") if p.isdigit()}
+    with pytest.raises(DiscoError, match="cannot start the sandbox helper"):
+        Zygote(Mode.NOOP, scratch)
+    time.sleep(0.2)
+    left = {p for p in os.listdir("/proc") if p.isdigit()} - before
+    for pid in left:  # no zygote of ours is left waiting for a request
+        try:
+            assert "import zygote" not in Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            pass

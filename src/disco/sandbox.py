@@ -424,7 +424,11 @@ class Zygote:
         noop = mode is Mode.NOOP
         setup = {"noop": noop, "ops": [op.wire() for op in self.built],
                  "drop": list(noop_caps()) if noop else []}  # fmt: skip
-        self._call({"setup": setup}, "cannot start the sandbox helper")
+        try:
+            self._call({"setup": setup}, "cannot start the sandbox helper")
+        except BaseException:
+            self.close(interrupted=True)
+            raise
 
     def __enter__(self) -> Zygote:
         return self
@@ -437,14 +441,13 @@ class Zygote:
     def close(self, interrupted: bool = False) -> None:
         """Stop the zygote (it kills a step it may still be running)."""
         if self.req >= 0:
-            if self.trash and not interrupted and self.proc.poll() is None:
-                zygote.send(self.req, {"remove": self.trash})
-                self.trash = []
-            if interrupted and self.proc.poll() is None:
+            last = {"stop": True} if interrupted else {"remove": self.trash}
+            if (interrupted or self.trash) and self.proc.poll() is None:
                 try:
-                    zygote.send(self.req, {"stop": True})
-                except OSError:
+                    zygote.send(self.req, last)
+                except OSError:  # it is gone already
                     pass
+            self.trash = []
             for fd in (self.req, self.rep, self.mountinfo_fd):  # at end of file, the zygote
                 os.close(fd)  # kills what it runs, and exits
             self.req = self.rep = self.mountinfo_fd = -1
