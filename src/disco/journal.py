@@ -283,12 +283,27 @@ def _archive(txn: Path, journal: Journal) -> Journal:
         return journal
     commits = txn / "history" / journal.dance / "commits"
     commits.mkdir(parents=True, exist_ok=True)
-    number = 1 + max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=0)
+    number = _next_number(commits)
     os.rename(journal.where, commits / str(number))
     _fsync(commits)
     _fsync(txn)
     return Journal(journal.dance, journal.module, journal.step, journal.root,
                    journal.entries, commits / str(number))  # fmt: skip
+
+
+def _next_number(commits: Path) -> int:
+    """The number of a dance's next commit: counted on from the last one this process
+    made, the directory listed only when that is taken or unknown (listing it for every
+    commit made a long dance's commits cost more and more: 3.9 ms to 7.5 ms a commit
+    over 4000)."""
+    number = _NEXT.get(commits)
+    if number is None or os.path.lexists(commits / str(number)):
+        number = 1 + max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=0)
+    _NEXT[commits] = number + 1
+    return number
+
+
+_NEXT: dict[Path, int] = {}
 
 
 def _discard(where: Path) -> None:
