@@ -11,7 +11,9 @@ run with the runs alternated, medians of RUNS:
 - live into a fresh scratch root, and again converged, vs cf-agent into a fresh
   directory and again converged; peak RSS of both;
 - a module whose script creates 5000 files: what its changes and commit cost per file;
-- the mean wall time per kind of step from disco's own report.
+- the mean wall time per kind of step from disco's own report, NOOP and live: template
+  and exec are sandboxed steps (sandbox build included), fetch the staged delivery, diff
+  the reading of a layer's changes, commit the journaled commit.
 
 Usage: python bench/bench_engine.py [N ...] (default 20 200 2000; RUNS=3 in the environment).
 `make bench` installs cfengine3 first; without cf-agent its rows say so.

@@ -84,8 +84,12 @@ def measure(n: int, base: Path, tmpfs: Path) -> None:
         argv = ("bash", "-c", cmd) if cmd else ("/bin/true",)
         hide = (str(base), str(tmpfs))
         s = Step(argv, Path("/"), layer, lowers, mode, hostname="bench-node", hide=hide)
-        run_step(s) if own else zygotes[mode].run(s)
-        shutil.rmtree(layer)
+        if own:
+            run_step(s)  # its zygote is gone, its cleaning done
+            shutil.rmtree(layer)
+        else:  # the zygote is removing the step's work dir meanwhile: it removes the rest
+            zygotes[mode].run(s)
+            zygotes[mode].remove(layer)
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"python {sys.version.split()[0]}, kernel {os.uname().release}, {os.cpu_count()} cpus,")

@@ -36,7 +36,7 @@ from disco.params import Tree, encode, node_view, read_tree
 from disco.rules import intercepted, load_rules
 from disco.sandbox import Bind, Mode, Step, StepResult, Zygote, upper_of
 from disco.scripts import interpreter_problem
-from disco.stack import fold
+from disco.stack import copy_dir_meta, fold
 from disco.staging import Source, stage
 from disco.state import State
 from disco.view import (
@@ -99,6 +99,7 @@ class Pending:
     module: str
     label: str
     layer: Path
+    shown: Path  # the name steps stack it under (a symlink to it): one plan for all
     reported: bool = False
 
 
@@ -165,6 +166,10 @@ class Dance:
             if not self.options.noop:
                 self.zygotes[Mode.LIVE] = stack.enter_context(Zygote(Mode.LIVE, work / "z-live"))
             write_parameters(self.view, parameters(self.state, self.plan.node, self.plan.modules))
+            if self.options.noop:  # what the steps would have written, from the first on
+                self.below = work / "layers" / "below"
+                upper_of(self.below).mkdir(parents=True)
+                copy_dir_meta(self.options.root, upper_of(self.below))
             failed: set[str] = set()
             for index, module in enumerate(self.plan.modules, start=1):
                 self.sink.progress(module.name, index, len(self.plan.modules))
@@ -315,10 +320,13 @@ class Dance:
             relink(upper_of(layer), self.lowers(), copied, self.exclude)
         if self.options.noop:
             self.fold_pending()
-            # Under a name of its own, as the layer below: the next step's sandbox is
-            # then planned as the one before it was (Zygote.plan).
-            os.rename(layer, self.work / "layers" / "pending")
-            self.pending = Pending(module.name, label, self.work / "layers" / "pending")
+            # Stacked under a name of its own, as the layer below is: the next step's
+            # sandbox is then planned as the one before it was (Zygote.plan). A symlink,
+            # not a rename: the zygote is removing the step's work dir meanwhile.
+            shown, new = self.work / "layers" / "pending", self.work / "layers" / ".pending"
+            os.symlink(layer.name, new)
+            os.replace(new, shown)
+            self.pending = Pending(module.name, label, layer, shown)
             return
         with self.meter.measure(module.name, "diff", label):
             changes = self.read(layer, self.lowers())
@@ -345,15 +353,9 @@ class Dance:
             return
         self.report_pending()
         layer, self.pending = self.pending.layer, None
-        if self.below is None:
-            self.below = self.work / "layers" / "below"
-            os.rename(layer, self.below)
-        else:
-            fold(upper_of(layer), upper_of(self.below), self.options.root)
-            self.count += 1
-            done = self.work / "layers" / f"{self.count}-folded"
-            os.rename(layer, done)
-            self.drop(done)
+        assert self.below is not None  # NOOP
+        fold(upper_of(layer), upper_of(self.below), self.options.root)
+        self.drop(layer)
 
     def lowers(self) -> list[Path]:
         """What a step's layer lies on: the NOOP steps so far (the pending one on top),
@@ -381,7 +383,7 @@ class Dance:
             )
 
     def stacked(self) -> tuple[Path, ...]:
-        pending = () if self.pending is None else (self.pending.layer,)
+        pending = () if self.pending is None else (self.pending.shown,)
         return pending + (() if self.below is None else (self.below,))
 
     def new_layer(self) -> Path:
