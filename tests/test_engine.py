@@ -100,6 +100,35 @@ def test_a_file_where_the_target_has_a_directory_fails_the_module(
     assert (scratch_root / "srv/taken").is_dir()
 
 
+# ---- NOOP: a step's changes read while the next template runs ----
+
+
+def test_a_template_sees_the_step_before_and_the_report_keeps_dance_order(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    """The script's layer is stacked, not yet folded, while the next module's template
+    runs and the script's changes are reported: the template sees what the script wrote,
+    and every line still comes in dance order."""
+    server = make_server(tmp_path / "srv", {
+        "a": {"scripts/10-a.sh": "echo from-a > /srv/a.out\necho a-said\n"},
+        "b": {"requires": "a\n", "templates/srv/b.conf": "echo \"b sees $(cat /srv/a.out)\"\n",
+              "scripts/10-b.sh": "echo b-said\necho x > /srv/b.out\n"},
+    })  # fmt: skip
+    result = dance(cmd, server, scratch_root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    _, diff = record_of(result, "/srv/b.conf")
+    assert diff[:2] == ["0a1", "> b sees from-a"]
+    lines = result.stdout.splitlines()
+
+    def at(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    order = ["Processing a", "a-said", "/srv/a.out : Created", "Processing b",
+             "/srv/b.conf : Created", "b-said", "/srv/b.out : Created"]  # fmt: skip
+    assert [at(t) for t in order] == sorted(at(t) for t in order), result.stdout
+    assert not (scratch_root / "srv/a.out").exists()
+
+
 # ---- steps: metrics of their own ----
 
 
