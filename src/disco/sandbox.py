@@ -322,11 +322,7 @@ def describe(step: Step, built: Sequence[Op], ops: Sequence[Op]) -> str:
     env = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(step.env.items()))
     work = shlex.quote(str(step.layer / "work"))
     lines = [op.describe() for op in built]
-    lines += [
-        f"rm -rf {work}",
-        f"mkdir -p {work}/mnt {work}/0",
-        f"cd {shlex.quote(str(step.layer))}",
-    ]
+    lines += [f"rm -rf {work}", f"cd {shlex.quote(str(step.layer))}"]  # ops make work/
     lines += [op.describe() for op in ops]
     if step.mode is Mode.NOOP:
         lines.insert(0, "ip link set lo up")
