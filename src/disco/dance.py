@@ -318,8 +318,7 @@ class Dance:
         `copied`: the files the step copied up from a hard-linked one (disco.links)."""
         if copied:  # the other names of hard-linked files changed too
             relink(upper_of(layer), self.lowers(), copied, self.exclude)
-        if self.options.noop:
-            self.fold_pending()
+        if self.options.noop:  # (the step before is folded by now)
             # Stacked under a name of its own, as the layer below is: the next step's
             # sandbox is then planned as the one before it was (Zygote.plan). A symlink,
             # not a rename: the zygote is removing the step's work dir meanwhile.

@@ -6,15 +6,26 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def write_atomic(target: Path, data: bytes, mode: int = 0o644) -> None:
     """Write beside `target` and rename over it, so a reader never sees half of it."""
+    with writing_atomic(target, mode) as f:
+        f.write(data)
+
+
+@contextmanager
+def writing_atomic(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A file to write `target` through: written beside it, made durable, then renamed
+    over it when the block ends (removed instead if it raises)."""
     fd, temp = tempfile.mkstemp(prefix=f".~{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(temp, mode)  # before the rename: never readable wider than meant

@@ -12,15 +12,15 @@ import dataclasses
 import json
 import os
 import resource
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from disco.errors import DiscoError
+from disco.files import writing_atomic
 from disco.sandbox import Usage
 
 FORMAT = 1  # bumped when a report's JSON changes incompatibly
@@ -137,17 +137,8 @@ def save(reports_dir: Path, report: DanceReport) -> Path:
     history.mkdir(mode=0o700, parents=True, exist_ok=True)
     name = report.started.replace(os.sep, "_")
     path = history / f"{name}-{os.getpid()}.json"
-    fd, temp = tempfile.mkstemp(prefix=f".~{path.name}.", dir=history)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:  # json escapes all else
-            _write_json(f, report)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with writing_atomic(path) as f:
+        _write_json(lambda text: f.write(text.encode("ascii")), report)  # json escapes all else
     last = reports_dir / "last.json"
     link = reports_dir / f".~last.json.{os.getpid()}"
     link.unlink(missing_ok=True)
@@ -159,24 +150,26 @@ def save(reports_dir: Path, report: DanceReport) -> Path:
     return last
 
 
-def _write_json(f: TextIO, report: DanceReport) -> None:
+def _write_json(write: Callable[[str], object], report: DanceReport) -> None:
     """json.dumps(to_data(report), sort_keys=True, separators=(",", ":")), written as it
     is made."""
+
+    def dumps(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
     data = to_data(report, lazy=True)
-    f.write("{")
+    write("{")
     for i, key in enumerate(sorted(data)):
-        f.write(("," if i else "") + json.dumps(key) + ":")
+        write(("," if i else "") + dumps(key) + ":")
         value = data[key]
         if isinstance(value, Iterator):
-            f.write("[")
+            write("[")
             for j, item in enumerate(value):
-                f.write(
-                    ("," if j else "") + json.dumps(item, sort_keys=True, separators=(",", ":"))
-                )
-            f.write("]")
+                write(("," if j else "") + dumps(item))
+            write("]")
         else:
-            f.write(json.dumps(value, sort_keys=True, separators=(",", ":")))
-    f.write("}\n")
+            write(dumps(value))
+    write("}\n")
 
 
 _REDO = "run 'disco dance' to write a new one"

@@ -510,7 +510,6 @@ class Zygote:
         request = {
             "remove": self.trash,
             "layer": str(step.layer),
-            "work": str(step.layer / "work"),
             "discard": str(step.layer) if discard else "",
             "ops": [op.wire() for op in ops],
             "hostname": step.hostname,

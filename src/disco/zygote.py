@@ -119,6 +119,16 @@ def do(op: tuple[Any, ...]) -> None:
         raise ValueError(f"unknown operation {kind!r}")
 
 
+def do_all(ops: list[Any]) -> None:
+    """Perform operations with no umask: they give their modes themselves."""
+    umask = os.umask(0)
+    try:
+        for op in ops:
+            do(tuple(op))
+    finally:
+        os.umask(umask)
+
+
 def loopback_up() -> None:
     """Bring up lo in our network namespace (ioctls on a socket; the socket module would
     cost every step's maxrss its megabyte: see `main`)."""
@@ -225,12 +235,7 @@ class Zygote:
                 f.write("disco-init")
         else:  # what the command leaves running comes to us, to be killed
             check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
-        umask = os.umask(0)
-        try:
-            for op in msg["ops"]:
-                do(tuple(op))
-        finally:
-            os.umask(umask)
+        do_all(msg["ops"])
         if msg.get("drop"):
             drop_caps(msg["drop"])
         self.base = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
@@ -239,12 +244,7 @@ class Zygote:
     def prebuild(self, ops: list[Any]) -> None:
         """Mounts that later steps bind from (a view, its read-only binds), in our own
         namespace: a step then makes them in one recursive bind each."""
-        umask = os.umask(0)
-        try:
-            for op in ops:
-                do(tuple(op))
-        finally:
-            os.umask(umask)
+        do_all(ops)
         forget_peak()
 
     def name(self, hostname: str | None) -> None:
@@ -261,7 +261,7 @@ class Zygote:
         if self.stopping:
             return _failed("interrupted: no more steps")
         start = time.monotonic()
-        work = req["work"]
+        work = _work(req)
         remove(work)  # a step's before it, cut short (the operations make it anew)
         self.name(req.get("hostname"))
         stdio = [_open_stdio(s) for s in req["stdio"]]
@@ -334,10 +334,9 @@ class Zygote:
                 if self.req in events:
                     msg = receive(self.req)  # only ever "stop" while a step runs
                     self.stopping = True
-                    if msg is None:
-                        os.kill(pid, _signal.SIGKILL)
-                        break
                     self.kill(pid)
+                    if msg is None:
+                        break
                     continue
                 if deadline is not None and time.monotonic() >= deadline:
                     timed_out = not self.stopping
@@ -431,6 +430,19 @@ def remove(path: str) -> None:
     os.rmdir(path)
 
 
+def remove_all(paths: list[str]) -> None:
+    """remove() each of `paths` that is given; what cannot be removed is left."""
+    for path in filter(None, paths):
+        try:
+            remove(path)
+        except OSError:
+            pass
+
+
+def _work(req: dict[str, Any]) -> str:
+    return os.path.join(req["layer"], "work")
+
+
 def _add(usage: list[float], ru: Any) -> None:
     """Add a reaped process's rusage: times and counts add up, the peak RSS is the largest."""
     for i, name in enumerate(_RUSAGE):
@@ -474,11 +486,7 @@ def main() -> None:
                 zygote.stopping = True
                 continue
             elif "ops" not in msg:  # layers disco is done with, at its end: no answer
-                for path in msg["remove"]:
-                    try:
-                        remove(path)
-                    except OSError:
-                        pass
+                remove_all(msg["remove"])
                 continue
             else:
                 answer = zygote.run(msg)
@@ -490,12 +498,8 @@ def main() -> None:
             break
         # Cleaning up after the step while disco reads its changes: its work dir, its
         # layer if disco has no use for it, and the layers disco was done with before.
-        for path in [msg.get("work"), msg.get("discard"), *msg.get("remove", ())]:
-            if path:
-                try:
-                    remove(path)
-                except OSError:
-                    pass
+        if "layer" in msg:
+            remove_all([_work(msg), msg["discard"], *msg["remove"]])
 
 
 if __name__ == "__main__":
