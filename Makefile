@@ -31,6 +31,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # CFEngine 3 is the peer the engine bench measures against (bench/bench_engine.py).
 # Installing it must not start its daemons (cf-serverd listens on the network): a

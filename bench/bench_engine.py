@@ -31,9 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from disco.dance import VIEW_AT, step_env
-from disco.mounts import MS_PRIVATE, MS_REC, Mount
-from disco.zygote import CLONE_NEWNS, unshare
+from disco.dance.environment import VIEW_AT, step_env
+from disco.engine.mounts import MS_PRIVATE, MS_REC, Mount
+from disco.engine.zygote import CLONE_NEWNS, unshare
 
 BIN = Path(sys.executable).parent
 RUNS = int(os.environ.get("RUNS", "3"))

@@ -2,7 +2,7 @@
 
 For commits of 1, 10 and 1000 small (1 KB) files, each created or replacing a file of the
 target, prints the median wall time of the plain commit (commit.apply: write beside, fsync,
-rename) and of the journaled one (journal.commit: the journal made durable first, the
+rename) and of the journaled one (live.commit: the journal made durable first, the
 touched directories fsynced, the journal moved into the history), and the fsyncs each
 makes. The target and the state live on the same disk filesystem, under /var/tmp, as
 / and /var/disco do on most machines; the change list is read once, outside the timing.
@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from disco import journal
-from disco.changes import Change, read_changes
-from disco.commit import apply, plan_commit
+from disco.engine.changes import Change, read_changes
+from disco.live.changeset import apply, plan_commit
+from disco.live.commit import commit
 
 DATA = b"x" * 1023 + b"\n"
 fsyncs = 0
@@ -64,7 +64,7 @@ def measure(count: int, replace: bool, journaled: bool, runs: int) -> tuple[floa
             fsyncs = 0
             start = time.perf_counter()
             if journaled:
-                journal.commit(txn, changes, root, "1", "m", "s")
+                commit(txn, changes, root, "1", "m", "s")
             else:
                 apply(plan_commit(changes, root))
             times.append(time.perf_counter() - start)

@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from disco.engine.mounts import MS_PRIVATE, MS_REC, Mount, read_mounts, submounts
+from disco.engine.runner import Zygote, run_step
+from disco.engine.sandbox import Mode, Step, base_ops, describe, plan, upper_of
+from disco.engine.zygote import CLONE_NEWNS, unshare
 from disco.errors import CommandError
-from disco.mounts import MS_PRIVATE, MS_REC, Mount, read_mounts, submounts
 from disco.run import run
-from disco.sandbox import Mode, Step, Zygote, base_ops, describe, plan, run_step, upper_of
-from disco.zygote import CLONE_NEWNS, unshare
 
 
 def median_ms(fn: Callable[[], object], n: int) -> float:

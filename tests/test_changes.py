@@ -12,20 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from disco.changes import (
+from disco.engine.change_text import content_diff, header
+from disco.engine.changes import (
     DEFAULT_EXCLUDE,
     DEFAULT_SENSITIVE,
     Change,
     ChangeKind,
-    content_diff,
-    header,
     is_sensitive,
     load_sensitive,
     read_changes,
 )
+from disco.engine.runner import run_step
+from disco.engine.sandbox import Step, upper_of
 from disco.errors import DiscoError
 from disco.run import run
-from disco.sandbox import Step, run_step, upper_of
 
 ROOT = os.geteuid() == 0
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n"

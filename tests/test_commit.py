@@ -15,20 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from disco.changes import Change, ChangeKind, Meta, read_changes
-from disco.commit import (
-    Attrs,
-    MakeDir,
-    MakeLink,
-    MakeNode,
-    Op,
-    PutFile,
-    Remove,
-    SetMeta,
-    apply,
-    plan_commit,
-)
+from disco.engine.changes import Change, ChangeKind, Meta, read_changes
 from disco.errors import DiscoError
+from disco.live.changeset import apply, plan_commit
+from disco.live.ops import Attrs, MakeDir, MakeLink, MakeNode, Op, PutFile, Remove, SetMeta
 
 T = 1_600_000_000_123_456_789  # an mtime, in ns
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import Run
-from disco.changes import _one_sided
+from disco.engine.change_text import _one_sided
 from test_dance_steps import NODE, dance, make_server, record_of, records
 
 # ---- diffs of a whole file added or removed: what GNU diff prints, without diff ----

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Run, assert_one_error
-from disco import history
 from disco.errors import DiscoError
-from disco.params import ParamStore
+from disco.live import history
+from disco.tree.params import ParamStore
 from test_dance_steps import dance, make_server
 
 

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from disco.changes import read_changes
-from disco.commit import HardLink, keep_links, plan_commit
+from disco.engine.changes import read_changes
 from disco.errors import DiscoError
-from disco.journal import KILL_AT, commit, load, recover
+from disco.live.changeset import keep_links, plan_commit
+from disco.live.commit import commit
+from disco.live.journal import KILL_AT, load
+from disco.live.ops import HardLink
+from disco.live.recovery import recover
 from test_commit import T, whiteout, write
 
 Snapshot = dict[str, tuple[int, int, int, int, bytes, str, int, tuple[tuple[str, bytes], ...]]]
@@ -76,8 +79,8 @@ def build(tmp: Path) -> tuple[Path, Path, Path]:
 CHILD = """
 import sys
 from pathlib import Path
-from disco.changes import read_changes
-from disco.journal import commit
+from disco.engine.changes import read_changes
+from disco.live.commit import commit
 upper, root, txn = map(Path, sys.argv[1:4])
 commit(txn, read_changes(upper, [root], exclude=()), root, "1", "mod", "exec 10-all")
 """

@@ -14,8 +14,9 @@ import pytest
 
 from disco.cli.common import add_state_dir, parser
 from disco.cli.report import add_parser, run
+from disco.engine.sandbox import Usage
 from disco.errors import DiscoError
-from disco.metrics import (
+from disco.report.metrics import (
     FORMAT,
     DanceReport,
     Meter,
@@ -26,8 +27,7 @@ from disco.metrics import (
     save,
     to_data,
 )
-from disco.page import report_html
-from disco.sandbox import Usage
+from disco.report.page import report_html
 
 ZERO = Usage(0.0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 

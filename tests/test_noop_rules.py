@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, Run, assert_one_error, refuse_live_dance_on_this_machine
-from disco.asker import answer, is_question
 from disco.errors import DiscoError
-from disco.rules import load_rules, parse, shipped
-from disco.view import build_view
+from disco.noop.asker import answer, is_question
+from disco.noop.rules import load_rules, parse, shipped
+from disco.noop.view import build_view
 from test_dance_steps import NODE, dance, make_server, records
 
 # -- the table, as the interceptor's bash reads it ----------------------------------------

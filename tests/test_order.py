@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from disco.errors import DiscoError
-from disco.modules import Edge, Module, Requirement, init_module, load_module, parse_requires
-from disco.order import discover, order
+from disco.tree.modules import Edge, Module, Requirement, init_module, load_module, parse_requires
+from disco.tree.order import first_level, next_level, order
 
 
 def modules(spec: dict[str, str]) -> dict[str, Module]:
@@ -115,17 +115,17 @@ def test_order_respects_every_constraint_and_never_varies(spec: dict[str, str], 
     assert order(modules(dict(shuffled))) == result
 
 
-def test_discover_pulls_in_what_after_and_before_name_level_by_level() -> None:
+def test_levels_pull_in_what_after_and_before_name_breadth_first() -> None:
     server = modules(
         {"web": "before cache\nafter tls", "tls": "base", "base": "", "cache": "", "unused": ""}
     )
     levels: list[dict[str, str]] = []
-
-    def load(level: dict[str, str]) -> dict[str, Module]:
+    found: dict[str, Module] = {}
+    level = first_level(["web"])
+    while level:
         levels.append(level)
-        return {name: server[name] for name in level}
-
-    found = discover(["web"], load)
+        found.update({name: server[name] for name in level})
+        level = next_level(level, found)
     assert sorted(found) == ["base", "cache", "tls", "web"]
     assert levels == [
         {"web": "the node's modules map"},

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from disco.errors import DiscoError, UsageError
-from disco.params import (
+from disco.tree.names import split_path
+from disco.tree.params import (
     ParamStore,
     Tree,
     check_tree,
@@ -18,7 +19,6 @@ from disco.params import (
     merge,
     node_view,
     parse_assignments,
-    split_path,
     walk,
 )
 

@@ -12,21 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from disco.engine.mounts import Submount, read_mounts, submounts
+from disco.engine.runner import Zygote, run_step
+from disco.engine.sandbox import Bind, Mode, Step, StepResult, base_ops, describe, plan, upper_of
 from disco.errors import CommandError, DiscoError
-from disco.mounts import Submount, read_mounts, submounts
 from disco.run import run
-from disco.sandbox import (
-    Bind,
-    Mode,
-    Step,
-    StepResult,
-    Zygote,
-    base_ops,
-    describe,
-    plan,
-    run_step,
-    upper_of,
-)
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, namespaces)")
 MOUNTINFO = Path("/proc/self/mountinfo")

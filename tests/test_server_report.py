@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Run, assert_one_error
-from disco.metrics import DanceReport, Record, save
-from disco.sandbox import Usage
+from disco.engine.sandbox import Usage
+from disco.report.metrics import DanceReport, Record, save
 
 
 def usage() -> Usage:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, Run, assert_one_error, tree_snapshot
-from disco.mounts import read_mounts
+from disco.engine.mounts import read_mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, namespaces)")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from disco.sandbox import Step, run_step, upper_of
-from disco.stack import fold
+from disco.engine.runner import run_step
+from disco.engine.sandbox import Step, upper_of
+from disco.engine.stack import fold
 
 FIRST = """
 echo one > /etc/a; echo keep > /etc/b; mkdir -p /srv/d/e; echo deep > /srv/d/e/f

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from disco.client.state import load_settings
+from disco.client.transport import Kind, has_rsh, parse_server, rsync_argv, sharing, without_quiet
 from disco.errors import DiscoError
-from disco.params import ParamStore
-from disco.state import load_settings
-from disco.transport import Kind, has_rsh, parse_server, rsync_argv, sharing, without_quiet
+from disco.tree.params import ParamStore
 
 SEED_RSYNC = tuple(shlex.split('rsync -qaWHe "ssh -i /home/disco/.ssh/id_rsa_disco"'))
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from disco.cli.common import Output, execute, parser, subparser
-from disco.modules import PARTS, init_module
+from disco.tree.modules import PARTS, init_module
 
 EPILOG = """\
 example:

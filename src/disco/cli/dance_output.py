@@ -11,7 +11,7 @@ import time
 from typing import TextIO
 
 from disco.cli.common import Output
-from disco.metrics import Meter
+from disco.report.metrics import Meter
 
 CHANGE = "File: "  # how a change record starts (changes.header)
 

@@ -9,11 +9,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from disco import shell
 from disco.cli.common import Output, Parser, add_state_dir, execute, parser
+from disco.client.state import State, default_node
+from disco.dance import shell
 from disco.errors import DiscoError, UsageError
-from disco.params import check_node
-from disco.state import State, default_node
+from disco.tree.names import check_node
 
 NOTE = """\
 NOOP is implied: writes land in the session's layer, never in the root, and commands

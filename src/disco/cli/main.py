@@ -11,22 +11,23 @@ import sys
 import time
 from pathlib import Path
 
-from disco import history
 from disco.cli import report, undo
 from disco.cli import timer as timer_cli
 from disco.cli.common import Parser, add_state_dir, execute, parser, subparser
 from disco.cli.dance_output import DanceOutput, StderrTee, printing_to
 from disco.cli.interrupt import Interrupted, interruptible
-from disco.dance import Dance, Options, Outcome, only
+from disco.client.fetch import fetch, one_connection
+from disco.client.lock import hold
+from disco.client.push import push_report
+from disco.client.state import Settings, State, default_node, load_settings
+from disco.client.transport import with_ssh_port
+from disco.clock import utc_now
+from disco.dance.dance import Dance, Options, Outcome, only
+from disco.engine.sandbox import Usage
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
-from disco.fetch import fetch, one_connection
-from disco.lock import hold
-from disco.metrics import INTERNAL, USAGE_FIELDS, DanceReport, Meter, Record, save, utc_now
-from disco.params import check_node
-from disco.push import push_report
-from disco.sandbox import Usage
-from disco.state import Settings, State, default_node, load_settings
-from disco.transport import with_ssh_port
+from disco.live import history
+from disco.report.metrics import INTERNAL, USAGE_FIELDS, DanceReport, Meter, Record, save
+from disco.tree.names import check_node
 
 EPILOG = """\
 examples:

@@ -7,19 +7,10 @@ import json
 import sys
 
 from disco.cli.common import add_state_dir, execute, parser, subparser
+from disco.client.state import State
 from disco.errors import DiscoError, UsageError
-from disco.params import (
-    MAP,
-    PATH_MAX,
-    ParamPath,
-    check_tree,
-    decode,
-    dump_line,
-    join,
-    parse_assignments,
-    split_path,
-)
-from disco.state import State
+from disco.tree.names import PATH_MAX, ParamPath, join, split_path
+from disco.tree.params import MAP, check_tree, decode, dump_line, parse_assignments
 
 EPILOG = """\
 examples:

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from disco.cli.common import Output, Parser, subparser
+from disco.client.state import State
 from disco.errors import DiscoError
-from disco.metrics import DanceReport, load_last, report_json, report_lines
-from disco.state import State
+from disco.report.metrics import DanceReport, load_last, report_json, report_lines
 
 
 def add_parser(subs: argparse._SubParsersAction[Parser]) -> Parser:
@@ -60,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
 
 def page_of(report: DanceReport, module: str | None) -> str:
     # Imported here: html's entity tables cost every dance's memory half a megabyte.
-    from disco.page import report_html
+    from disco.report.page import report_html
 
     return report_html(report, module)

@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from disco import fleet, mirror, server
 from disco.cli.common import Output, Parser, execute, parser, subparser
+from disco.client.timer import seconds
 from disco.errors import EXIT_FAILED, DiscoError
-from disco.timer import seconds
+from disco.server import fleet, mirror, server
 
 EPILOG = """\
 A server is a directory with parameters/ and modules/. Nodes reach it as

@@ -8,11 +8,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from disco import timer
 from disco.cli.common import Output, Parser, subparser
+from disco.client import timer
+from disco.client.state import State
 from disco.errors import DiscoError
-from disco.metrics import load_last
-from disco.state import State
+from disco.report.metrics import load_last
 
 HOW = "systemctl enable --now disco-dance.timer"
 

@@ -6,14 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from disco import history
-from disco.changes import content_diff, header
 from disco.cli.common import Output, Parser, subparser
+from disco.client.lock import hold
+from disco.client.state import State
+from disco.engine.change_text import content_diff, header
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
-from disco.journal import recover
-from disco.lock import hold
-from disco.metrics import DanceReport, Meter, save
-from disco.state import State
+from disco.live import history
+from disco.live.recovery import recover
+from disco.report.metrics import DanceReport, Meter, save
 
 
 def add_wait(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,346 @@
+"""A dance: each module of a plan, step by step, in the sandbox (DESIGN §6-§8).
+
+Every step runs in a fresh overlay layer (layers.py). In NOOP the layers stack, so a
+module sees what the modules before it would have written; live, each successful step
+is committed to the target root and the next one starts from there. Templates always
+run under NOOP rules and only their output is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from disco.client.fetch import Plan
+from disco.client.state import State
+from disco.dance.environment import (
+    VIEW_AT,
+    command,
+    hidden_state,
+    parameters,
+    set_current_module,
+    step_env,
+)
+from disco.dance.layers import Layers
+from disco.dance.reporting import ChangeReport, Sink
+from disco.engine.changes import DEFAULT_EXCLUDE, Change, load_sensitive
+from disco.engine.links import relink
+from disco.engine.mounts import bind_readonly, mount_tmpfs, private_mounts
+from disco.engine.runner import Zygote
+from disco.engine.sandbox import Bind, Mode, Step, StepResult, upper_of
+from disco.engine.scripts import interpreter_problem
+from disco.engine.staging import Source, stage
+from disco.errors import DiscoError
+from disco.live.commit import commit
+from disco.live.recovery import recover
+from disco.noop.asker import asking
+from disco.noop.rules import intercepted, load_rules
+from disco.noop.view import binaries, build_shims, build_view, find, real_binds, write_parameters
+from disco.report.metrics import Meter, Record
+from disco.tree.modules import Edge, Module
+
+
+@dataclass(frozen=True)
+class Options:
+    noop: bool
+    root: Path = Path("/")
+    diff: str = "normal"
+    etc: Path | None = None  # noop.d/ and sensitive.d/: ROOT/etc/disco unless given
+    timeout: float | None = None  # seconds a template or script may run
+    dance: str = ""  # the dance's id in `disco history`: its commits' undo logs go there
+    effects: str | None = None  # live: "run" or "intercept"; None: run on /, else intercept
+
+    @property
+    def config(self) -> Path:
+        """Where noop.d/ and sensitive.d/ are read: the system being configured's."""
+        return self.etc if self.etc is not None else self.root / "etc/disco"
+
+    @property
+    def on_host(self) -> bool:
+        return os.path.realpath(self.root) == "/"
+
+    @property
+    def intercepts(self) -> bool:
+        """Whether scripts' outside effects are intercepted (always in NOOP; live, on a
+        root that is not the running system, unless --effects run)."""
+        default = "run" if self.on_host else "intercept"
+        return self.noop or (self.effects or default) == "intercept"
+
+
+@dataclass
+class Outcome:
+    changes: list[dict[str, str]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def only(plan: Plan, wanted: list[str]) -> Plan:
+    """The plan cut down to `wanted` and the modules they require, transitively."""
+    by_name = {module.name: module for module in plan.modules}
+    keep: set[str] = set()
+    todo = list(wanted)
+    while todo:
+        name = todo.pop()
+        if name in keep:
+            continue
+        keep.add(name)
+        todo += [r.name for r in by_name[name].requires if r.edge is Edge.AFTER]
+    return Plan(plan.node, plan.server, tuple(m for m in plan.modules if m.name in keep))
+
+
+class Dance:
+    def __init__(self, state: State, plan: Plan, options: Options, sink: Sink, meter: Meter):
+        self.state = state
+        self.plan = plan
+        self.options = options
+        self.sink = sink
+        self.meter = meter
+        self.outcome = Outcome()
+        self.announcement: str | None = None  # "Processing X", once X's first lines come
+        self.hidden = hidden_state(state.root, options.root)
+        self.exclude = (*DEFAULT_EXCLUDE, *self.hidden)
+        self.changes = ChangeReport(
+            sink, self.outcome.changes, self.exclude, load_sensitive(options.config), options.diff
+        )
+        self.rules = load_rules(options.config)
+        self.noop_names = intercepted(self.rules)
+
+    def run(self) -> Outcome:
+        recover(self.state.txn, self.sink.warning)  # a commit cut short: undone first
+        with ExitStack() as stack:
+            private_mounts()
+            work = self.state.txn / "run"
+            work.mkdir(parents=True, exist_ok=True)
+            mount_tmpfs(work)  # our own mount namespace: gone when we are
+            found = find(self.options.root, self.noop_names)
+            self.view = build_view(work / "view", self.rules, self.options.root, found)
+            if self.options.on_host:  # questions about the running host asked outside
+                stack.enter_context(asking(self.view.ask))
+            bind_readonly(self.state.modules, self.view.path / "modules")
+            shown = binaries(found)
+            self.shims = build_shims(work / "shims", self.view, shown, self.options.root)
+            self.real = [Bind(src, dst) for src, dst in real_binds(self.options.root, shown)]
+            # Templates run under NOOP rules in both modes; live steps need a zygote of
+            # their own, in the host's namespaces.
+            self.zygotes = {Mode.NOOP: stack.enter_context(Zygote(Mode.NOOP, work / "z-noop"))}
+            if not self.options.noop:
+                self.zygotes[Mode.LIVE] = stack.enter_context(Zygote(Mode.LIVE, work / "z-live"))
+            write_parameters(self.view, parameters(self.state, self.plan.node, self.plan.modules))
+            remove = self.zygotes[Mode.NOOP].remove
+            self.layers = Layers(work, self.options.root, self.options.noop, remove, self.diff)
+            failed: set[str] = set()
+            for index, module in enumerate(self.plan.modules, start=1):
+                self.sink.progress(module.name, index, len(self.plan.modules))
+                # Only what the module runs after can fail it; `before X` does not.
+                blocker = next(
+                    (r.name for r in module.requires if r.edge is Edge.AFTER and r.name in failed),
+                    None,
+                )
+                if blocker is not None:
+                    self.layers.report_pending()
+                    self.sink.warning(f"Skipping {module.name}: requires {blocker}")
+                    self.outcome.skipped.append(module.name)
+                    failed.add(module.name)
+                    continue
+                # Said once the module before has said all: its last step's changes are
+                # reported while this module's first step runs.
+                self.announcement = f"Processing {module.name}"
+                ok = self.module(module)
+                self.announce()
+                if not ok:
+                    self.outcome.failed.append(module.name)
+                    failed.add(module.name)
+            self.layers.fold_pending()
+        return self.outcome
+
+    def announce(self) -> None:
+        """Print what waits to be said, after the changes still to be reported."""
+        self.layers.report_pending()
+        if self.announcement is not None:
+            self.sink.info(self.announcement)
+            self.announcement = None
+
+    # -- one module -----------------------------------------------------------------
+
+    def module(self, module: Module) -> bool:
+        set_current_module(self.view, self.plan.node, module.name)
+        templates = (
+            sorted(
+                str(p.relative_to(module.part("templates")))
+                for p in module.part("templates").rglob("*")
+                if p.is_file() or p.is_symlink()
+            )
+            if module.part("templates").is_dir()
+            else []
+        )
+        for rel in templates:
+            if not self.template(module, rel):
+                return False
+        if not self.deliver(module, bool(templates)):
+            return False
+        # As run-parts: files only, and no hidden ones (an editor's swap file).
+        scripts = (
+            sorted(
+                p.name
+                for p in module.part("scripts").iterdir()
+                if p.is_file() and not p.name.startswith(".")
+            )
+            if module.part("scripts").is_dir()
+            else []
+        )
+        for name in scripts:
+            problem = interpreter_problem(
+                module.part("scripts") / name, self.options.root, module.name
+            )
+            if problem:
+                self.announce()
+                self.sink.error(problem)
+                return False
+            path = f"{VIEW_AT}/modules/{module.name}/scripts/{name}"
+            if not self.step(
+                module, "exec", name, command(module.part("scripts") / name, path), True
+            ):
+                return False
+        return True
+
+    def deliver(self, module: Module, templates: bool) -> bool:
+        """Stage files/ and the templates' outputs into a layer, no sandbox needed; then
+        it is reported and committed (or stacked) like any step's."""
+        sources = [Source(module.part("files"), f"{module.name}/files")]
+        if templates:
+            tree = self.view.out(module.name) / "tree"
+            sources.append(Source(tree, f"{module.name}/templates", keep_owner=False))
+        if not any(s.tree.is_dir() for s in sources):
+            return True
+        layer = self.layers.new()
+        try:
+            with self.meter.measure(module.name, "fetch", None):
+                upper_of(layer).mkdir()
+                stage(sources, upper_of(layer), self.layers.lowers())
+        except DiscoError as e:
+            self.layers.drop(layer)
+            self.announce()
+            self.sink.error(f"{module.name}: delivery of files and templates: {e}")
+            return False
+        self.announce()
+        self.layers.fold_pending()
+        self.settle(module, "fetch", layer, frozenset())
+        return True
+
+    # -- steps ----------------------------------------------------------------------
+
+    def template(self, module: Module, rel: str) -> bool:
+        """Run a template; its output waits in the view, with the template's mode and its
+        directories' modes, to be delivered."""
+        tree, templates = self.view.out(module.name) / "tree", module.part("templates")
+        out = tree / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for parent in Path(rel).parents:
+            os.chmod(tree / parent, stat.S_IMODE((templates / parent).stat().st_mode))
+        path = f"{VIEW_AT}/modules/{module.name}/templates/{rel}"
+        layer = self.layers.new()  # its writes are discarded with it, by the zygote
+        result = self.sandboxed(("bash", path), layer, Mode.NOOP, True, stdout=out, discard=True)
+        self.meter.add(record(module.name, "template", rel, result))
+        os.chmod(out, stat.S_IMODE((templates / rel).stat().st_mode))
+        if result.returncode != 0:
+            self.sink.error(
+                f"{module.name}: template {rel} {failure(result, self.options)};"
+                f" /{rel} is left as it was"
+            )
+            return False
+        return True
+
+    def step(
+        self, module: Module, name: str, item: str | None, argv: tuple[str, ...], intercept: bool
+    ) -> bool:
+        mode = Mode.NOOP if self.options.noop else Mode.LIVE
+        layer = self.layers.new()
+        result = self.sandboxed(argv, layer, mode, intercept and self.options.intercepts)
+        self.meter.add(record(module.name, name, item, result))
+        if result.returncode != 0:
+            self.layers.drop(layer)  # a failed step commits nothing, and is stacked under nothing
+            self.sink.error(f"{module.name}: script {item} {failure(result, self.options)}")
+            return False
+        self.settle(module, item or name, layer, result.copied)
+        return True
+
+    def settle(
+        self, module: Module, label: str, layer: Path, copied: frozenset[tuple[int, int]]
+    ) -> None:
+        """A successful step. Live: report its changes and commit them. NOOP: stack it,
+        to be reported while the next step runs, then folded under the steps to come.
+        `copied`: the files the step copied up from a hard-linked one (disco.engine.links)."""
+        if copied:  # the other names of hard-linked files changed too
+            relink(upper_of(layer), self.layers.lowers(), copied, self.exclude)
+        if self.options.noop:
+            self.layers.stack(module.name, label, layer)
+            return
+        changes = self.diff(module.name, label, layer, self.layers.lowers())
+        if changes:
+            with self.meter.measure(module.name, "commit", label):
+                commit(self.state.txn, changes, self.options.root, self.options.dance,
+                       module.name, label)  # fmt: skip
+        self.layers.drop(layer)
+
+    def diff(self, module: str, label: str, layer: Path, lowers: list[Path]) -> list[Change]:
+        """The `diff` step: a layer's changes read and said."""
+        with self.meter.measure(module, "diff", label):
+            changes = self.changes.read(layer, lowers)
+            self.changes.say(module, label, changes)
+        return changes
+
+    def sandboxed(
+        self,
+        argv: tuple[str, ...],
+        layer: Path,
+        mode: Mode,
+        intercept: bool,
+        stdout: Path | None = None,
+        discard: bool = False,
+    ) -> StepResult:
+        noop = mode is Mode.NOOP
+        # The last step's changes are read and reported while this one runs, if its
+        # output cannot come between them (a template's goes to a file); else first.
+        overlap = stdout is not None
+        if not overlap:
+            self.layers.fold_pending()
+            self.announce()
+        lowers = self.layers.stacked() if self.options.noop else ()
+        zygote = self.zygotes[mode]
+        zygote.start(
+            Step(
+                argv,
+                root=self.options.root,
+                layer=layer,
+                lower_layers=lowers,
+                mode=mode,
+                env=step_env(self.plan.node, noop, intercept),
+                hostname=self.plan.node,
+                hide=self.hidden,
+                binds=(Bind(self.view.path, VIEW_AT), *(self.real if intercept else ())),
+                shims=self.shims if intercept else None,
+                stdout=stdout,
+                timeout=self.options.timeout,
+            ),
+            discard,
+        )
+        self.announce()
+        result = zygote.result()
+        self.layers.fold_pending()
+        return result
+
+
+def failure(result: StepResult, options: Options) -> str:
+    if result.timed_out:
+        return (
+            f"ran longer than its limit of {options.timeout:g} s and was killed with its"
+            " processes (raise --timeout or disco/client/timeout/step)"
+        )
+    return f"exited with status {result.returncode}"
+
+
+def record(module: str, step: str, item: str | None, result: StepResult) -> Record:
+    return Record(module, step, item, result.wall, result.usage, result.returncode)

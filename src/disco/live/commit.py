@@ -1,0 +1,232 @@
+"""A live step's layer committed to the root under a durable journal (DESIGN §8).
+
+Before a step's operations touch the root, `commit` writes a journal (journal.py): every
+target path they create, replace, delete or change in place, in order, each with its
+state before (owner, mode, xattrs, times, symlink target, device numbers in
+journal.json; a regular file's content as a hard link of its inode under saved/, since a
+rename over the target or an unlink leaves that inode as it was, else as a copy). The
+journal is built in txn/journal.new and renamed to txn/journal once its files and
+directories are fsynced; only then does the first operation run. When the last one is
+done and the directories it touched are fsynced, the journal is renamed into the dance's
+history (txn/history/ID/commits/N): that rename is the end of the commit, and the saved
+originals become the undo log `disco rollback` uses.
+
+SIGINT and SIGTERM are blocked while a commit runs: a commit in progress finishes, and
+the signal arrives right after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from disco.engine.changes import Change
+from disco.errors import DiscoError
+from disco.live.changeset import apply, keep_links, plan_commit
+from disco.live.journal import (
+    FORMAT,
+    Entry,
+    Expect,
+    Journal,
+    Saved,
+    discard,
+    entry_data,
+    fsync,
+    point,
+    read_xattrs,
+    signals_held,
+    sync_dirs,
+    write_synced,
+)
+from disco.live.ops import Op, Remove
+from disco.live.recovery import undo
+
+
+def commit(
+    txn: Path, changes: Sequence[Change], root: Path, dance: str, module: str, step: str
+) -> Journal:
+    """Apply a step's changes to `root` under a journal; returns the journal, as kept in
+    the history of `dance` ("": kept nowhere). A failed operation undoes what was done."""
+    ops = keep_links(changes, plan_commit(changes, root), root)
+    afters = {c.path: Expect.of(c.after) if c.after else None for c in changes}
+    return commit_ops(txn, ops, root, afters, dance, module, step)
+
+
+def commit_ops(
+    txn: Path,
+    ops: Sequence[Op],
+    root: Path,
+    afters: dict[str, Expect | None],
+    dance: str,
+    module: str,
+    step: str,
+) -> Journal:
+    with signals_held():
+        journal = _prepare(txn, ops, root, afters, dance, module, step)
+        point()
+        try:
+            for op in ops:
+                apply([op])
+                point()
+        except DiscoError:
+            with contextlib.suppress(DiscoError, OSError):
+                undo(journal)  # if this fails too, the next dance's recovery tries again
+                discard(journal.where)
+            raise
+        sync_dirs(root, {os.path.dirname(e.path) for e in journal.entries})
+        point()
+        kept = _archive(txn, journal)
+        point()
+        return kept
+
+
+def _prepare(
+    txn: Path,
+    ops: Sequence[Op],
+    root: Path,
+    afters: dict[str, Expect | None],
+    dance: str,
+    module: str,
+    step: str,
+) -> Journal:
+    """Write the journal of `ops` durably to txn/journal; nothing in the root changes."""
+    final = txn / "journal"
+    if final.exists():
+        raise DiscoError(
+            f"an unfinished commit is in {final}", "run 'disco dance' or 'disco rollback' first"
+        )
+    try:
+        return _write_journal(txn, ops, root, afters, dance, module, step)
+    except OSError as e:
+        raise DiscoError(
+            f"cannot write the commit journal in {txn}: {e.strerror or e}; nothing was committed",
+            "make room on its filesystem (or lower disco/client/history/max_mb)",
+        ) from e
+
+
+def _write_journal(
+    txn: Path,
+    ops: Sequence[Op],
+    root: Path,
+    afters: dict[str, Expect | None],
+    dance: str,
+    module: str,
+    step: str,
+) -> Journal:
+    new, final = txn / "journal.new", txn / "journal"
+    if new.exists():
+        shutil.rmtree(new)
+    (new / "saved").mkdir(parents=True, mode=0o700)
+    entries: list[Entry] = []
+    seen: set[str] = set()
+    removed: list[str] = []
+    copies: list[Path] = []
+    for op in ops:
+        paths = _below(root, op.path) if isinstance(op, Remove) else [op.path]
+        for path in paths:
+            if path in seen:  # its first entry has its state before the commit
+                continue
+            seen.add(path)
+            gone = any(path == r or path.startswith(r.rstrip("/") + "/") for r in removed)
+            before = None if gone else _save(root, path, new / "saved", len(entries), copies)
+            entries.append(Entry(path, before, afters.get(path)))
+        if isinstance(op, Remove):
+            removed.append(op.path)
+    data = {"format": FORMAT, "dance": dance, "module": module, "step": step,
+            "root": str(root), "entries": [entry_data(e) for e in entries]}  # fmt: skip
+    write_synced(new / "journal.json", json.dumps(data, separators=(",", ":")).encode())
+    for copy in copies:
+        fsync(copy)
+    if any(e.before and e.before.file for e in entries):
+        fsync(new / "saved")  # the links and copies in it
+    fsync(new)
+    os.rename(new, final)
+    fsync(txn)
+    return Journal(dance, module, step, root, tuple(entries), final)
+
+
+def _below(root: Path, path: str) -> list[str]:
+    """`path` and, if it is a directory, everything below it within its filesystem (as
+    Remove takes it), each directory after its content."""
+    top = root / path.lstrip("/")
+    try:
+        dev = os.lstat(top).st_dev if top.is_dir() and not top.is_symlink() else None
+    except OSError:
+        dev = None
+    if dev is None:
+        return [path]
+    out: list[str] = []
+
+    def walk(d: Path, rel: str) -> None:
+        for name in sorted(os.listdir(d)):
+            st = os.lstat(d / name)
+            if stat.S_ISDIR(st.st_mode) and st.st_dev == dev:
+                walk(d / name, f"{rel}/{name}")
+            else:
+                out.append(f"{rel}/{name}")
+        out.append(rel)
+
+    walk(top, path)
+    return out
+
+
+def _save(root: Path, path: str, saved: Path, n: int, copies: list[Path]) -> Saved | None:
+    target = root / path.lstrip("/")
+    try:
+        st = os.lstat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    file = None
+    if stat.S_ISREG(st.st_mode):
+        file = str(n)
+        try:
+            os.link(target, saved / file, follow_symlinks=False)
+        except OSError:  # another filesystem: a copy, fsynced with the journal
+            shutil.copyfile(target, saved / file, follow_symlinks=False)
+            copies.append(saved / file)
+    return Saved(
+        mode=st.st_mode,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        atime_ns=st.st_atime_ns,
+        mtime_ns=st.st_mtime_ns,
+        xattrs=read_xattrs(target),
+        target=os.readlink(target) if stat.S_ISLNK(st.st_mode) else None,
+        rdev=st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0,
+        file=file,
+    )
+
+
+def _archive(txn: Path, journal: Journal) -> Journal:
+    """The commit's end: its journal moved into the dance's history (or dropped)."""
+    if not journal.dance:
+        discard(journal.where)
+        return journal
+    commits = txn / "history" / journal.dance / "commits"
+    commits.mkdir(parents=True, exist_ok=True)
+    number = _next_number(commits)
+    os.rename(journal.where, commits / str(number))
+    fsync(commits)
+    fsync(txn)
+    return Journal(journal.dance, journal.module, journal.step, journal.root,
+                   journal.entries, commits / str(number))  # fmt: skip
+
+
+def _next_number(commits: Path) -> int:
+    """The number of a dance's next commit: counted on from the last one this process
+    made, the directory listed only when that is taken or unknown (listing it for every
+    commit made a long dance's commits cost more and more: 3.9 ms to 7.5 ms a commit
+    over 4000)."""
+    number = _NEXT.get(commits)
+    if number is None or os.path.lexists(commits / str(number)):
+        number = 1 + max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=0)
+    _NEXT[commits] = number + 1
+    return number
+
+
+_NEXT: dict[Path, int] = {}

@@ -1,0 +1,205 @@
+"""The journal of a live commit on disk: what it holds, reading it back, and writing it
+durably (DESIGN §8). commit.py writes one before a commit touches the root; recovery.py
+undoes one that a crash left in txn/journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from disco.engine.changes import Meta
+from disco.errors import DiscoError
+
+FORMAT = 1
+_OVERLAY = "trusted.overlay."
+# Test-only: "K:SIG" sends SIG (KILL, TERM, INT) to disco at the K-th commit point of the
+# process: 1 when the journal is durable, then one after each operation, one after the
+# touched directories are fsynced, one after the journal is in the history.
+KILL_AT = "DISCO_TEST_KILL_AT"
+_points = itertools.count(1)
+Xattrs = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A path's state before a commit. `file`: its content, under the journal's saved/."""
+
+    mode: int  # st_mode: type and permission bits
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    xattrs: Xattrs  # all but trusted.overlay.*
+    target: str | None = None  # symlinks
+    rdev: int = 0  # device nodes
+    file: str | None = None  # regular files
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a commit left at a path, to tell later whether someone changed it since."""
+
+    mode: int
+    uid: int
+    gid: int
+    md5: str | None
+    target: str | None
+    rdev: int
+    xattrs: Xattrs  # without the SELinux label
+
+    @classmethod
+    def of(cls, meta: Meta) -> Expect:
+        return cls(int(meta.mode, 16), meta.uid, meta.gid, meta.md5, meta.target, meta.rdev,
+                   meta.xattrs)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str  # absolute in the target
+    before: Saved | None  # None: nothing was there
+    after: Expect | None  # None: nothing is there after the commit
+
+
+@dataclass(frozen=True)
+class Journal:
+    dance: str
+    module: str
+    step: str
+    root: Path
+    entries: tuple[Entry, ...]
+    where: Path  # the journal's directory (its saved/ holds the content)
+
+    def saved(self, entry: Entry) -> Path | None:
+        file = entry.before.file if entry.before else None
+        return None if file is None else self.where / "saved" / file
+
+
+# -- commit ----------------------------------------------------------------------------------
+
+
+def read_xattrs(path: Path) -> Xattrs:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return ()
+        raise
+    return tuple(
+        (k, os.getxattr(path, k, follow_symlinks=False))
+        for k in sorted(names)
+        if not k.startswith(_OVERLAY)
+    )
+
+
+def discard(where: Path) -> None:
+    trash = where.with_name(where.name + ".old")
+    os.rename(where, trash)
+    fsync(where.parent)
+    shutil.rmtree(trash)
+
+
+# -- reading a journal -----------------------------------------------------------------------
+
+
+def load(where: Path) -> Journal:
+    path = where / "journal.json"
+    hint = f"disco cannot use {where}; move it aside to go on (the root may be half-committed)"
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise DiscoError(f"the commit journal {path} is missing", hint) from None
+    except (OSError, ValueError) as e:
+        raise DiscoError(f"the commit journal {path} cannot be read ({e})", hint) from None
+    if isinstance(data, dict) and isinstance(data.get("format"), int) and data["format"] > FORMAT:
+        raise DiscoError(
+            f"the commit journal {path} is of format {data['format']}, from a newer disco",
+            "run the disco that wrote it, or a newer one, to finish it",
+        )
+    try:
+        if data["format"] != FORMAT:
+            raise ValueError(f"format {data['format']!r}")
+        entries = tuple(_entry(e) for e in data["entries"])
+        return Journal(str(data["dance"]), str(data["module"]), str(data["step"]),
+                       Path(data["root"]), entries, where)  # fmt: skip
+    except (KeyError, TypeError, ValueError) as e:
+        raise DiscoError(f"the commit journal {path} is damaged ({e!r})", hint) from None
+
+
+def entry_data(entry: Entry) -> dict[str, Any]:
+    def plain(obj: Saved | Expect | None) -> dict[str, Any] | None:
+        if obj is None:
+            return None
+        data = asdict(obj)
+        data["xattrs"] = [[k, v.hex()] for k, v in obj.xattrs]
+        return data
+
+    return {"path": entry.path, "before": plain(entry.before), "after": plain(entry.after)}
+
+
+def _entry(data: dict[str, Any]) -> Entry:
+    def xattrs(d: dict[str, Any]) -> dict[str, Any]:
+        return {**d, "xattrs": tuple((str(k), bytes.fromhex(v)) for k, v in d["xattrs"])}
+
+    before, after = data["before"], data["after"]
+    path = data["path"]
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"path {path!r}")
+    return Entry(
+        path,
+        None if before is None else Saved(**xattrs(before)),
+        None if after is None else Expect(**xattrs(after)),
+    )
+
+
+# -- durability, signals, the test hook -----------------------------------------------------
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_dirs(root: Path, dirs: set[str]) -> None:
+    """fsync the directories whose entries changed, so the renames are on disk."""
+    for d in sorted(dirs):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            fsync(root / d.lstrip("/"))
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def point() -> None:
+    spec = os.environ.get(KILL_AT)
+    if not spec:
+        return
+    at, _, name = spec.partition(":")
+    if next(_points) == int(at):
+        os.kill(os.getpid(), getattr(signal, f"SIG{name or 'KILL'}"))
