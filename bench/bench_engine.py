@@ -33,7 +33,7 @@ from pathlib import Path
 
 from disco.dance.environment import VIEW_AT, step_env
 from disco.engine.mounts import MS_PRIVATE, MS_REC, Mount
-from disco.engine.zygote import CLONE_NEWNS, unshare
+from disco.engine.syscalls import CLONE_NEWNS, unshare
 
 BIN = Path(sys.executable).parent
 RUNS = int(os.environ.get("RUNS", "3"))

@@ -21,7 +21,7 @@ from pathlib import Path
 from disco.engine.mounts import MS_PRIVATE, MS_REC, Mount, read_mounts, submounts
 from disco.engine.runner import Zygote, run_step
 from disco.engine.sandbox import Mode, Step, base_ops, describe, plan, upper_of
-from disco.engine.zygote import CLONE_NEWNS, unshare
+from disco.engine.syscalls import CLONE_NEWNS, unshare
 from disco.errors import CommandError
 from disco.run import run
 

@@ -196,6 +196,7 @@ def dance_locked(
             diff=args.diff,
             dance=kept.id,
             timeout=settings.step_timeout,
+            limits=settings.limits,
             effects=args.effects,
         )
         dancer = Dance(state, plan, options, out, meter)

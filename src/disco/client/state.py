@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from disco.client.transport import Server, parse_server
+from disco.engine.cgroups import Limits
 from disco.errors import DiscoError
 from disco.run import run
 from disco.tree.params import ParamStore
@@ -84,6 +85,7 @@ class Settings:
     rsync: tuple[str, ...]
     step_timeout: float | None = None  # seconds a template or script may run
     shared: bool = False  # rsync's ssh already shares one connection per server
+    limits: Limits = field(default_factory=Limits.defaults)  # of a sandboxed step
 
 
 TIMEOUT_SETTING = ("disco", "client", "timeout", "step")
@@ -113,7 +115,35 @@ def load_settings(
             f"set it, e.g. 'echo {DEFAULT_RSYNC} | disco-param set disco/client/cmds/rsync'",
         )
     limit = timeout if timeout is not None else store.lookup(TIMEOUT_SETTING, "")
-    return Settings(tuple(parse_server(uri) for uri in uris), rsync, step_timeout(limit, timeout))
+    servers_ = tuple(parse_server(uri) for uri in uris)
+    return Settings(servers_, rsync, step_timeout(limit, timeout), limits=load_limits(store))
+
+
+SANDBOX_SETTING = ("disco", "client", "sandbox")
+
+
+def load_limits(store: ParamStore) -> Limits:
+    """disco/client/sandbox/{pids_max,memory_mb,tmpfs_mb}: whole numbers, 0 for none."""
+    default = Limits.defaults()
+    values = {}
+    for name, field_, fallback in (
+        ("pids_max", "pids", default.pids),
+        ("memory_mb", "memory_mb", default.memory_mb),
+        ("tmpfs_mb", "tmpfs_mb", default.tmpfs_mb),
+    ):
+        path = (*SANDBOX_SETTING, name)
+        text = (store.lookup(path, "") or "").strip()
+        if not text:
+            values[field_] = fallback
+            continue
+        if not text.isdigit():
+            where = "/".join(path)
+            raise DiscoError(
+                f"{where} is {text!r}, not a whole number",
+                f"set it with 'echo {fallback} | disco-param set {where}' (0: no limit)",
+            )
+        values[field_] = int(text)
+    return Limits(**values)
 
 
 def step_timeout(text: str | None, flag: str | None) -> float | None:

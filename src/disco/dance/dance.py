@@ -26,6 +26,8 @@ from disco.dance.environment import (
 )
 from disco.dance.layers import Layers
 from disco.dance.reporting import ChangeReport, Sink
+from disco.engine.cgroups import SETTING as SANDBOX
+from disco.engine.cgroups import Limits
 from disco.engine.changes import DEFAULT_EXCLUDE, Change, load_sensitive
 from disco.engine.links import relink
 from disco.engine.mounts import bind_readonly, mount_tmpfs, private_mounts
@@ -52,6 +54,7 @@ class Options:
     timeout: float | None = None  # seconds a template or script may run
     dance: str = ""  # the dance's id in `disco history`: its commits' undo logs go there
     effects: str | None = None  # live: "run" or "intercept"; None: run on /, else intercept
+    limits: Limits = field(default_factory=Limits.defaults)  # of a sandboxed step
 
     @property
     def config(self) -> Path:
@@ -114,7 +117,8 @@ class Dance:
             private_mounts()
             work = self.state.txn / "run"
             work.mkdir(parents=True, exist_ok=True)
-            mount_tmpfs(work)  # our own mount namespace: gone when we are
+            mount_tmpfs(work, self.options.limits.tmpfs_mb)  # our mount namespace's alone
+            self.work = work
             found = find(self.options.root, self.noop_names)
             self.view = build_view(work / "view", self.rules, self.options.root, found)
             if self.options.on_host:  # questions about the running host asked outside
@@ -123,13 +127,14 @@ class Dance:
             shown = binaries(found)
             self.shims = build_shims(work / "shims", self.view, shown, self.options.root)
             self.real = [Bind(src, dst) for src, dst in real_binds(self.options.root, shown)]
-            # Templates run under NOOP rules in both modes; live steps need a zygote of
-            # their own, in the host's namespaces.
-            self.zygotes = {Mode.NOOP: stack.enter_context(Zygote(Mode.NOOP, work / "z-noop"))}
+            # Templates run under NOOP rules in both modes; live scripts need a zygote of
+            # their own: in the host's namespaces on /, else sandboxed as in NOOP.
+            templates = stack.enter_context(self.zygote(Mode.NOOP, "z-noop"))
+            self.zygotes = {TEMPLATES: templates, SCRIPTS: templates}
             if not self.options.noop:
-                self.zygotes[Mode.LIVE] = stack.enter_context(Zygote(Mode.LIVE, work / "z-live"))
+                self.zygotes[SCRIPTS] = stack.enter_context(self.zygote(self.mode, "z-live"))
             write_parameters(self.view, parameters(self.state, self.plan.node, self.plan.modules))
-            remove = self.zygotes[Mode.NOOP].remove
+            remove = templates.remove
             self.layers = Layers(work, self.options.root, self.options.noop, remove, self.diff)
             failed: set[str] = set()
             for index, module in enumerate(self.plan.modules, start=1):
@@ -155,6 +160,16 @@ class Dance:
                     failed.add(module.name)
             self.layers.fold_pending()
         return self.outcome
+
+    @property
+    def mode(self) -> Mode:
+        """How the scripts run: LIVE (the host's namespaces) only live on the node's own
+        root; NOOP and live on another root (an image, a container's root) sandboxed."""
+        return Mode.LIVE if not self.options.noop and self.options.on_host else Mode.NOOP
+
+    def zygote(self, mode: Mode, name: str) -> Zygote:
+        host_network = mode is Mode.NOOP and not self.options.noop and not self.options.intercepts
+        return Zygote(mode, self.work / name, limits=self.options.limits, host_network=host_network)
 
     def announce(self) -> None:
         """Print what waits to be said, after the changes still to be reported."""
@@ -242,12 +257,12 @@ class Dance:
             os.chmod(tree / parent, stat.S_IMODE((templates / parent).stat().st_mode))
         path = f"{VIEW_AT}/modules/{module.name}/templates/{rel}"
         layer = self.layers.new()  # its writes are discarded with it, by the zygote
-        result = self.sandboxed(("bash", path), layer, Mode.NOOP, True, stdout=out, discard=True)
+        result = self.sandboxed(("bash", path), layer, TEMPLATES, True, stdout=out, discard=True)
         self.meter.add(record(module.name, "template", rel, result))
         os.chmod(out, stat.S_IMODE((templates / rel).stat().st_mode))
         if result.returncode != 0:
             self.sink.error(
-                f"{module.name}: template {rel} {failure(result, self.options)};"
+                f"{module.name}: template {rel} {failure(result, self.options, self.work)};"
                 f" /{rel} is left as it was"
             )
             return False
@@ -256,13 +271,14 @@ class Dance:
     def step(
         self, module: Module, name: str, item: str | None, argv: tuple[str, ...], intercept: bool
     ) -> bool:
-        mode = Mode.NOOP if self.options.noop else Mode.LIVE
         layer = self.layers.new()
-        result = self.sandboxed(argv, layer, mode, intercept and self.options.intercepts)
+        result = self.sandboxed(argv, layer, SCRIPTS, intercept and self.options.intercepts)
         self.meter.add(record(module.name, name, item, result))
         if result.returncode != 0:
             self.layers.drop(layer)  # a failed step commits nothing, and is stacked under nothing
-            self.sink.error(f"{module.name}: script {item} {failure(result, self.options)}")
+            self.sink.error(
+                f"{module.name}: script {item} {failure(result, self.options, self.work)}"
+            )
             return False
         self.settle(module, item or name, layer, result.copied)
         return True
@@ -296,12 +312,13 @@ class Dance:
         self,
         argv: tuple[str, ...],
         layer: Path,
-        mode: Mode,
+        kind: str,
         intercept: bool,
         stdout: Path | None = None,
         discard: bool = False,
     ) -> StepResult:
-        noop = mode is Mode.NOOP
+        """Run a template (TEMPLATES: always under NOOP rules) or a script (SCRIPTS)."""
+        noop = self.options.noop or kind == TEMPLATES
         # The last step's changes are read and reported while this one runs, if its
         # output cannot come between them (a template's goes to a file); else first.
         overlap = stdout is not None
@@ -309,14 +326,14 @@ class Dance:
             self.layers.fold_pending()
             self.announce()
         lowers = self.layers.stacked() if self.options.noop else ()
-        zygote = self.zygotes[mode]
+        zygote = self.zygotes[kind]
         zygote.start(
             Step(
                 argv,
                 root=self.options.root,
                 layer=layer,
                 lower_layers=lowers,
-                mode=mode,
+                mode=zygote.mode,
                 env=step_env(self.plan.node, noop, intercept),
                 hostname=self.plan.node,
                 hide=self.hidden,
@@ -333,13 +350,28 @@ class Dance:
         return result
 
 
-def failure(result: StepResult, options: Options) -> str:
+TEMPLATES, SCRIPTS = "templates", "scripts"  # the zygote each kind of step runs in
+
+
+def failure(result: StepResult, options: Options, work: Path | None = None) -> str:
     if result.timed_out:
         return (
             f"ran longer than its limit of {options.timeout:g} s and was killed with its"
             " processes (raise --timeout or disco/client/timeout/step)"
         )
-    return f"exited with status {result.returncode}"
+    why = f"exited with status {result.returncode}"
+    if result.limit:
+        return f"{why} after it ran into {result.limit}"
+    if work is not None and _full(work):
+        size = f"{SANDBOX}/tmpfs_mb = {options.limits.tmpfs_mb}"
+        return f"{why}, with the sandbox's layers full (their tmpfs holds {size})"
+    return why
+
+
+def _full(path: Path) -> bool:
+    """Whether the tmpfs at `path` has (next to) no room left."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize < 64 * 1024 or st.f_favail == 0
 
 
 def record(module: str, step: str, item: str | None, result: StepResult) -> Record:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from disco.client.lock import hold
-from disco.client.state import State
+from disco.client.state import State, load_limits
 from disco.dance.environment import (
     VIEW_AT,
     command,
@@ -100,7 +100,7 @@ def mount(state: State, root: Path, node: str) -> tuple[Session, list[str]]:
             )
         path.mkdir(mode=0o700, exist_ok=True)
         try:
-            mount_tmpfs(path)
+            mount_tmpfs(path, load_limits(state.params()).tmpfs_mb)
         except OSError as e:
             raise DiscoError(f"cannot mount a tmpfs at {path}: {e.strerror}", "run as root") from e
         session = Session(state, Path(os.path.realpath(root)), node)
@@ -206,7 +206,7 @@ def run_in(
         stdin=stdin,
     )
     with asking(view.ask) if os.path.realpath(session.root) == "/" else nullcontext():
-        status = run_step(step).returncode
+        status = run_step(step, load_limits(session.state.params())).returncode
     return 128 - status if status < 0 else status
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from disco.engine.zygote import CLONE_NEWNS, do, unshare
+from disco.engine.syscalls import CLONE_NEWNS, do, unshare
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 4096, 8192, 16384, 1 << 18
@@ -187,8 +187,10 @@ def private_mounts() -> None:
     Mount("/", flags=MS_REC | MS_PRIVATE).do()
 
 
-def mount_tmpfs(path: Path) -> None:
-    Mount(str(path), "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=700").do()
+def mount_tmpfs(path: Path, size_mb: int = 0) -> None:
+    """A tmpfs of `size_mb` (0: the kernel's default, half the memory) at `path`."""
+    size = f",size={size_mb}m" if size_mb else ""
+    Mount(str(path), "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=700{size}").do()
 
 
 def bind_readonly(source: Path, target: Path) -> None:

@@ -4,6 +4,7 @@ sent each step's plan (sandbox.py) and answers with the step's result (DESIGN §
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import shutil
@@ -17,7 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from disco.engine import zygote
+from disco.engine import cgroups, zygote
+from disco.engine.cgroups import SETTING, Limits, StepCgroup
 from disco.engine.mounts import Op, Submount, read_mounts, submounts
 from disco.engine.sandbox import (
     Bind,
@@ -30,11 +32,11 @@ from disco.engine.sandbox import (
     bind_groups,
     describe,
     lowers_of,
-    noop_caps,
+    pid1_ops,
     plan,
     upper_of,
 )
-from disco.engine.zygote import CLONE_NEWPID
+from disco.engine.syscalls import CLONE_NEWPID, setns, unshare
 from disco.errors import CommandError, DiscoError
 from disco.run import start
 
@@ -76,29 +78,43 @@ class Zygote:
     """
 
     def __init__(
-        self, mode: Mode = Mode.NOOP, scratch: Path | None = None, pass_fds: Sequence[int] = ()
+        self,
+        mode: Mode = Mode.NOOP,
+        scratch: Path | None = None,
+        pass_fds: Sequence[int] = (),
+        limits: Limits | None = None,
+        host_network: bool = False,
     ) -> None:
         self.mode = mode
+        self.limits = limits = limits or Limits()
         self.own_scratch = scratch is None
         self.scratch = (
             Path(tempfile.mkdtemp(prefix="disco-zygote-")) if scratch is None else scratch
         )
         self.scratch.mkdir(parents=True, exist_ok=True)
+        noop = mode is Mode.NOOP
+        # NOOP steps: root in a user namespace of their own, in a cgroup with limits.
+        self.userns = identity_userns() if noop else -1
+        self.cgroup = _step_cgroup(limits) if noop else None
+        self.counted = self.cgroup.counters() if self.cgroup else {}
         req_r, self.req = os.pipe2(os.O_CLOEXEC)
         self.rep, rep_w = os.pipe2(os.O_CLOEXEC)
         # Imported, not run as a script: its cached bytecode is read, not compiled anew.
-        load = f"import sys; sys.path.append({os.path.dirname(zygote.__file__)!r}); import zygote"
+        # Only disco.engine's zygote and syscalls: no site, nothing else of disco.
+        top = os.path.dirname(os.path.dirname(os.path.dirname(zygote.__file__)))
+        load = f"import sys; sys.path.append({top!r}); from disco.engine import zygote"
         argv = [sys.executable, "-I", "-S", "-c", f"{load}; zygote.main()", str(req_r), str(rep_w)]
         ours = -1
         try:
             if mode is Mode.NOOP:  # the zygote is pid 1 of a pid namespace of its own
                 ours = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-                zygote.unshare(CLONE_NEWPID)
+                unshare(CLONE_NEWPID)
             try:
-                self.proc = start(argv, pass_fds=(req_r, rep_w, *pass_fds))
+                fds = (req_r, rep_w, *pass_fds, *([self.userns] if noop else []))
+                self.proc = start(argv, pass_fds=fds)
             finally:
                 if ours >= 0:
-                    zygote.setns(ours, CLONE_NEWPID)
+                    setns(ours, CLONE_NEWPID)
         finally:
             for fd in (req_r, rep_w, ours):
                 if fd >= 0:
@@ -113,9 +129,11 @@ class Zygote:
         self.trash: list[str] = []  # to remove, told with the next step
         self.built: list[Op] = base_ops(mode, self.scratch)
         self.pending: tuple[Step, list[Op]] | None = None
-        noop = mode is Mode.NOOP
+        self.pid1 = [op.wire() for op in pid1_ops()] if noop else []
         setup = {"noop": noop, "ops": [op.wire() for op in self.built],
-                 "drop": list(noop_caps()) if noop else []}  # fmt: skip
+                 "userns": self.userns,
+                 "cgroups": self.cgroup.procs if self.cgroup else [],
+                 "host_network": host_network}  # fmt: skip
         try:
             self._call({"setup": setup}, "cannot start the sandbox helper")
         except BaseException:
@@ -148,6 +166,11 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.cgroup is not None:  # empty now: its steps died with their pid namespaces
+            self.cgroup.remove()
+        if self.userns >= 0:
+            os.close(self.userns)
+            self.userns = -1
         if self.own_scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -208,6 +231,7 @@ class Zygote:
             "layer": str(step.layer),
             "discard": str(step.layer) if discard else "",
             "ops": [op.wire() for op in ops],
+            "pid1": self.pid1,
             "hostname": step.hostname,
             "argv": list(step.argv),
             "env": dict(step.env),
@@ -227,7 +251,21 @@ class Zygote:
         step, ops = self.pending
         self.pending = None
         answer = self._answer()
-        return _result(step, self.built, ops, answer)
+        result = _result(step, self.built, ops, answer)
+        if result.returncode != 0 and self.cgroup is not None:
+            result = replace(result, limit=self.limit_hit())
+        return result
+
+    def limit_hit(self) -> str:
+        """The limit the last step ran into, if its cgroup's counters say so."""
+        assert self.cgroup is not None
+        now, before = self.cgroup.counters(), self.counted
+        self.counted = now
+        if now["memory"] > before.get("memory", 0):
+            return f"its memory limit ({SETTING}/memory_mb = {self.limits.memory_mb})"
+        if now["pids"] > before.get("pids", 0):
+            return f"its limit of processes ({SETTING}/pids_max = {self.limits.pids})"
+        return ""
 
     def plan(self, step: Step, subs: list[Submount]) -> list[Op]:
         """plan(), made again only when something it depends on is another: the steps
@@ -298,11 +336,50 @@ def _result(
     return StepResult(code, answer["wall"], usage, strays, bool(answer["timed_out"]), copied)
 
 
-def run_step(step: Step) -> StepResult:
+def run_step(step: Step, limits: Limits | None = None) -> StepResult:
     """Run one step with a zygote of its own (a dance keeps one for all its steps)."""
     fds = [fd for fd in (step.stdin, step.stdout, step.stderr) if isinstance(fd, int)]
-    with Zygote(step.mode, pass_fds=fds) as z:
+    with Zygote(step.mode, pass_fds=fds, limits=limits) as z:
         return z.run(step)
+
+
+def identity_userns() -> int:
+    """A new user namespace whose every uid and gid is the host's, as an fd: root in it
+    holds capabilities over what it owns alone. `unshare --user` holds it while we write
+    its maps (which only a process outside it may) and open it."""
+    ready_r, ready_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    script = f"echo >&{ready_w}; exec cat <&{hold_r} >/dev/null"
+    try:
+        proc = start(["unshare", "--user", "--", "bash", "-c", script], pass_fds=(ready_w, hold_r))
+    finally:
+        os.close(ready_w)
+        os.close(hold_r)
+    try:
+        if os.read(ready_r, 1) != b"\n":
+            raise DiscoError(
+                "cannot make a user namespace for the sandbox (unshare --user failed)",
+                "run disco as root on a kernel with user namespaces (user.max_user_namespaces > 0)",
+            )
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{proc.pid}/{name}", "w") as f:
+                f.write("0 0 4294967295")
+        return os.open(f"/proc/{proc.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(hold_w)
+        proc.wait()
+
+
+_CGROUPS = itertools.count(1)
+
+
+def _step_cgroup(limits: Limits) -> StepCgroup | None:
+    name = f"disco-{os.getpid()}-{next(_CGROUPS)}"
+    try:
+        return cgroups.make(name, limits)
+    except OSError:  # no cgroup filesystem: steps run without limits
+        return None
 
 
 def _absolute(step: Step) -> Step:

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from disco.engine.mounts import (
     API_DIRS,
-    CAPS,
     MS_BIND,
     MS_MOVE,
     MS_NODEV,
@@ -50,17 +49,11 @@ from disco.engine.mounts import (
 )
 from disco.errors import DiscoError
 
-# The capabilities that reach outside a NOOP sandbox.
-NOOP_DROP_CAPS = (
-    "sys_module sys_rawio sys_pacct sys_boot sys_time sys_tty_config audit_control mac_admin"
-    " syslog wake_alarm block_suspend perfmon bpf"
-).split()
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Fixed layer format for the change reader: no metacopy or redirects. The index keeps a
 # copied-up hard-linked file linked to an entry of work/*/index (links.py reads it).
 OVERLAY_OPTIONS = "redirect_dir=off,index=on,metacopy=off,xino=off"
-_DEVICES = {"null": "1 3", "zero": "1 5", "full": "1 7", "random": "1 8", "urandom": "1 9",
-            "tty": "5 0"}  # fmt: skip
+_DEVICES = ("null", "zero", "full", "random", "urandom")  # bound from the host's /dev
 _DEV_LINKS = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
               "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}  # fmt: skip
 _PAGE = 4096  # mount(2) options must fit in one page
@@ -135,6 +128,7 @@ class StepResult:
     timed_out: bool = False
     # (dev, inode) of the files copied up from a hard-linked lower file (links.py)
     copied: frozenset[tuple[int, int]] = frozenset()
+    limit: str = ""  # the cgroup limit a failed step ran into, named with its setting
 
 
 def upper_of(layer: Path) -> Path:
@@ -167,10 +161,15 @@ def _overlay(lowers: Sequence[Path], upper: Path, work: Path, target: str, flags
 
 
 def dev_ops(dev: str) -> list[Op]:
-    """A minimal /dev at `dev` (an existing dir): null, zero, full, random, urandom, tty,
-    a private devpts, shm, and the fd links."""
-    ops: list[Op] = [Mount(dev, "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=4m")]
-    ops += [Make("chr", f"{dev}/{n}", d, 0o666) for n, d in _DEVICES.items()]
+    """A minimal /dev at `dev` (an existing dir), a nodev tmpfs: null, zero, full, random,
+    urandom bound from the host's (no tty: a step has no terminal), a private devpts, shm,
+    and the fd links. A node a step makes there cannot be opened."""
+    ops: list[Op] = [Mount(dev, "tmpfs", "tmpfs", SAFE, "mode=755,size=4m")]
+    for n in _DEVICES:
+        ops += [
+            Make("file", f"{dev}/{n}", mode=0o666),
+            Mount(f"{dev}/{n}", f"/dev/{n}", flags=MS_BIND),
+        ]
     pts = "newinstance,ptmxmode=0666,mode=620,gid=5"
     ops += [Make("dir", f"{dev}/pts"), Make("dir", f"{dev}/shm", mode=0o1777),
             Mount(f"{dev}/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC, pts)]  # fmt: skip
@@ -179,20 +178,33 @@ def dev_ops(dev: str) -> list[Op]:
 
 
 def base_ops(mode: Mode, scratch: Path) -> list[Op]:
-    """What a zygote builds once in its own mount namespace. NOOP: at scratch/api a /proc
-    of its pid namespace (/proc/sys read-only), a read-only /sys of its network namespace
-    and a minimal /dev, which every step binds."""
+    """What a zygote builds once in its own mount namespace. NOOP: at scratch/api a
+    read-only /sys of its network namespace and a minimal /dev, which every step binds,
+    and an empty directory under each read-only submount's overlay."""
     ops: list[Op] = [Mount("/", flags=MS_REC | MS_PRIVATE)]
     if mode is Mode.NOOP:
         api = scratch / "api"
-        ops += [Make("dir", str(api / d)) for d in ("proc", "sys", "dev")]
-        ops.append(Mount(str(api / "proc"), "proc", "proc", SAFE))
-        for p in [p for p in ("sys", "sysrq-trigger") if os.path.exists(f"/proc/{p}")]:
-            at = str(api / "proc" / p)
-            ops.append(Mount(at, at, flags=MS_BIND))
-            ops.append(Mount(at, flags=MS_BIND | MS_REMOUNT | MS_RDONLY | SAFE))
+        ops += [Make("dir", str(api / d)) for d in ("sys", "dev", "empty")]
         ops.append(Mount(str(api / "sys"), "sysfs", "sysfs", MS_RDONLY | SAFE))
         ops += dev_ops(str(api / "dev"))
+    return ops
+
+
+# What the kernel lets root change through /proc beyond its own processes: read-only in
+# a step (and locked so); what it tells of the host's keys and timers: hidden.
+_PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "driver")
+_PROC_HIDDEN = ("keys", "key-users", "timer_list", "sched_debug", "kcore", "kallsyms")
+
+
+def pid1_ops() -> list[Op]:
+    """What a NOOP step's pid 1 mounts from inside its pid namespace before it locks its
+    mounts: a /proc of that namespace, with the host's settings read-only."""
+    ops: list[Op] = [Mount("/proc", "proc", "proc", SAFE, make="dir")]
+    for p in (p for p in _PROC_READONLY if os.path.exists(f"/proc/{p}")):
+        ops += [Mount(f"/proc/{p}", f"/proc/{p}", flags=MS_BIND | MS_REC),
+                Mount(f"/proc/{p}", flags=MS_BIND | MS_REMOUNT | MS_RDONLY | SAFE)]  # fmt: skip
+    ops += [Mount(f"/proc/{p}", "/dev/null", flags=MS_BIND)
+            for p in _PROC_HIDDEN if os.path.isfile(f"/proc/{p}")]  # fmt: skip
     return ops
 
 
@@ -255,6 +267,12 @@ def plan(
             # Interceptors over a read-only filesystem: an overlay with no upper, read-only.
             data = f"lowerdir={shim}:{os.path.join(root, sub.path)},{OVERLAY_OPTIONS}"
             ops.append(Mount(target, "overlay", "overlay", MS_RDONLY | ovl_flags, data))
+        elif sub.readonly and noop:
+            # A read-only overlay, not a bind: the host's sockets, FIFOs, locks and leases
+            # on it are not reached through an overlay's inodes.
+            empty = scratch / "api" / "empty"
+            data = f"lowerdir={empty}:{os.path.join(root, sub.path)},{OVERLAY_OPTIONS}"
+            ops.append(Mount(target, "overlay", "overlay", MS_RDONLY | ovl_flags, data))
         elif sub.readonly:
             ops += [Mount(target, os.path.join(root, sub.path), flags=MS_BIND),
                     Mount(target, flags=MS_BIND | MS_REMOUNT | MS_RDONLY)]  # fmt: skip
@@ -267,7 +285,7 @@ def plan(
     if noop:
         api = scratch / "api"
         ops += [Mount(at(d), str(api / d), flags=MS_BIND | MS_REC, make="dir")
-                for d in ("proc", "sys", "dev")]  # fmt: skip
+                for d in ("sys", "dev")]  # fmt: skip
         ops += [Mount(at("run"), "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755", "dir")]
     else:
         ops += [Mount(at(d), f"/{d}", flags=MS_BIND | MS_REC, make="dir") for d in API_DIRS]
@@ -288,24 +306,12 @@ def plan(
     return ops
 
 
-def noop_caps() -> tuple[int, ...]:
-    """The numbers of NOOP_DROP_CAPS this kernel knows."""
-    return tuple(n for n in map(CAPS.index, NOOP_DROP_CAPS) if n <= _last_cap())
-
-
-_LAST_CAP: list[int] = []
-
-
-def _last_cap() -> int:
-    if not _LAST_CAP:
-        _LAST_CAP.append(int(Path("/proc/sys/kernel/cap_last_cap").read_text()))
-    return _LAST_CAP[0]
-
-
 def describe(step: Step, built: Sequence[Op], ops: Sequence[Op]) -> str:
     """A shell command that rebuilds the sandbox and runs the step, for a human to debug:
-    what the zygote built once (base_ops, the prebuilt binds), then the step's `ops`."""
-    names = ["--uts", "--ipc", "--net", "--pid", "--fork"] if step.mode is Mode.NOOP else []
+    what the zygote built once (base_ops, the prebuilt binds), then the step's `ops`; in
+    NOOP, what the step's pid 1 does inside its pid namespace (`pid1_ops`) and the user
+    namespace it enters (here only root is mapped; disco maps every id to itself)."""
+    names = ["--uts", "--ipc", "--net"] if step.mode is Mode.NOOP else []
     env = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(step.env.items()))
     work = shlex.quote(str(step.layer / "work"))
     lines = [op.describe() for op in built]
@@ -315,11 +321,12 @@ def describe(step: Step, built: Sequence[Op], ops: Sequence[Op]) -> str:
         lines.insert(0, "ip link set lo up")
     if step.hostname:
         lines.insert(0, f"hostname {shlex.quote(step.hostname)}")
-    caps = ""
+    run = f"env -i {env} {shlex.join(step.argv)}"
     if step.mode is Mode.NOOP:
-        drop = ",".join(f"-{CAPS[c]}" for c in noop_caps())
-        caps = f"setpriv --inh-caps={drop} --bounding-set={drop} -- "
-    lines.append(f"exec {caps}env -i {env} {shlex.join(step.argv)}")
+        inner = [op.describe() for op in pid1_ops()]
+        inner.append(f"exec unshare --cgroup --user --map-root-user --mount setsid {run}")
+        run = shlex.join(["unshare", "--pid", "--fork", "bash", "-ec", "\n".join(inner)])
+    lines.append(f"exec {run}")
     return shlex.join(["unshare", "--mount", *names, "bash", "-ec", "\n".join(lines)])
 
 

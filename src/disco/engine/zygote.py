@@ -31,138 +31,40 @@ import struct
 import sys
 import time
 
+from disco.engine.syscalls import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUSER,
+    CLONE_NEWUTS,
+    PR_SET_CHILD_SUBREAPER,
+    PR_SET_DUMPABLE,
+    PR_SET_NAME,
+    PR_SET_PDEATHSIG,
+    check,
+    do,
+    do_all,
+    forget_peak,
+    libc,
+    loopback_up,
+    new_session_keyring,
+    setns,
+    unshare,
+)
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing too: imported, it would cost each step's maxrss a megabyte
     from typing import Any
 
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 1, 24, 36
-PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
-_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 _DEFAULT_SIGNALS = (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGTERM, _signal.SIGHUP,
                     _signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGUSR1, _signal.SIGALRM)  # fmt: skip
 _RUSAGE = ("utime", "stime", "maxrss", "minflt", "majflt", "inblock", "oublock", "msgsnd",
            "msgrcv", "nsignals", "nvcsw", "nivcsw")  # fmt: skip
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
-libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-
-
-def check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def unshare(flags: int) -> None:
-    check(libc.unshare(ctypes.c_int(flags)), "unshare")
-
-
-def setns(fd: int, kind: int) -> None:
-    check(libc.setns(fd, kind), "setns")
-
-
-def _b(s: str | None) -> bytes | None:
-    return None if s is None else os.fsencode(s)
-
 
 # ---- the operations, as wire tuples (see mounts.py for the objects that plan them) ----
-
-
-def do(op: tuple[Any, ...]) -> None:
-    """Perform one operation: ("mount", target, source, fstype, flags, data, make), ("dir",
-    path, mode), ("file", path, mode), ("chr", path, mode, major, minor), ("link", arg, path),
-    ("pivot", path, cwd)."""
-    kind = op[0]
-    if kind == "mount":
-        _, target, source, fstype, flags, data, make = op
-        args = (_b(source), _b(target), _b(fstype), flags, _b(data or None))
-        if libc.mount(*args) == 0:
-            return
-        err = ctypes.get_errno()
-        if not (make and err == 2):  # ENOENT: the mount point is made, and mounted on
-            raise OSError(err, f"mount: {os.strerror(err)}")
-        do((make, target, 0o755))
-        check(libc.mount(*args), "mount")
-    elif kind == "dir":
-        try:  # most exist already, or only lack themselves: one system call
-            os.mkdir(op[1], op[2])
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            os.makedirs(op[1], op[2], exist_ok=True)
-    elif kind == "file":
-        # Opening an existing file for writing would copy it up into the layer.
-        if not os.path.lexists(op[1]):
-            os.close(os.open(op[1], os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, op[2]))
-    elif kind == "chr":
-        os.mknod(op[1], op[2] | 0o020000, os.makedev(op[3], op[4]))
-    elif kind == "link":
-        os.symlink(op[1], op[2])
-    elif kind == "pivot":
-        os.chdir(op[1])
-        nr = _PIVOT_ROOT.get(os.uname().machine)
-        if nr is None:
-            raise OSError(38, f"pivot_root: no syscall number for {os.uname().machine}")
-        check(libc.syscall(ctypes.c_long(nr), b".", b"."), "pivot_root")
-        check(libc.umount2(b".", MNT_DETACH), "umount2")
-        os.chdir(op[2])
-    else:
-        raise ValueError(f"unknown operation {kind!r}")
-
-
-def do_all(ops: list[Any]) -> None:
-    """Perform operations with no umask: they give their modes themselves."""
-    umask = os.umask(0)
-    try:
-        for op in ops:
-            do(tuple(op))
-    finally:
-        os.umask(umask)
-
-
-def loopback_up() -> None:
-    """Bring up lo in our network namespace (ioctls on a socket; the socket module would
-    cost every step's maxrss its megabyte: see `main`)."""
-    fd = libc.socket(2, 2 | 0o2000000, 0)  # AF_INET, SOCK_DGRAM | SOCK_CLOEXEC
-    if fd < 0:
-        check(fd, "socket")
-    try:
-        ifr = ctypes.create_string_buffer(struct.pack("16sH14x", b"lo", 0), 32)
-        check(libc.ioctl(fd, 0x8913, ifr), "ioctl(SIOCGIFFLAGS)")
-        flags = struct.unpack("16sH14x", ifr.raw)[1] | 1  # IFF_UP
-        ifr = ctypes.create_string_buffer(struct.pack("16sH14x", b"lo", flags), 32)
-        check(libc.ioctl(fd, 0x8914, ifr), "ioctl(SIOCSIFFLAGS)")
-    finally:
-        os.close(fd)
-
-
-def forget_peak() -> None:
-    """Reset our peak RSS to what we use now. A step is spawned by vfork, and the kernel
-    counts the peak of the memory it leaves at exec in the step's maxrss: our imports'
-    and setup's transient peaks would be reported as every step's."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:  # kernels without CONFIG_PROC_PAGE_MONITOR
-        pass
-
-
-def drop_caps(caps: list[int]) -> None:
-    """Remove `caps` from our bounding, ambient and inheritable sets; the commands we
-    spawn inherit that."""
-    for n in caps:
-        check(libc.prctl(PR_CAPBSET_DROP, n, 0, 0, 0), "prctl(PR_CAPBSET_DROP)")
-    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    head, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
-    check(libc.capget(head, data), "capget")
-    for n in caps:  # data = [eff, perm, inh] for caps 0-31, then for 32-63
-        data[3 * (n // 32) + 2] &= ~(1 << (n % 32))
-    check(libc.capset(head, data), "capset")
 
 
 # ---- messages ----
@@ -216,24 +118,31 @@ class Zygote:
         self.hostname = os.uname().nodename
         self.own_uts = False
         self.stopping = False  # disco was interrupted: run no other step
+        self.userns = self.pidns = -1  # NOOP: the steps' user namespace, our pid namespace
+        self.cgroups: list[int] = []  # cgroup.procs of the steps' cgroup, open for writing
+        self.report = -1  # the running step's pid 1 says here why it could not exec
 
     def setup(self, msg: dict[str, Any]) -> None:
         """Our namespaces, and what every step binds from them (msg["ops"])."""
         self.noop = bool(msg["noop"])
         if self.noop and os.getpid() != 1:
             raise OSError(22, "a NOOP zygote must be pid 1 of its own pid namespace")
-        flags = CLONE_NEWNS | (CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET) * self.noop
+        own_net = self.noop and not msg.get("host_network")
+        flags = CLONE_NEWNS | (CLONE_NEWUTS | CLONE_NEWIPC) * self.noop | CLONE_NEWNET * own_net
         unshare(flags)
         self.own_uts = self.noop
         if self.noop:
+            self.userns = msg["userns"]
+            self.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            flags = os.O_WRONLY | os.O_CLOEXEC
+            self.cgroups = [os.open(path, flags) for path in msg.get("cgroups", ())]
+        if own_net:
             loopback_up()
             with open("/proc/self/comm", "w") as f:  # what `ps` shows as pid 1
                 f.write("disco-init")
         else:  # what the command leaves running comes to us, to be killed
             check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
         do_all(msg["ops"])
-        if msg.get("drop"):
-            drop_caps(msg["drop"])
         self.base = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         forget_peak()
 
@@ -271,6 +180,14 @@ class Zygote:
             return {"msgs": msgs, "status": 0, "usage": (0,) * 12,
                     "wall": time.monotonic() - start, "timed_out": False}  # fmt: skip
         status, usage, timed_out, strays = self.wait(pid, req.get("timeout") or 0)
+        if self.report >= 0:  # pid 1 is gone: it wrote why it failed, or nothing
+            why = os.read(self.report, 4096).decode(errors="replace")
+            os.close(self.report)
+            self.report = -1
+            if why[:1] == "W":  # the command's own status, not pid 1's
+                status = int(why[1:])
+            elif why:
+                msgs[why[0]] = why[1:]
         if strays:
             msgs["K"] = " ".join(map(str, strays))
         return {"msgs": msgs, "status": status, "usage": tuple(usage),
@@ -291,6 +208,8 @@ class Zygote:
                     return 0, {"E": f"{i} {e.errno or 0}"}
             os.umask(umask)
             env, argv = req["env"], req["argv"]
+            if self.noop:
+                return self.fork_pid1(req, stdio), {}
             # posix_spawnp searches our PATH (the child is a vfork, reading our memory):
             # the step's, so found as its shell would find it, in C.
             os.environ["PATH"] = env.get("PATH", "/usr/bin:/bin")
@@ -306,6 +225,76 @@ class Zygote:
             os.umask(umask)
             # Back home: the step's namespace is now its processes' alone.
             setns(self.base, CLONE_NEWNS)
+
+    def fork_pid1(self, req: dict[str, Any], stdio: list[int | None]) -> int:
+        """The step's pid 1, forked into a pid namespace of its own: it finishes the
+        sandbox from inside (`pid1`) and becomes the command. Its pipe tells us, once it
+        is gone, why it could not (nothing if it did)."""
+        read, self.report = os.pipe2(os.O_CLOEXEC)
+        unshare(CLONE_NEWPID)
+        try:
+            pid = os.fork()
+        except BaseException:
+            setns(self.pidns, CLONE_NEWPID)
+            raise
+        if pid == 0:
+            self.pid1(req, stdio)
+        setns(self.pidns, CLONE_NEWPID)  # our next child is ours again
+        os.close(self.report)
+        self.report = read
+        return pid
+
+    def pid1(self, req: dict[str, Any], stdio: list[int | None]) -> None:
+        """The step's pid 1, still root of the host: its own /proc (kernel settings
+        read-only), its cgroup and cgroup namespace; then the steps' user namespace and
+        a mount namespace of its own, which locks every mount made so far (read-only
+        stays read-only); a session of its own with a new keyring, no fd of ours but its
+        stdio. It spawns the command (pid 2: signals reach it as they would live), reaps
+        everything, kills what the command leaves running once it is gone, and says the
+        command's wait status. Never returns."""
+        stage, out = "F", self.report
+        try:
+            libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)
+            libc.prctl(PR_SET_NAME, b"init", 0, 0, 0)  # what `ps` shows as pid 1
+            do_all(req["pid1"])
+            for procs in self.cgroups:
+                os.write(procs, b"0")
+            unshare(CLONE_NEWCGROUP)
+            setns(self.userns, CLONE_NEWUSER)
+            unshare(CLONE_NEWNS)
+            os.setsid()
+            new_session_keyring()
+            for n, fd in enumerate(stdio):
+                if fd is not None and fd != n:
+                    os.dup2(fd, n)
+            os.closerange(3, out)
+            os.closerange(out + 1, 1 << 20)
+            # Not dumpable: a step's ptrace or /proc/1/fd never reaches what we hold.
+            libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+            stage = "X"
+            env, argv = req["env"], req["argv"]
+            os.environ["PATH"] = env.get("PATH", "/usr/bin:/bin")  # posix_spawnp's search
+            command = os.posix_spawnp(argv[0], argv, env, setsigdef=_DEFAULT_SIGNALS,
+                                      setsigmask=(),
+                                      scheduler=(os.SCHED_OTHER, os.sched_param(0)))  # fmt: skip
+            stage = "F"
+            status = 0
+            while True:
+                pid, st = os.waitpid(-1, 0)
+                if pid == command:
+                    status = st
+                    try:
+                        os.kill(-1, _signal.SIGKILL)  # as pid 1: everything but us
+                    except ProcessLookupError:
+                        pass
+            # (left by ChildProcessError once all are reaped)
+        except ChildProcessError:
+            os.write(out, f"W{status}".encode())
+        except BaseException as e:  # noqa: B036 -- nothing may escape a forked child
+            what = str(getattr(e, "errno", 0) or 0) if stage == "X" else f"{e}"
+            os.write(out, f"{stage}{what}".encode(errors="replace")[:4000])
+        finally:
+            os._exit(0)
 
     def wait(self, pid: int, timeout: float) -> tuple[int, list[float], bool, list[int]]:
         """Wait for the command, or its time limit, or disco's word to stop; then kill

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from disco.engine.zygote import PR_SET_PDEATHSIG, libc
+from disco.engine.syscalls import PR_SET_PDEATHSIG, libc
 from disco.errors import CommandError
 from disco.run import run
 
