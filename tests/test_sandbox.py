@@ -71,11 +71,15 @@ def test_plan_describes_each_mount(tmp_path: Path) -> None:
     assert "mount --move work/m1 work/mnt/home" in lines
     assert f"mkdir -p work/mnt/sys && mount --rbind {z}/api/sys work/mnt/sys" in lines
     assert lines[-1] == "cd work/mnt && pivot_root . . && umount -l . && cd /"
+    assert f"mkdir -p work/mnt/proc && mount --rbind {z}/api/proc work/mnt/proc" not in lines
     script = describe(step, built, ops)
-    assert script.startswith("unshare --mount --uts --ipc --net --pid --fork bash -ec")
+    assert script.startswith("unshare --mount --uts --ipc --net bash -ec")
     assert "hostname node1" in script and "ip link set lo up" in script
     assert f"cd {tmp_path}/L\n" in script
-    assert "exec setpriv --inh-caps=-sys_module,-sys_rawio," in script
+    # The step's own pid namespace, its /proc, then the user namespace that locks it all.
+    assert "exec unshare --pid --fork bash -ec" in script
+    assert "mount -t proc -o nosuid,nodev,noexec proc /proc" in script
+    assert "unshare --cgroup --user --map-root-user --mount setsid env -i" in script
 
 
 def test_plan_live_keeps_host_name_and_api_filesystems(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def relink(
 ) -> list[str]:
     """Link into `upper` every other name of each hard-linked lower file it copied up
     (`copied`: their (dev, inode), as the zygote found them in the step's work dir: see
-    zygote.copied_links); the target paths added, sorted."""
+    leftovers.copied_links); the target paths added, sorted."""
     wanted: list[tuple[str, Path]] = []  # (rel of the copy in upper, its lower file)
     for rel in _files(upper):
         st_up = (upper / rel).lstat()

@@ -94,8 +94,9 @@ class Zygote:
         self.scratch.mkdir(parents=True, exist_ok=True)
         noop = mode is Mode.NOOP
         # NOOP steps: root in a user namespace of their own, in a cgroup with limits.
+        # Live ones (the host's): in a cgroup too, so that none outlives the dance.
         self.userns = identity_userns() if noop else -1
-        self.cgroup = _step_cgroup(limits) if noop else None
+        self.cgroup = _step_cgroup(limits if noop else Limits(0, 0, 0))
         self.counted = self.cgroup.counters() if self.cgroup else {}
         req_r, self.req = os.pipe2(os.O_CLOEXEC)
         self.rep, rep_w = os.pipe2(os.O_CLOEXEC)

@@ -31,6 +31,7 @@ import struct
 import sys
 import time
 
+from disco.engine.leftovers import copied_links, remove, remove_all, watchdog
 from disco.engine.syscalls import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
@@ -131,16 +132,21 @@ class Zygote:
         flags = CLONE_NEWNS | (CLONE_NEWUTS | CLONE_NEWIPC) * self.noop | CLONE_NEWNET * own_net
         unshare(flags)
         self.own_uts = self.noop
+        flags = os.O_WRONLY | os.O_CLOEXEC
+        self.cgroups = [os.open(path, flags) for path in msg.get("cgroups", ())]
+        if own_net:
+            loopback_up()
         if self.noop:
             self.userns = msg["userns"]
             self.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-            flags = os.O_WRONLY | os.O_CLOEXEC
-            self.cgroups = [os.open(path, flags) for path in msg.get("cgroups", ())]
-        if own_net:
-            loopback_up()
-            with open("/proc/self/comm", "w") as f:  # what `ps` shows as pid 1
-                f.write("disco-init")
-        else:  # what the command leaves running comes to us, to be killed
+            with open("/proc/self/comm", "w") as f:  # what `ps` shows on the host
+                f.write("disco-zygote")
+        else:
+            if self.cgroups:  # whatever of a step is left when we die: to the watchdog
+                watchdog(msg["cgroups"][0])
+                for procs in self.cgroups:
+                    os.write(procs, b"0")
+            # What the command leaves running comes to us, to be killed.
             check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
         do_all(msg["ops"])
         self.base = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
@@ -375,53 +381,6 @@ class Zygote:
             except ChildProcessError:
                 return sorted(set(killed))
             _add(usage, ru)
-
-
-def copied_links(work: str) -> list[tuple[int, int]]:
-    """(dev, inode) of the files the step's overlays copied up from a hard-linked lower
-    file: with index=on overlayfs links each to an entry of its work dir's index/
-    (links.py gives the layer their other names)."""
-    found = []
-    for d in os.listdir(work):
-        if not d.isdigit():  # a mount point, not an overlay's work dir
-            continue
-        try:
-            entries = os.scandir(os.path.join(work, d, "index"))
-        except OSError:
-            continue
-        with entries:
-            for e in entries:
-                st = e.stat(follow_symlinks=False)
-                if e.is_file(follow_symlinks=False):
-                    found.append((st.st_dev, st.st_ino))
-    return found
-
-
-def remove(path: str) -> None:
-    """Remove a tree of a layer (no mount is ever under one in our namespace)."""
-    try:
-        entries = os.scandir(path)
-    except NotADirectoryError:
-        os.unlink(path)
-        return
-    except FileNotFoundError:
-        return
-    with entries:
-        for e in entries:
-            if e.is_dir(follow_symlinks=False):
-                remove(e.path)
-            else:
-                os.unlink(e.path)
-    os.rmdir(path)
-
-
-def remove_all(paths: list[str]) -> None:
-    """remove() each of `paths` that is given; what cannot be removed is left."""
-    for path in filter(None, paths):
-        try:
-            remove(path)
-        except OSError:
-            pass
 
 
 def _add(usage: list[float], ru: Any) -> None:
