@@ -14,7 +14,17 @@ import pytest
 
 from disco.engine.mounts import Submount, read_mounts, submounts
 from disco.engine.runner import Zygote, run_step
-from disco.engine.sandbox import Bind, Mode, Step, StepResult, base_ops, describe, plan, upper_of
+from disco.engine.sandbox import (
+    Bind,
+    Mode,
+    Step,
+    StepResult,
+    base_ops,
+    describe,
+    pid1_ops,
+    plan,
+    upper_of,
+)
 from disco.errors import CommandError, DiscoError
 from disco.run import run
 
@@ -71,14 +81,14 @@ def test_plan_describes_each_mount(tmp_path: Path) -> None:
     assert "mount --move work/m1 work/mnt/home" in lines
     assert f"mkdir -p work/mnt/sys && mount --rbind {z}/api/sys work/mnt/sys" in lines
     assert lines[-1] == "cd work/mnt && pivot_root . . && umount -l . && cd /"
-    assert f"mkdir -p work/mnt/proc && mount --rbind {z}/api/proc work/mnt/proc" not in lines
-    script = describe(step, built, ops)
+    assert f"mkdir -p work/mnt/proc && mount --rbind {z}/api/proc work/mnt/proc" in lines
+    script = describe(step, built, ops, pid1_ops(z))
     assert script.startswith("unshare --mount --uts --ipc --net bash -ec")
     assert "hostname node1" in script and "ip link set lo up" in script
     assert f"cd {tmp_path}/L\n" in script
     # The step's own pid namespace, its /proc, then the user namespace that locks it all.
-    assert "exec unshare --pid --fork bash -ec" in script
-    assert "mount -t proc -o nosuid,nodev,noexec proc /proc" in script
+    assert "exec unshare --pid --fork --mount bash -ec" in script
+    assert f"mount -t proc -o nosuid,nodev,noexec proc {z}/api/proc" in script
     assert "unshare --cgroup --user --map-root-user --mount setsid env -i" in script
 
 

@@ -129,10 +129,12 @@ class Zygote:
         self.plans: dict[tuple[Any, ...], list[Op]] = {}
         self.trash: list[str] = []  # to remove, told with the next step
         self.built: list[Op] = base_ops(mode, self.scratch)
+        self.early: list[Op] = pid1_ops(self.scratch) if noop else []
         self.pending: tuple[Step, list[Op]] | None = None
-        self.pid1 = [op.wire() for op in pid1_ops()] if noop else []
         setup = {"noop": noop, "ops": [op.wire() for op in self.built],
                  "userns": self.userns,
+                 "early": [op.wire() for op in self.early],
+                 "init_root": str(self.scratch / "api" / "init"),
                  "cgroups": self.cgroup.procs if self.cgroup else [],
                  "host_network": host_network}  # fmt: skip
         try:
@@ -232,7 +234,6 @@ class Zygote:
             "layer": str(step.layer),
             "discard": str(step.layer) if discard else "",
             "ops": [op.wire() for op in ops],
-            "pid1": self.pid1,
             "hostname": step.hostname,
             "argv": list(step.argv),
             "env": dict(step.env),
@@ -252,7 +253,7 @@ class Zygote:
         step, ops = self.pending
         self.pending = None
         answer = self._answer()
-        result = _result(step, self.built, ops, answer)
+        result = _result(step, self.built, ops, answer, self.early)
         if result.returncode != 0 and self.cgroup is not None:
             result = replace(result, limit=self.limit_hit())
         return result
@@ -314,21 +315,24 @@ class Zygote:
 
 
 def _result(
-    step: Step, built: Sequence[Op], ops: Sequence[Op], answer: dict[str, Any]
-) -> StepResult:
+    step: Step, built: Sequence[Op], ops: Sequence[Op], answer: dict[str, Any],
+    early: Sequence[Op] = (),
+) -> StepResult:  # fmt: skip
     msgs: dict[str, str] = answer["msgs"]
     if "E" in msgs:
         i, err = map(int, msgs["E"].split())
         raise DiscoError(
             f"cannot build the step's sandbox: {ops[i].describe()}: {os.strerror(err)}",
-            f"reproduce it as root with:\n{describe(step, built, ops)}",
+            f"reproduce it as root with:\n{describe(step, built, ops, early)}",
         )
     if "X" in msgs:
         raise CommandError(
             step.argv, 127, f"cannot run {step.argv[0]}: {os.strerror(int(msgs['X']))}"
         )
     if "F" in msgs:
-        raise DiscoError(f"the step's sandbox failed: {msgs['F']}", describe(step, built, ops))
+        raise DiscoError(
+            f"the step's sandbox failed: {msgs['F']}", describe(step, built, ops, early)
+        )
     strays = tuple(map(int, msgs.get("K", "").split()))
     utime, stime, *counts = answer["usage"]  # getrusage(2) order, as Usage
     usage = Usage(float(utime), float(stime), *map(int, counts))

@@ -184,7 +184,7 @@ def base_ops(mode: Mode, scratch: Path) -> list[Op]:
     ops: list[Op] = [Mount("/", flags=MS_REC | MS_PRIVATE)]
     if mode is Mode.NOOP:
         api = scratch / "api"
-        ops += [Make("dir", str(api / d)) for d in ("sys", "dev", "empty")]
+        ops += [Make("dir", str(api / d)) for d in ("proc", "sys", "dev", "empty", "init")]
         ops.append(Mount(str(api / "sys"), "sysfs", "sysfs", MS_RDONLY | SAFE))
         ops += dev_ops(str(api / "dev"))
     return ops
@@ -196,14 +196,16 @@ _PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "d
 _PROC_HIDDEN = ("keys", "key-users", "timer_list", "sched_debug", "kcore", "kallsyms")
 
 
-def pid1_ops() -> list[Op]:
-    """What a NOOP step's pid 1 mounts from inside its pid namespace before it locks its
-    mounts: a /proc of that namespace, with the host's settings read-only."""
-    ops: list[Op] = [Mount("/proc", "proc", "proc", SAFE, make="dir")]
+def pid1_ops(scratch: Path) -> list[Op]:
+    """What pid 1 of the NOOP steps' pid namespace mounts in the zygote's mount namespace
+    (stepinit.init): at scratch/api/proc a /proc of that pid namespace, with the host's
+    settings read-only and its keys hidden; every step binds it."""
+    proc = str(scratch / "api" / "proc")
+    ops: list[Op] = [Mount(proc, "proc", "proc", SAFE)]
     for p in (p for p in _PROC_READONLY if os.path.exists(f"/proc/{p}")):
-        ops += [Mount(f"/proc/{p}", f"/proc/{p}", flags=MS_BIND | MS_REC),
-                Mount(f"/proc/{p}", flags=MS_BIND | MS_REMOUNT | MS_RDONLY | SAFE)]  # fmt: skip
-    ops += [Mount(f"/proc/{p}", "/dev/null", flags=MS_BIND)
+        ops += [Mount(f"{proc}/{p}", f"{proc}/{p}", flags=MS_BIND | MS_REC),
+                Mount(f"{proc}/{p}", flags=MS_BIND | MS_REMOUNT | MS_RDONLY | SAFE)]  # fmt: skip
+    ops += [Mount(f"{proc}/{p}", "/dev/null", flags=MS_BIND)
             for p in _PROC_HIDDEN if os.path.isfile(f"/proc/{p}")]  # fmt: skip
     return ops
 
@@ -285,7 +287,7 @@ def plan(
     if noop:
         api = scratch / "api"
         ops += [Mount(at(d), str(api / d), flags=MS_BIND | MS_REC, make="dir")
-                for d in ("sys", "dev")]  # fmt: skip
+                for d in ("proc", "sys", "dev")]  # fmt: skip
         ops += [Mount(at("run"), "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755", "dir")]
     else:
         ops += [Mount(at(d), f"/{d}", flags=MS_BIND | MS_REC, make="dir") for d in API_DIRS]
@@ -306,28 +308,33 @@ def plan(
     return ops
 
 
-def describe(step: Step, built: Sequence[Op], ops: Sequence[Op]) -> str:
+def describe(step: Step, built: Sequence[Op], ops: Sequence[Op], early: Sequence[Op] = ()) -> str:
     """A shell command that rebuilds the sandbox and runs the step, for a human to debug:
-    what the zygote built once (base_ops, the prebuilt binds), then the step's `ops`; in
-    NOOP, what the step's pid 1 does inside its pid namespace (`pid1_ops`) and the user
-    namespace it enters (here only root is mapped; disco maps every id to itself)."""
+    what the zygote built once (base_ops, the prebuilt binds); in NOOP, what the step's
+    pid 1 mounts first in its pid and mount namespaces (`early`: pid1_ops), then the
+    step's `ops`, then (NOOP) the user namespace that locks them (here only root is
+    mapped; disco maps every id to itself)."""
     names = ["--uts", "--ipc", "--net"] if step.mode is Mode.NOOP else []
     env = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(step.env.items()))
     work = shlex.quote(str(step.layer / "work"))
-    lines = [op.describe() for op in built]
+    outer = [op.describe() for op in built]
+    if step.mode is Mode.NOOP:
+        outer.insert(0, "ip link set lo up")
+    if step.hostname:
+        outer.insert(0, f"hostname {shlex.quote(step.hostname)}")
+    lines = [op.describe() for op in early]
     lines += [f"rm -rf {work}", f"cd {shlex.quote(str(step.layer))}"]  # ops make work/
     lines += [op.describe() for op in ops]
-    if step.mode is Mode.NOOP:
-        lines.insert(0, "ip link set lo up")
-    if step.hostname:
-        lines.insert(0, f"hostname {shlex.quote(step.hostname)}")
     run = f"env -i {env} {shlex.join(step.argv)}"
     if step.mode is Mode.NOOP:
-        inner = [op.describe() for op in pid1_ops()]
-        inner.append(f"exec unshare --cgroup --user --map-root-user --mount setsid {run}")
-        run = shlex.join(["unshare", "--pid", "--fork", "bash", "-ec", "\n".join(inner)])
-    lines.append(f"exec {run}")
-    return shlex.join(["unshare", "--mount", *names, "bash", "-ec", "\n".join(lines)])
+        lines.append(f"exec unshare --cgroup --user --map-root-user --mount setsid {run}")
+        pid1 = shlex.join(
+            ["unshare", "--pid", "--fork", "--mount", "bash", "-ec", "\n".join(lines)]
+        )
+        outer.append(f"exec {pid1}")
+    else:
+        outer += [*lines, f"exec {run}"]
+    return shlex.join(["unshare", "--mount", *names, "bash", "-ec", "\n".join(outer)])
 
 
 def _work_dirs(subs: Sequence[Submount]) -> list[str]:

@@ -31,18 +31,16 @@ import struct
 import sys
 import time
 
+from disco.engine import stepinit
 from disco.engine.leftovers import copied_links, remove, remove_all, watchdog
+from disco.engine.stepinit import DEFAULT_SIGNALS, RUSAGE, USAGE, add_usage
 from disco.engine.syscalls import (
-    CLONE_NEWCGROUP,
     CLONE_NEWIPC,
     CLONE_NEWNET,
     CLONE_NEWNS,
     CLONE_NEWPID,
-    CLONE_NEWUSER,
     CLONE_NEWUTS,
     PR_SET_CHILD_SUBREAPER,
-    PR_SET_DUMPABLE,
-    PR_SET_NAME,
     PR_SET_PDEATHSIG,
     check,
     do,
@@ -50,7 +48,6 @@ from disco.engine.syscalls import (
     forget_peak,
     libc,
     loopback_up,
-    new_session_keyring,
     setns,
     unshare,
 )
@@ -58,11 +55,6 @@ from disco.engine.syscalls import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing too: imported, it would cost each step's maxrss a megabyte
     from typing import Any
-
-_DEFAULT_SIGNALS = (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGTERM, _signal.SIGHUP,
-                    _signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGUSR1, _signal.SIGALRM)  # fmt: skip
-_RUSAGE = ("utime", "stime", "maxrss", "minflt", "majflt", "inblock", "oublock", "msgsnd",
-           "msgrcv", "nsignals", "nvcsw", "nivcsw")  # fmt: skip
 
 
 # ---- the operations, as wire tuples (see mounts.py for the objects that plan them) ----
@@ -121,7 +113,9 @@ class Zygote:
         self.stopping = False  # disco was interrupted: run no other step
         self.userns = self.pidns = -1  # NOOP: the steps' user namespace, our pid namespace
         self.cgroups: list[int] = []  # cgroup.procs of the steps' cgroup, open for writing
-        self.report = -1  # the running step's pid 1 says here why it could not exec
+        self.init = -1  # NOOP: a pidfd of the steps' pid namespace's pid 1 (stepinit.init)
+        self.orders = self.answers = -1  # our pipes to it, and its to us
+        self.report = -1  # the running step says here why it could not run its command
 
     def setup(self, msg: dict[str, Any]) -> None:
         """Our namespaces, and what every step binds from them (msg["ops"])."""
@@ -138,6 +132,11 @@ class Zygote:
             loopback_up()
         if self.noop:
             self.userns = msg["userns"]
+            # In the steps' cgroup ourselves: a step forked there needs no move, which
+            # costs an RCU grace period (milliseconds). The steps are the OOM killer's
+            # first choice there, not us (stepinit.py).
+            for procs in self.cgroups:
+                os.write(procs, b"0")
             self.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             with open("/proc/self/comm", "w") as f:  # what `ps` shows on the host
                 f.write("disco-zygote")
@@ -150,6 +149,8 @@ class Zygote:
             check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
         do_all(msg["ops"])
         self.base = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        if self.noop:
+            self.start_init(msg["early"], msg["init_root"])
         forget_peak()
 
     def prebuild(self, ops: list[Any]) -> None:
@@ -157,6 +158,28 @@ class Zygote:
         namespace: a step then makes them in one recursive bind each."""
         do_all(ops)
         forget_peak()
+
+    def start_init(self, early: list[Any], root: str) -> None:
+        """The steps' pid namespace and its pid 1 (stepinit.init), which mounts its /proc
+        in our mount namespace (`early`) before it says it is ready."""
+        orders_r, self.orders = os.pipe2(os.O_CLOEXEC)
+        self.answers, answers_w = os.pipe2(os.O_CLOEXEC)
+        unshare(CLONE_NEWPID)
+        try:
+            pid = os.fork()
+        except BaseException:
+            setns(self.pidns, CLONE_NEWPID)
+            raise
+        if pid == 0:
+            ours = [self.req, self.rep, self.base, self.pidns, self.orders, self.answers]
+            ours += self.cgroups
+            stepinit.init(orders_r, answers_w, ours, early, root)
+        setns(self.pidns, CLONE_NEWPID)
+        os.close(orders_r)
+        os.close(answers_w)
+        self.init = os.pidfd_open(pid)
+        if os.read(self.answers, 1) != b"r":
+            raise OSError(5, "the steps' init could not start")
 
     def name(self, hostname: str | None) -> None:
         if hostname is None or hostname == self.hostname:
@@ -186,14 +209,12 @@ class Zygote:
             return {"msgs": msgs, "status": 0, "usage": (0,) * 12,
                     "wall": time.monotonic() - start, "timed_out": False}  # fmt: skip
         status, usage, timed_out, strays = self.wait(pid, req.get("timeout") or 0)
-        if self.report >= 0:  # pid 1 is gone: it wrote why it failed, or nothing
-            why = os.read(self.report, 4096).decode(errors="replace")
+        if self.report >= 0:  # the step is gone: it said why it failed, or nothing
+            said = os.read(self.report, 4096).decode(errors="replace")
             os.close(self.report)
             self.report = -1
-            if why[:1] == "W":  # the command's own status, not pid 1's
-                status = int(why[1:])
-            elif why:
-                msgs[why[0]] = why[1:]
+            if said:
+                msgs[said[0]] = said[1:]
         if strays:
             msgs["K"] = " ".join(map(str, strays))
         return {"msgs": msgs, "status": status, "usage": tuple(usage),
@@ -215,14 +236,14 @@ class Zygote:
             os.umask(umask)
             env, argv = req["env"], req["argv"]
             if self.noop:
-                return self.fork_pid1(req, stdio), {}
+                return self.fork_step(req, stdio), {}
             # posix_spawnp searches our PATH (the child is a vfork, reading our memory):
             # the step's, so found as its shell would find it, in C.
             os.environ["PATH"] = env.get("PATH", "/usr/bin:/bin")
             actions = [(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(stdio) if fd is not None]
             try:
                 pid = os.posix_spawnp(argv[0], argv, env, file_actions=actions,
-                                      setsigdef=_DEFAULT_SIGNALS, setsigmask=(),
+                                      setsigdef=DEFAULT_SIGNALS, setsigmask=(),
                                       scheduler=(os.SCHED_OTHER, os.sched_param(0)))  # fmt: skip
             except OSError as e:
                 return 0, {"X": str(e.errno)}
@@ -232,75 +253,19 @@ class Zygote:
             # Back home: the step's namespace is now its processes' alone.
             setns(self.base, CLONE_NEWNS)
 
-    def fork_pid1(self, req: dict[str, Any], stdio: list[int | None]) -> int:
-        """The step's pid 1, forked into a pid namespace of its own: it finishes the
-        sandbox from inside (`pid1`) and becomes the command. Its pipe tells us, once it
-        is gone, why it could not (nothing if it did)."""
-        read, self.report = os.pipe2(os.O_CLOEXEC)
-        unshare(CLONE_NEWPID)
+    def fork_step(self, req: dict[str, Any], stdio: list[int | None]) -> int:
+        """Fork the step's command into the steps' pid namespace, from the step's mount
+        namespace we are in (stepinit.step). Its pipe says why it could not run."""
+        self.report, out = os.pipe2(os.O_CLOEXEC)
+        setns(self.init, CLONE_NEWPID)
         try:
             pid = os.fork()
-        except BaseException:
-            setns(self.pidns, CLONE_NEWPID)
-            raise
-        if pid == 0:
-            self.pid1(req, stdio)
-        setns(self.pidns, CLONE_NEWPID)  # our next child is ours again
-        os.close(self.report)
-        self.report = read
-        return pid
-
-    def pid1(self, req: dict[str, Any], stdio: list[int | None]) -> None:
-        """The step's pid 1, still root of the host: its own /proc (kernel settings
-        read-only), its cgroup and cgroup namespace; then the steps' user namespace and
-        a mount namespace of its own, which locks every mount made so far (read-only
-        stays read-only); a session of its own with a new keyring, no fd of ours but its
-        stdio. It spawns the command (pid 2: signals reach it as they would live), reaps
-        everything, kills what the command leaves running once it is gone, and says the
-        command's wait status. Never returns."""
-        stage, out = "F", self.report
-        try:
-            libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)
-            libc.prctl(PR_SET_NAME, b"init", 0, 0, 0)  # what `ps` shows as pid 1
-            do_all(req["pid1"])
-            for procs in self.cgroups:
-                os.write(procs, b"0")
-            unshare(CLONE_NEWCGROUP)
-            setns(self.userns, CLONE_NEWUSER)
-            unshare(CLONE_NEWNS)
-            os.setsid()
-            new_session_keyring()
-            for n, fd in enumerate(stdio):
-                if fd is not None and fd != n:
-                    os.dup2(fd, n)
-            os.closerange(3, out)
-            os.closerange(out + 1, 1 << 20)
-            # Not dumpable: a step's ptrace or /proc/1/fd never reaches what we hold.
-            libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-            stage = "X"
-            env, argv = req["env"], req["argv"]
-            os.environ["PATH"] = env.get("PATH", "/usr/bin:/bin")  # posix_spawnp's search
-            command = os.posix_spawnp(argv[0], argv, env, setsigdef=_DEFAULT_SIGNALS,
-                                      setsigmask=(),
-                                      scheduler=(os.SCHED_OTHER, os.sched_param(0)))  # fmt: skip
-            stage = "F"
-            status = 0
-            while True:
-                pid, st = os.waitpid(-1, 0)
-                if pid == command:
-                    status = st
-                    try:
-                        os.kill(-1, _signal.SIGKILL)  # as pid 1: everything but us
-                    except ProcessLookupError:
-                        pass
-            # (left by ChildProcessError once all are reaped)
-        except ChildProcessError:
-            os.write(out, f"W{status}".encode())
-        except BaseException as e:  # noqa: B036 -- nothing may escape a forked child
-            what = str(getattr(e, "errno", 0) or 0) if stage == "X" else f"{e}"
-            os.write(out, f"{stage}{what}".encode(errors="replace")[:4000])
+            if pid == 0:
+                stepinit.step(req, stdio, out, self.userns)
         finally:
-            os._exit(0)
+            setns(self.pidns, CLONE_NEWPID)  # our next child is ours again
+            os.close(out)
+        return pid
 
     def wait(self, pid: int, timeout: float) -> tuple[int, list[float], bool, list[int]]:
         """Wait for the command, or its time limit, or disco's word to stop; then kill
@@ -336,32 +301,32 @@ class Zygote:
         finally:
             os.close(pidfd)
         _, status, ru = os.wait4(pid, 0)
-        usage = [0.0] * len(_RUSAGE)
-        _add(usage, ru)
+        usage = [0.0] * len(RUSAGE)
+        add_usage(usage, ru)
         strays = self.reap(usage)
         return status, usage, timed_out, strays
 
     def kill(self, pid: int) -> None:
-        """Kill the running step: in NOOP everything in our pid namespace but us."""
+        """Kill the running step's command (what it left, the reaping kills)."""
         try:
-            os.kill(-1 if self.noop else pid, _signal.SIGKILL)
+            os.kill(pid, _signal.SIGKILL)
         except ProcessLookupError:
             pass
 
     def reap(self, usage: list[float]) -> list[int]:
         """Kill and reap what the command left running: it would keep the step's mount
         namespace, and so its overlays, alive. Live, the pids killed."""
-        if self.noop:
-            try:  # as pid 1 of the namespace we are spared
-                os.kill(-1, _signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            while True:
-                try:
-                    _, _, ru = os.wait4(-1, 0)
-                except ChildProcessError:
-                    return []
-                _add(usage, ru)
+        if self.noop:  # the steps' init kills and reaps what is left, and says its usage
+            os.write(self.orders, b"k")
+            data = b""
+            while len(data) < USAGE.size:
+                chunk = os.read(self.answers, USAGE.size - len(data))
+                if not chunk:
+                    raise OSError(5, "the steps' init is gone")
+                data += chunk
+            for i, value in enumerate(USAGE.unpack(data)):
+                usage[i] = max(usage[i], value) if RUSAGE[i] == "maxrss" else usage[i] + value
+            return []
         killed: list[int] = []
         me = os.getpid()
         while True:
@@ -380,14 +345,7 @@ class Zygote:
                 _, _, ru = os.wait4(-1, 0)
             except ChildProcessError:
                 return sorted(set(killed))
-            _add(usage, ru)
-
-
-def _add(usage: list[float], ru: Any) -> None:
-    """Add a reaped process's rusage: times and counts add up, the peak RSS is the largest."""
-    for i, name in enumerate(_RUSAGE):
-        value = getattr(ru, f"ru_{name}")
-        usage[i] = max(usage[i], value) if name == "maxrss" else usage[i] + value
+            add_usage(usage, ru)
 
 
 def _ppid(pid: str) -> int:
