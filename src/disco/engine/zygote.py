@@ -1,21 +1,22 @@
 """The zygote: one small process per dance and mode that runs every step's sandbox
-(DESIGN §12; docs/sandbox-notes.md tells the whole engine).
+(DESIGN §7, §12; docs/sandbox-notes.md tells the whole engine).
 
-runner.py imports it bare (`python3 -I -S`, no site, no disco: about 10 MB where disco is
-30). A NOOP zygote is pid 1 of a pid namespace of its own, in new uts, ipc and
-loopback-only network namespaces that every NOOP step shares with a /proc, a read-only
-/sys and a minimal /dev made once. A live zygote stays in the host's, as a subreaper.
+runner.py starts it with `python3 -I -S` and nothing of disco but disco.engine's zygote,
+syscalls, stepinit and leftovers (about 10 MB where disco is 30). A NOOP zygote is pid 1
+of a pid namespace of its own, in new uts, ipc and loopback-only network namespaces and a
+new session keyring, which every NOOP step shares with a read-only /sys and a minimal
+/dev made once; its steps run in a pid namespace below it, whose init (stepinit.py)
+mounts their /proc. A live zygote stays in the host's namespaces, as a subreaper.
 
-Per step nothing forks but the command: the zygote unshares a fresh mount namespace,
-mounts the step's overlays and binds, pivots, spawns the command (posix_spawn, a vfork)
-and goes back to its own mount namespace with setns. Once it has reaped the command's
-processes (in NOOP it kills what was left, as pid 1: `kill(-1)`; live, its orphans as
-their subreaper) no mount of the step is left and its layer may change. The answer is
-the exit status and the wait4 rusage of the command's tree.
+Per step the zygote unshares a fresh mount namespace, mounts the step's overlays and
+binds, pivots, starts the command there (live: posix_spawn, a vfork; NOOP: a fork that
+enters the steps' user namespace first, stepinit.step) and goes back to its own mount
+namespace with setns. Once the command and what it left running are reaped, no mount of
+the step is left and its layer may change. The answer is the exit status and the wait4
+rusage of the command's tree.
 
-Requests and answers are marshal'ed dicts, length-prefixed. mounts.py imports this file
-too: `do()` is the one implementation of each sandbox operation, whoever runs it. Keep
-it free of imports beyond the few builtins.
+Requests and answers are marshal'ed dicts, length-prefixed. Keep this file free of
+imports beyond the few builtins.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from disco.engine.syscalls import (
     forget_peak,
     libc,
     loopback_up,
+    new_session_keyring,
     setns,
     unshare,
 )
@@ -132,6 +134,7 @@ class Zygote:
             loopback_up()
         if self.noop:
             self.userns = msg["userns"]
+            new_session_keyring()  # the steps' own, never disco's
             # In the steps' cgroup ourselves: a step forked there needs no move, which
             # costs an RCU grace period (milliseconds). The steps are the OOM killer's
             # first choice there, not us (stepinit.py).
