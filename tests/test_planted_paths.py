@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from disco.engine.change_text import content_diff
 from disco.files import OffPath, open_dir, open_regular, opened_dir, read_regular
+from test_changes import Tree, opaque
 
 
 @pytest.fixture
@@ -25,6 +27,12 @@ def host(tmp_path: Path) -> Path:
     (where / "sub").mkdir(parents=True)
     (where / "secret").write_text("precious\n")
     return where
+
+
+@pytest.fixture
+def t(tmp_path: Path) -> Tree:
+    """A target root, a step's upper and earlier layers, as test_changes builds them."""
+    return Tree(tmp_path / "tree")
 
 
 def listing(top: Path) -> dict[str, tuple[int, bytes]]:
@@ -107,3 +115,52 @@ def test_open_regular_opens_a_regular_file_and_nothing_else(
         with pytest.raises(OSError):
             bounded(open_regular, tmp_path / planted)
     assert not _has_reader(fifo)  # never opened, so no writer of the host's was woken
+
+
+# ---- the change reader and the report's diffs ----
+
+
+def test_a_planted_symlink_as_etc_passwd_is_no_user_table(t: Tree, host: Path) -> None:
+    """The owner names of a layer's files come from its own etc/passwd only if that is a
+    regular file: a step's symlink there is never followed (into a file hidden from the
+    step, or one that hangs a reader such as /proc/kmsg)."""
+    (host / "passwd").write_text("planted:x:4242:4242::/:/bin/sh\n")
+    (host / "group").write_text("planted:x:4242:\n")
+    for name in ("passwd", "group"):
+        t.dir("etc")
+        (t.upper / "etc" / name).symlink_to(host / name)
+    t.write("etc/new", "x\n", owner=4242)
+    before = listing(host)
+    changes = t.changes()
+    new = next(c for c in changes if c.path == "/etc/new")
+    assert new.after is not None and new.after.perms == "4242:4242 644"
+    assert listing(host) == before
+
+
+def test_a_created_files_device_is_never_read_through_a_symlink_of_the_target(t: Tree) -> None:
+    """Live, an earlier step's symlink is part of the target (/etc/x -> /proc/self); a
+    step that made /etc/x a directory is reported with the target's device, without a
+    stat of where the old symlink led."""
+    (t.root / "etc/x").symlink_to("/proc/self")
+    opaque(t.dir("etc/x"))
+    t.write("etc/x/status", "mine\n")
+    by_path = {c.path: c for c in t.changes()}
+    created = by_path["/etc/x/status"]
+    assert created.after is not None and created.after.device == t.dev
+
+
+def test_a_diff_reads_only_the_regular_file_it_read_before(t: Tree, host: Path, fifo: Path) -> None:
+    """A side of a change that became a symlink after the layer was read (a step's
+    process still at work) is not read through: not the host's secret, not a FIFO."""
+    t.write("etc/motd", "changed\n")
+    t.write("etc/made", "new\n")
+    changes = {c.path: c for c in t.changes()}
+    assert content_diff(changes["/etc/motd"]) == "1c1\n< hello\n---\n> changed"
+    for path in ("/etc/motd", "/etc/made"):
+        for planted in (host / "secret", fifo):
+            target = t.upper / path.lstrip("/")
+            target.unlink()
+            target.symlink_to(planted)
+            with pytest.raises(OSError):
+                bounded(content_diff, changes[path])
+    assert not _has_reader(fifo)
