@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from disco.engine.change_text import content_diff
+from disco.engine.links import relink
+from disco.engine.stack import fold
 from disco.files import OffPath, open_dir, open_regular, opened_dir, read_regular
 from test_changes import Tree, opaque
 
@@ -164,3 +166,84 @@ def test_a_diff_reads_only_the_regular_file_it_read_before(t: Tree, host: Path, 
             with pytest.raises(OSError):
                 bounded(content_diff, changes[path])
     assert not _has_reader(fifo)
+
+
+# ---- the hard-link relinker ----
+
+
+def hard_linked_root(base: Path) -> tuple[Path, Path]:
+    """A target whose /e/g is also /d/deep/f, and a step's layer that copied /e/g up."""
+    root, upper = base / "root", base / "upper"
+    (root / "d/deep").mkdir(parents=True)
+    (root / "e").mkdir()
+    (root / "e/g").write_text("v1\n")
+    os.link(root / "e/g", root / "d/deep/f")
+    (upper / "e").mkdir(parents=True)
+    (upper / "e/g").write_text("v2\n")
+    return root, upper
+
+
+def copied(upper: Path) -> set[tuple[int, int]]:
+    st = (upper / "e/g").lstat()
+    return {(st.st_dev, st.st_ino)}
+
+
+def test_the_relinker_gives_a_copied_up_file_its_other_names(tmp_path: Path) -> None:
+    root, upper = hard_linked_root(tmp_path)
+    assert relink(upper, [root], copied(upper)) == ["/d/deep/f"]
+    assert (upper / "d/deep/f").samefile(upper / "e/g")
+
+
+@pytest.mark.parametrize("planted", ["symlink", "whiteout", "file", "opaque"])
+def test_the_relinker_never_links_where_the_step_hid_the_name(
+    tmp_path: Path, host: Path, planted: str
+) -> None:
+    """A step that made /d a symlink (to a folder of the host), deleted or replaced /d,
+    or emptied it: the other name /d/deep/f is gone from its view, and nothing is made
+    on the way, least of all through its symlink."""
+    root, upper = hard_linked_root(tmp_path)
+    if planted == "symlink":
+        (upper / "d").symlink_to(host)
+    elif planted == "whiteout":
+        os.mknod(upper / "d", stat.S_IFCHR, os.makedev(0, 0))
+    elif planted == "file":
+        (upper / "d").write_text("a file now\n")
+    else:
+        (upper / "d").mkdir()
+        opaque(upper / "d")
+    before = listing(host)
+    assert relink(upper, [root], copied(upper)) == []
+    assert listing(host) == before
+    assert sorted(p.name for p in upper.rglob("*")) == ["d", "e", "g"]
+
+
+# ---- fold ----
+
+
+def test_fold_never_follows_a_symlink_of_the_target(tmp_path: Path, host: Path) -> None:
+    """The target has /x -> a folder of the host, a NOOP step made /x a directory with a
+    file f, the next one deleted it. overlayfs never merges through a symlink, so the
+    deletion has nothing beneath to hide: folded, it is applied, not kept as a whiteout
+    because the host's folder happens to hold an f."""
+    root, below, top = tmp_path / "root", tmp_path / "below", tmp_path / "top"
+    root.mkdir()
+    (root / "x").symlink_to(host)
+    (host / "f").write_text("the host's\n")
+    (below / "x").mkdir(parents=True)
+    (below / "x/f").write_text("made by a step\n")
+    (top / "x").mkdir(parents=True)
+    os.mknod(top / "x/f", stat.S_IFCHR, os.makedev(0, 0))
+    before = listing(host)
+    fold(top, below, root)
+    assert os.listdir(below / "x") == []
+    assert listing(host) == before
+
+
+def test_fold_never_sets_metadata_through_a_symlink(tmp_path: Path, host: Path) -> None:
+    (tmp_path / "top").mkdir()
+    (tmp_path / "top").chmod(0o700)
+    (tmp_path / "below").symlink_to(host)
+    mode = stat.S_IMODE(host.stat().st_mode)
+    with pytest.raises(OSError):
+        fold(tmp_path / "top", tmp_path / "below", None)
+    assert stat.S_IMODE(host.stat().st_mode) == mode
