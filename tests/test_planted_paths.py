@@ -17,6 +17,8 @@ import pytest
 from disco.engine.change_text import content_diff
 from disco.engine.links import relink
 from disco.engine.stack import fold
+from disco.engine.staging import Source, stage
+from disco.errors import DiscoError
 from disco.files import OffPath, open_dir, open_regular, opened_dir, read_regular
 from test_changes import Tree, opaque
 
@@ -247,3 +249,42 @@ def test_fold_never_sets_metadata_through_a_symlink(tmp_path: Path, host: Path) 
     with pytest.raises(OSError):
         fold(tmp_path / "top", tmp_path / "below", None)
     assert stat.S_IMODE(host.stat().st_mode) == mode
+
+
+# ---- delivery ----
+
+
+def test_delivery_never_writes_through_a_symlink_it_delivered(tmp_path: Path, host: Path) -> None:
+    """files/ delivers /etc/x as a symlink to a folder of the host; the templates' output
+    then has /etc/x/y. Staged without a sandbox, y must not land in the host's folder."""
+    root, upper = tmp_path / "root", tmp_path / "upper"
+    (root / "etc").mkdir(parents=True)
+    files, outputs = tmp_path / "files", tmp_path / "outputs"
+    (files / "etc").mkdir(parents=True)
+    (files / "etc/x").symlink_to(host)
+    (outputs / "etc/x").mkdir(parents=True)
+    (outputs / "etc/x/y").write_text("from a template\n")
+    upper.mkdir()
+    before = listing(host)
+    sources = [Source(files, "m/files"), Source(outputs, "m/templates", keep_owner=False)]
+    with pytest.raises(DiscoError, match="/etc/x is a symbolic link delivered by this module"):
+        stage(sources, upper, [root])
+    assert listing(host) == before
+
+
+def test_delivery_follows_a_symlink_of_the_target_only_inside_the_layer(
+    tmp_path: Path, host: Path
+) -> None:
+    """The target's /srv -> ../host (which leads to a folder of the host, seen from the
+    host) is followed as cp in the target would: to /host of the target, made in the
+    layer."""
+    root, upper, files = tmp_path / "root", tmp_path / "upper", tmp_path / "files"
+    root.mkdir()
+    (root / "srv").symlink_to("../host")
+    (files / "srv").mkdir(parents=True)
+    (files / "srv/y").write_text("delivered\n")
+    upper.mkdir()
+    before = listing(host)
+    stage([Source(files, "m/files")], upper, [root])
+    assert (upper / "host/y").read_text() == "delivered\n"
+    assert listing(host) == before
