@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from disco.dance.dance import template_names
 from disco.engine.change_text import content_diff
 from disco.engine.links import relink
 from disco.engine.stack import fold
 from disco.engine.staging import Source, stage
 from disco.errors import DiscoError
 from disco.files import OffPath, open_dir, open_regular, opened_dir, read_regular
+from disco.noop.view import View
 from test_changes import Tree, opaque
 
 
@@ -288,3 +290,55 @@ def test_delivery_follows_a_symlink_of_the_target_only_inside_the_layer(
     stage([Source(files, "m/files")], upper, [root])
     assert (upper / "host/y").read_text() == "delivered\n"
     assert listing(host) == before
+
+
+# ---- the template writer ----
+
+
+def templates_of(base: Path) -> Path:
+    """A module's templates/: etc/app/app.conf, its directory mode 0750, the file 0640."""
+    templates = base / "templates"
+    (templates / "etc/app").mkdir(parents=True)
+    (templates / "etc/app").chmod(0o750)
+    (templates / "etc/app/app.conf").write_text("echo hello\n")
+    (templates / "etc/app/app.conf").chmod(0o640)
+    return templates
+
+
+def test_a_template_output_is_a_fresh_file_in_directories_with_the_templates_modes(
+    tmp_path: Path,
+) -> None:
+    view, templates = View(tmp_path / "view"), templates_of(tmp_path)
+    view.path.mkdir()
+    out, fd = view.output("m", templates, "etc/app/app.conf")
+    os.close(fd)
+    assert out == view.out("m") / "tree/etc/app/app.conf"
+    assert out.is_file() and not out.is_symlink() and out.read_bytes() == b""
+    assert stat.S_IMODE((out.parent).stat().st_mode) == 0o750
+
+
+@pytest.mark.parametrize("where", ["out/m", "out/m/tree/etc", "out/m/tree/etc/app/app.conf"])
+def test_a_template_output_never_goes_through_a_symlink_in_the_view(
+    tmp_path: Path, host: Path, where: str
+) -> None:
+    """A symlink in the view's output tree (which nothing but disco writes) is never
+    followed: on the way it is an error, as the output's own name it is replaced."""
+    view, templates = View(tmp_path / "view"), templates_of(tmp_path)
+    (view.path / where).parent.mkdir(parents=True)
+    (view.path / where).symlink_to(host / "secret" if where.endswith(".conf") else host)
+    before = listing(host)
+    if where.endswith(".conf"):
+        out, fd = view.output("m", templates, "etc/app/app.conf")
+        os.close(fd)
+        assert out.is_file() and not out.is_symlink()
+    else:
+        with pytest.raises(DiscoError, match=f"{where} in the view is a symbolic link"):
+            view.output("m", templates, "etc/app/app.conf")
+    assert listing(host) == before
+
+
+def test_template_names_never_walk_into_a_symlinked_directory(tmp_path: Path, host: Path) -> None:
+    templates = templates_of(tmp_path)
+    (templates / "elsewhere").symlink_to(host)
+    (templates / "etc/motd").symlink_to("app/app.conf")
+    assert template_names(templates) == ["elsewhere", "etc/app/app.conf", "etc/motd"]

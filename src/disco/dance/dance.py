@@ -167,15 +167,7 @@ class Dance:
 
     def module(self, module: Module) -> bool:
         set_current_module(self.view, self.plan.node, module.name)
-        templates = (
-            sorted(
-                str(p.relative_to(module.part("templates")))
-                for p in module.part("templates").rglob("*")
-                if p.is_file() or p.is_symlink()
-            )
-            if module.part("templates").is_dir()
-            else []
-        )
+        templates = template_names(module.part("templates"))
         for rel in templates:
             if not self.template(module, rel):
                 return False
@@ -235,16 +227,23 @@ class Dance:
     def template(self, module: Module, rel: str) -> bool:
         """Run a template; its output waits in the view, with the template's mode and its
         directories' modes, to be delivered."""
-        tree, templates = self.view.out(module.name) / "tree", module.part("templates")
-        out = tree / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for parent in Path(rel).parents:
-            os.chmod(tree / parent, stat.S_IMODE((templates / parent).stat().st_mode))
-        path = f"{VIEW_AT}/modules/{module.name}/templates/{rel}"
-        layer = self.layers.new()  # its writes are discarded with it, by the zygote
-        result = self.sandboxed(("bash", path), layer, Mode.NOOP, True, stdout=out, discard=True)
-        self.meter.add(record(module.name, "template", rel, result))
-        os.chmod(out, stat.S_IMODE((templates / rel).stat().st_mode))
+        templates = module.part("templates")
+        try:
+            out, fd = self.view.output(module.name, templates, rel)
+        except DiscoError as e:
+            self.announce()
+            self.sink.error(f"{module.name}: {e}")
+            return False
+        try:
+            path = f"{VIEW_AT}/modules/{module.name}/templates/{rel}"
+            layer = self.layers.new()  # its writes are discarded with it, by the zygote
+            result = self.sandboxed(
+                ("bash", path), layer, Mode.NOOP, True, stdout=out, discard=True
+            )
+            self.meter.add(record(module.name, "template", rel, result))
+            os.fchmod(fd, stat.S_IMODE((templates / rel).stat().st_mode))
+        finally:
+            os.close(fd)
         if result.returncode != 0:
             self.sink.error(
                 f"{module.name}: template {rel} {failure(result, self.options)};"
@@ -331,6 +330,19 @@ class Dance:
         result = zygote.result()
         self.layers.fold_pending()
         return result
+
+
+def template_names(top: Path) -> list[str]:
+    """A module's templates: the files and symlinks below its templates/, sorted; a
+    symlink to a directory is one (bash refuses to run it) and is never walked into, so
+    no directory outside the module is listed."""
+    names = []
+    for here, dirs, files in os.walk(top):
+        for name in [*files, *(d for d in dirs if os.path.islink(os.path.join(here, d)))]:
+            path = os.path.join(here, name)
+            if os.path.islink(path) or os.path.isfile(path):
+                names.append(os.path.relpath(path, top))
+    return sorted(names)
 
 
 def failure(result: StepResult, options: Options) -> str:
