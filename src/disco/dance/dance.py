@@ -36,7 +36,7 @@ from disco.engine.staging import Source, stage
 from disco.errors import DiscoError
 from disco.live.commit import commit
 from disco.live.recovery import recover
-from disco.noop.asker import asking
+from disco.noop.asker import Asker, asking
 from disco.noop.rules import intercepted, load_rules
 from disco.noop.view import binaries, build_shims, build_view, find, real_binds, write_parameters
 from disco.report.metrics import Meter, Record
@@ -107,6 +107,7 @@ class Dance:
         )
         self.rules = load_rules(options.config)
         self.noop_names = intercepted(self.rules)
+        self.asker: Asker | None = None
 
     def run(self) -> Outcome:
         recover(self.state.txn, self.sink.warning)  # a commit cut short: undone first
@@ -118,7 +119,7 @@ class Dance:
             found = find(self.options.root, self.noop_names)
             self.view = build_view(work / "view", self.rules, self.options.root, found)
             if self.options.on_host:  # questions about the running host asked outside
-                stack.enter_context(asking(self.view.ask))
+                self.asker = stack.enter_context(asking(self.view.ask))
             bind_readonly(self.state.modules, self.view.path / "modules")
             shown = binaries(found)
             self.shims = build_shims(work / "shims", self.view, shown, self.options.root)
@@ -308,6 +309,8 @@ class Dance:
             self.layers.fold_pending()
             self.announce()
         lowers = self.layers.stacked() if self.options.noop else ()
+        if self.asker is not None:  # what the step before may have left for this one
+            self.asker.sweep()
         zygote = self.zygotes[mode]
         zygote.start(
             Step(
