@@ -4,7 +4,7 @@ binaries it runs and the door to the host's answers (asker.py) (DESIGN §7)."""
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from disco.engine.stack import copy_dir_meta
 from disco.errors import DiscoError
-from disco.files import OffPath, open_dir
+from disco.files import NOFOLLOW_DIR
 from disco.noop.rules import Rule, compile_rules, intercepted
 from disco.tree.params import Tree, write_tree
 
@@ -90,17 +90,21 @@ class View:
         whatever the view holds; what is at the file's name already is replaced.
         """
         names = ["out", module, "tree", *rel.split("/")]
-        fd = open_dir(self.path)
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for i, name in enumerate(names[:-1]):
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o755, dir_fd=fd)
                 try:
-                    step = open_dir(fd, [name])
-                except OffPath as e:
+                    try:
+                        step = os.open(name, NOFOLLOW_DIR, dir_fd=fd)
+                    except FileNotFoundError:
+                        os.mkdir(name, 0o755, dir_fd=fd)
+                        step = os.open(name, NOFOLLOW_DIR, dir_fd=fd)
+                except OSError as e:
+                    if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
                     raise DiscoError(
                         f"cannot write the output of template {rel}:"
-                        f" {'/'.join(names[: i + 1])} in the view is {e.strerror}",
+                        f" {'/'.join(names[: i + 1])} in the view is not a directory",
                         "only disco writes its view: something else wrote it during the dance",
                     ) from e
                 os.close(fd)
@@ -108,10 +112,12 @@ class View:
                 if i >= 2:  # tree/ and below: as templates/ and below
                     mode = os.stat(templates.joinpath(*names[3 : i + 1])).st_mode
                     os.chmod(fd, stat.S_IMODE(mode))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(names[-1], dir_fd=fd)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            out = os.open(names[-1], flags, 0o600, dir_fd=fd)
+            try:
+                out = os.open(names[-1], flags, 0o600, dir_fd=fd)
+            except FileExistsError:  # whatever it is, it goes: never written through
+                os.unlink(names[-1], dir_fd=fd)
+                out = os.open(names[-1], flags, 0o600, dir_fd=fd)
         finally:
             os.close(fd)
         return self.path.joinpath(*names), out
