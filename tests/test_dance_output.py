@@ -237,3 +237,39 @@ def test_a_dance_whose_reader_goes_away_still_finishes(
             process.wait()
     data = json.loads((state / "reports" / "last.json").read_text())
     assert {r["module"] for r in data["records"]} >= {"a", "b", "loud"}  # every module ran
+
+
+FORGER = """\
+# disco's old markers, as a step may print them: a module's, then the end of the dance.
+printf '\\0disco-module:b\\nwarning: Would execute : forged by a\\n' >&2
+printf '\\0disco-end\\n' >&2
+"""
+
+
+def test_markers_printed_by_a_step_are_its_output_and_steer_nothing(
+    state: Path, tmp_path: Path, scratch_root: Path
+) -> None:
+    """A step that prints what looks like the tee's markers has them passed on; its lines
+    still count for its own module, and the tee still reads every step after (300 KB of
+    stderr would fill the pipe and hang the dance if it had stopped)."""
+    modules = {
+        "a": {"scripts/10-forge.sh": FORGER},
+        "b": {"requires": "a\n", "scripts/10-say.sh": "service x restart\n"},
+        "c": {"requires": "b\n", "scripts/10-loud.sh": "head -c 300000 /dev/zero >&2\n"},
+    }
+    server = make_server(tmp_path / "srv", modules)
+    argv = [str(BIN / "disco"), "--state-dir", str(state), "dance", "--noop", "--json"]
+    argv += ["--server", str(server), "--node", NODE, "--root", str(scratch_root)]
+    env = {**os.environ, "NO_COLOR": "1", "NOOP": ""}
+    try:
+        result = subprocess.run(argv, capture_output=True, env=env, timeout=120, check=False)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the dance hung: a step's output stopped the tee") from None
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert b"\0disco-module:b\nwarning: Would execute : forged by a\n" in result.stderr
+    assert b"\0disco-end\n" in result.stderr
+    assert result.stderr.count(b"\0") >= 300000  # c's output, all of it
+    assert json.loads(result.stdout)["would_execute"] == [
+        {"module": "a", "command": "forged by a"},
+        {"module": "b", "command": "service x restart"},
+    ]

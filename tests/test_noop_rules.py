@@ -14,7 +14,7 @@ import pytest
 
 from conftest import BIN, Run, assert_one_error, refuse_live_dance_on_this_machine
 from disco.errors import DiscoError
-from disco.noop.asker import answer, is_question
+from disco.noop.questions import answer, is_question
 from disco.noop.rules import load_rules, parse, shipped
 from disco.noop.view import build_view
 from test_dance_steps import NODE, dance, make_server, records

@@ -1,15 +1,25 @@
 """Files the boring way: written beside their target and renamed over it, directories
-swapped in whole, so a crash never leaves half of anything."""
+swapped in whole, so a crash never leaves half of anything; and paths below a trusted
+directory walked one component at a time, never following a symlink, where a step may
+have put the symlink (DESIGN §7)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+# A directory opened without following a symlink: ELOOP or ENOTDIR if it is one.
+NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A regular file read where a step may have put something else: no symlink followed, no
+# wait for a FIFO's writer, no controlling terminal taken.
+_REGULAR = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def write_atomic(target: Path, data: bytes, mode: int = 0o644) -> None:
@@ -62,3 +72,82 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+# ---- never following a symlink ----
+
+
+class OffPath(OSError):
+    """A component on the way to a directory is a symlink or not a directory."""
+
+    def __init__(self, names: Sequence[str], symlink: bool) -> None:
+        what = "a symbolic link" if symlink else "not a directory"
+        super().__init__(errno.ELOOP if symlink else errno.ENOTDIR, what, "/".join(names))
+        self.names = tuple(names)  # the components up to the one that is in the way
+        self.symlink = symlink
+
+
+def open_dir(top: Path | str | int, names: Sequence[str] = ()) -> int:
+    """A new descriptor of the directory `top`/names[0]/names[1]/..., reached one
+    component at a time without following a symlink.
+
+    `top` is a path, opened as given (the caller trusts it and its parents), or a
+    directory descriptor (left open). Raises FileNotFoundError where a component is
+    missing, OffPath where one is a symlink or not a directory, ValueError for a name
+    that is not one component ("", ".", "..", or with a "/").
+    """
+    for name in names:
+        if name in ("", ".", "..") or "/" in name:
+            raise ValueError(f"not a name in a directory: {name!r}")
+    if isinstance(top, int):
+        fd = os.open(".", NOFOLLOW_DIR, dir_fd=top)
+    else:
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, name in enumerate(names):
+            try:
+                step = os.open(name, NOFOLLOW_DIR, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                raise OffPath(names[: i + 1], stat.S_ISLNK(st.st_mode)) from e
+            os.close(fd)
+            fd = step
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def opened_dir(top: Path | str | int, names: Sequence[str] = ()) -> Iterator[int]:
+    """open_dir() for the block, closed after it."""
+    fd = open_dir(top, names)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def open_regular(path: Path | str, *, dir_fd: int | None = None) -> int:
+    """A descriptor of the regular file at `path` (relative to `dir_fd` if given), or
+    OSError: the last component is never followed if it is a symlink, and nothing but a
+    regular file is opened (lstat first: opening a FIFO or a device can wake a process
+    or hang the reader; fstat after, that it is still the same file)."""
+    st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+    fd = os.open(path, _REGULAR, dir_fd=dir_fd)
+    now = os.fstat(fd)
+    if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "changed while it was opened", os.fspath(path))
+    return fd
+
+
+def read_regular(path: Path | str, limit: int = -1) -> bytes:
+    """The bytes of the regular file at `path` (the first `limit`, if given), read as
+    open_regular() opens it."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        return f.read(limit)

@@ -22,8 +22,10 @@ def run(
     cwd: Path | None = None,
     check: bool = True,
     timeout: float | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run `argv` and capture its output.
+    """Run `argv` and capture its output (`pass_fds`: descriptors it gets under the same
+    numbers, such as files opened without following a symlink for it to read).
 
     Stdin is closed unless `input` is given. `env` replaces the environment; by default
     the child gets ours with messages forced to the C locale, so that the errors disco
@@ -45,6 +47,7 @@ def run(
             cwd=cwd,
             check=False,
             timeout=timeout,
+            pass_fds=tuple(pass_fds),
         )
     except subprocess.TimeoutExpired as e:
         raise CommandError(argv, 124, f"{argv[0]} did not finish in {timeout} s") from e

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -137,8 +138,6 @@ def printing_to(json_mode: bool) -> TextIO:
 
 
 WOULD = b"warning: Would execute : "  # what a NOOP interceptor prints (view.INTERCEPTOR)
-MARK = b"\0disco-module:"  # written by the dance between modules; never shown
-END = b"\0disco-end\n"
 
 
 class StderrTee:
@@ -148,6 +147,9 @@ class StderrTee:
     Everything written to fd 2 (ours, and every step's: they inherit it) is passed on to
     the real stderr as it comes; `mark(module)` puts a marker in the same pipe, so a line
     is counted for the module whose steps wrote it, whatever the reading thread's lag.
+    The markers hold a random nonce of the tee's (128 bits, never shown to a step): a
+    step that writes what looks like one has it passed on as its output, and changes
+    neither which module a line counts for nor when the tee stops reading.
     Used only where a dance intercepts (NOOP, or live on another root): there no process
     of a step outlives it (a NOOP step's pid namespace ends them all, a live step's init
     kills what is left), and none is left holding the pipe."""
@@ -155,6 +157,9 @@ class StderrTee:
     def __init__(self) -> None:
         self.lines: list[dict[str, str]] = []
         self.module = ""
+        nonce = secrets.token_hex(16).encode()
+        self.marker = b"\0disco-" + nonce + b"-module:"  # written between modules
+        self.end = b"\0disco-" + nonce + b"-end\n"
         self.saved = os.dup(2)
         self.broken = False  # the real stderr refused a write
         self.terminal = os.isatty(self.saved)
@@ -176,13 +181,13 @@ class StderrTee:
 
     def mark(self, module: str) -> None:
         sys.stderr.flush()
-        os.write(2, MARK + os.fsencode(module) + b"\n")
+        os.write(2, self.marker + os.fsencode(module) + b"\n")
 
     def close(self) -> None:
         if self.read < 0:
             return
         sys.stderr.flush()
-        os.write(2, END)
+        os.write(2, self.end)
         self.thread.join(timeout=10)
         os.dup2(self.saved, 2)
         os.close(self.saved)
@@ -190,6 +195,7 @@ class StderrTee:
         self.read = -1
 
     def pump(self) -> None:
+        mark, end = self.marker, self.end
         pending, line = b"", b""
         while True:
             chunk = os.read(self.read, 65536)
@@ -205,17 +211,17 @@ class StderrTee:
                 pending = rest
                 if not pending:
                     break
-                if END.startswith(pending[: len(END)]) and len(pending) < len(END):
+                if end.startswith(pending[: len(end)]) and len(pending) < len(end):
                     break  # a marker cut in two: wait for its end
-                if pending.startswith(END):
+                if pending.startswith(end):
                     return
-                if pending.startswith(MARK):
-                    end = pending.find(b"\n")
-                    if end < 0:
+                if pending.startswith(mark):
+                    stop = pending.find(b"\n")
+                    if stop < 0:
                         break
-                    self.module = os.fsdecode(pending[len(MARK) : end])
-                    pending = pending[end + 1 :]
-                elif MARK.startswith(pending[: len(MARK)]) and len(pending) < len(MARK):
+                    self.module = os.fsdecode(pending[len(mark) : stop])
+                    pending = pending[stop + 1 :]
+                elif mark.startswith(pending[: len(mark)]) and len(pending) < len(mark):
                     break
                 else:  # a NUL of a step's own: pass it on
                     self.forward(pending[:1])

@@ -38,7 +38,7 @@ from disco.engine.staging import Source, stage
 from disco.errors import DiscoError
 from disco.live.commit import commit
 from disco.live.recovery import recover
-from disco.noop.asker import asking
+from disco.noop.asker import Asker, asking
 from disco.noop.rules import intercepted, load_rules
 from disco.noop.view import binaries, build_shims, build_view, find, real_binds, write_parameters
 from disco.report.metrics import Meter, Record
@@ -110,6 +110,7 @@ class Dance:
         )
         self.rules = load_rules(options.config)
         self.noop_names = intercepted(self.rules)
+        self.asker: Asker | None = None
 
     def run(self) -> Outcome:
         recover(self.state.txn, self.sink.warning)  # a commit cut short: undone first
@@ -122,7 +123,7 @@ class Dance:
             found = find(self.options.root, self.noop_names)
             self.view = build_view(work / "view", self.rules, self.options.root, found)
             if self.options.on_host:  # questions about the running host asked outside
-                stack.enter_context(asking(self.view.ask))
+                self.asker = stack.enter_context(asking(self.view.ask))
             bind_readonly(self.state.modules, self.view.path / "modules")
             shown = binaries(found)
             self.shims = build_shims(work / "shims", self.view, shown, self.options.root)
@@ -182,15 +183,7 @@ class Dance:
 
     def module(self, module: Module) -> bool:
         set_current_module(self.view, self.plan.node, module.name)
-        templates = (
-            sorted(
-                str(p.relative_to(module.part("templates")))
-                for p in module.part("templates").rglob("*")
-                if p.is_file() or p.is_symlink()
-            )
-            if module.part("templates").is_dir()
-            else []
-        )
+        templates = template_names(module.part("templates"))
         for rel in templates:
             if not self.template(module, rel):
                 return False
@@ -250,16 +243,23 @@ class Dance:
     def template(self, module: Module, rel: str) -> bool:
         """Run a template; its output waits in the view, with the template's mode and its
         directories' modes, to be delivered."""
-        tree, templates = self.view.out(module.name) / "tree", module.part("templates")
-        out = tree / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for parent in Path(rel).parents:
-            os.chmod(tree / parent, stat.S_IMODE((templates / parent).stat().st_mode))
-        path = f"{VIEW_AT}/modules/{module.name}/templates/{rel}"
-        layer = self.layers.new()  # its writes are discarded with it, by the zygote
-        result = self.sandboxed(("bash", path), layer, TEMPLATES, True, stdout=out, discard=True)
-        self.meter.add(record(module.name, "template", rel, result))
-        os.chmod(out, stat.S_IMODE((templates / rel).stat().st_mode))
+        templates = module.part("templates")
+        try:
+            out, fd = self.view.output(module.name, templates, rel)
+        except DiscoError as e:
+            self.announce()
+            self.sink.error(f"{module.name}: {e}")
+            return False
+        try:
+            path = f"{VIEW_AT}/modules/{module.name}/templates/{rel}"
+            layer = self.layers.new()  # its writes are discarded with it, by the zygote
+            result = self.sandboxed(
+                ("bash", path), layer, TEMPLATES, True, stdout=out, discard=True
+            )
+            self.meter.add(record(module.name, "template", rel, result))
+            os.fchmod(fd, stat.S_IMODE((templates / rel).stat().st_mode))
+        finally:
+            os.close(fd)
         if result.returncode != 0:
             self.sink.error(
                 f"{module.name}: template {rel} {failure(result, self.options, self.work)};"
@@ -326,6 +326,8 @@ class Dance:
             self.layers.fold_pending()
             self.announce()
         lowers = self.layers.stacked() if self.options.noop else ()
+        if self.asker is not None:  # what the step before may have left for this one
+            self.asker.sweep()
         zygote = self.zygotes[kind]
         zygote.start(
             Step(
@@ -351,6 +353,19 @@ class Dance:
 
 
 TEMPLATES, SCRIPTS = "templates", "scripts"  # the zygote each kind of step runs in
+
+
+def template_names(top: Path) -> list[str]:
+    """A module's templates: the files and symlinks below its templates/, sorted; a
+    symlink to a directory is one (bash refuses to run it) and is never walked into, so
+    no directory outside the module is listed."""
+    names = []
+    for here, dirs, files in os.walk(top):
+        for name in [*files, *(d for d in dirs if os.path.islink(os.path.join(here, d)))]:
+            path = os.path.join(here, name)
+            if os.path.islink(path) or os.path.isfile(path):
+                names.append(os.path.relpath(path, top))
+    return sorted(names)
 
 
 def failure(result: StepResult, options: Options, work: Path | None = None) -> str:

@@ -6,11 +6,13 @@ with U+FFFD for bytes that are not.
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
 from disco.engine.changes import Change, ChangeKind, differences, specific
 from disco.errors import CommandError
+from disco.files import open_regular, read_regular
 from disco.quoting import quote
 from disco.run import run
 
@@ -48,7 +50,8 @@ def content_diff(change: Change, style: str = "normal") -> str:
     "(content hidden: sensitive)" for a sensitive path. A side that is not a regular file
     (the path created, deleted, or of another type) reads as empty (/dev/null). Unified
     diffs are labelled a/PATH and b/PATH. Diff's final newline is dropped. The files are
-    read now: render a change before it is committed.
+    read now: render a change before it is committed. A side is read only while it is
+    the regular file it was, never through a symlink (else OSError).
     """
     if style not in ("normal", "unified"):
         raise ValueError(f"unknown diff style {style!r}")
@@ -65,12 +68,19 @@ def content_diff(change: Change, style: str = "normal") -> str:
     if old is None or new is None:  # all lines added or all removed: no need for diff
         one = new if old is None else old
         assert one is not None
-        return _one_sided(one.read_bytes(), old is None, change.path, style)
-    argv = ["diff", "--text"]
-    if style == "unified":
-        argv += ["-u", "--label", f"a{change.path}", "--label", f"b{change.path}"]
-    argv += [str(old), str(new)]
-    result = run(argv, check=False)
+        return _one_sided(read_regular(one), old is None, change.path, style)
+    fds: list[int] = []
+    try:
+        for side in (old, new):
+            fds.append(open_regular(side))
+        argv = ["diff", "--text"]
+        if style == "unified":
+            argv += ["-u", "--label", f"a{change.path}", "--label", f"b{change.path}"]
+        argv += [f"/proc/self/fd/{fd}" for fd in fds]  # diff opens what disco opened
+        result = run(argv, check=False, pass_fds=fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
     if result.returncode > 1:  # 1 only says that the files differ
         raise CommandError(argv, result.returncode, result.stderr.decode(errors="replace"))
     text = result.stdout.decode(errors="replace")
@@ -102,5 +112,4 @@ def _one_sided(data: bytes, added: bool, path: str, style: str) -> str:
 
 
 def _head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(_PROBE)
+    return read_regular(path, _PROBE)

@@ -24,6 +24,7 @@ change_text.py renders a change as the seed does; lower.py looks the lower view 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import fnmatch
 import grp
@@ -47,6 +48,7 @@ from disco.engine.lower import (
     view,
 )
 from disco.errors import DiscoError
+from disco.files import open_regular, read_regular
 from disco.quoting import quote
 
 # Never reported (nor anything below them). Callers add their state dir.
@@ -216,12 +218,13 @@ def _name(id: int, table: dict[int, str] | None, host: bool, ask: Callable[[], s
 
 
 def _table(path: str | None) -> dict[int, str] | None:
-    """name:x:id:... lines as {id: name}, the first name of an id winning. Read again
-    only when the file is another (each step of a dance asks for the same ones)."""
+    """name:x:id:... lines as {id: name}, the first name of an id winning; None unless it
+    is a regular file (a symlink a step put there is not followed). Read again only when
+    the file is another (each step of a dance asks for the same ones)."""
     if path is None:
         return None
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return None
     if not stat.S_ISREG(st.st_mode):
@@ -229,11 +232,10 @@ def _table(path: str | None) -> dict[int, str] | None:
     key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _TABLES:
         table: dict[int, str] = {}
-        with open(path, errors="replace") as f:
-            for line in f.read().splitlines():
-                fields = line.split(":")
-                if len(fields) > 2 and fields[2].isdigit():
-                    table.setdefault(int(fields[2]), fields[0])
+        for line in read_regular(path).decode(errors="replace").splitlines():
+            fields = line.split(":")
+            if len(fields) > 2 and fields[2].isdigit():
+                table.setdefault(int(fields[2]), fields[0])
         if len(_TABLES) > 64:
             _TABLES.clear()
         _TABLES[key] = table
@@ -245,7 +247,7 @@ _TABLES: dict[tuple[str, int, int, int, int], dict[int, str]] = {}
 
 def _md5(path: str) -> str:
     digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:  # never through a step's symlink
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -280,7 +282,7 @@ class _Reader:
         self.host = self.root == "/"
         self._before: _Names | None = None
         self._after: _Names | None = None
-        self.devices: dict[str, str] = {}
+        self.devices: dict[str, tuple[str, bool]] = {}
         self.changes: list[Change] = []
 
     # The owners' names, looked up only for what is reported: most of a layer is the
@@ -318,11 +320,20 @@ class _Reader:
 
     def device(self, rel: str) -> str:
         """stat %D of the target path, or of its nearest existing ancestor."""
+        return self._device(rel)[0]
+
+    def _device(self, rel: str) -> tuple[str, bool]:
+        """(stat %D, is a directory) of the target path `rel`; below a missing entry or
+        a symlink (never followed: it may lead out of the target) its parent's device."""
         if rel not in self.devices:
-            try:
-                self.devices[rel] = f"{os.lstat(os.path.join(self.root, rel)).st_dev:x}"
-            except (FileNotFoundError, NotADirectoryError):
-                self.devices[rel] = self.device(os.path.dirname(rel))
+            dev, in_dir = self._device(os.path.dirname(rel)) if rel else ("", True)
+            st = None
+            if in_dir:
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    st = os.lstat(os.path.join(self.root, rel))
+            if st is not None:
+                dev, in_dir = f"{st.st_dev:x}", stat.S_ISDIR(st.st_mode)
+            self.devices[rel] = (dev, in_dir and st is not None)
         return self.devices[rel]
 
     def meta(self, p: str, path: str) -> Meta:

@@ -19,13 +19,15 @@ copied-up file had more than one name: config files rarely do, so a dance pays n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator, Sequence, Set
 from pathlib import Path
 
 from disco.engine.lower import lookup
-from disco.engine.stack import copy_dir_meta
+from disco.engine.stack import copy_dir_meta, is_opaque
+from disco.files import open_dir, opened_dir
 
 
 def relink(
@@ -56,11 +58,10 @@ def relink(
         for other in scans[key].get(st.st_ino, []):
             if other == rel or any(_under("/" + other, e) for e in exclude):
                 continue
-            if os.path.lexists(upper / other) or lookup(lowers, other) != Path(layer, other):
-                continue  # written by the step too, or hidden by a later layer
-            _make_parents(upper, other, lowers)
-            os.link(upper / rel, upper / other)
-            added.append("/" + other)
+            if lookup(lowers, other) != Path(layer, other):
+                continue  # hidden by a later layer
+            if _link(upper, rel, other, lowers):
+                added.append("/" + other)
     return sorted(added)
 
 
@@ -110,18 +111,54 @@ def _names_by_inode(top: Path, dev: int, layer: Path) -> dict[int, list[str]]:
     return names
 
 
-def _make_parents(upper: Path, rel: str, lowers: Sequence[Path]) -> None:
-    """The directories of `rel` in `upper`, as the lower view has them (copied up)."""
-    done = ""
-    for name in rel.split("/")[:-1]:
-        done = f"{done}/{name}" if done else name
-        up = upper / done
-        if up.is_dir():
-            continue
-        below = lookup(lowers, done)
-        assert below is not None  # the file's lower entry is below it
-        up.mkdir()
-        copy_dir_meta(below, up)
+def _link(upper: Path, rel: str, other: str, lowers: Sequence[Path]) -> bool:
+    """Give the copy at `rel` in `upper` the name `other` too, with the directories on its
+    way copied up as the lower view has them; False where the step's layer has `other`
+    already (written, or deleted: a whiteout) or hides it (a directory on its way that the
+    step deleted, made opaque, or replaced by a file or a symlink). The layer is walked
+    from its top one directory at a time, never through a symlink of the step's."""
+    names = other.split("/")
+    with opened_dir(upper, rel.split("/")[:-1]) as src, _parents(upper, names, lowers) as d:
+        if d is None:
+            return False
+        try:
+            os.stat(names[-1], dir_fd=d, follow_symlinks=False)
+            return False
+        except FileNotFoundError:
+            pass
+        os.link(os.path.basename(rel), names[-1], src_dir_fd=src, dst_dir_fd=d,
+                follow_symlinks=False)  # fmt: skip
+        return True
+
+
+@contextlib.contextmanager
+def _parents(upper: Path, names: list[str], lowers: Sequence[Path]) -> Iterator[int | None]:
+    """The directory of the last of `names` in `upper`, its missing parts made as the
+    lower view has them; None where the step's layer hides what the lower view has."""
+    fd = open_dir(upper)
+    try:
+        for i, name in enumerate(names[:-1]):
+            below: Path | None = None
+            try:
+                st: os.stat_result | None = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st, below = None, lookup(lowers, "/".join(names[: i + 1]))
+                assert below is not None  # the file's lower entry is below it
+                os.mkdir(name, 0o700, dir_fd=fd)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                yield None  # deleted (a whiteout), or made a file or a symlink
+                return
+            step = open_dir(fd, [name])
+            os.close(fd)
+            fd = step
+            if below is not None:
+                copy_dir_meta(below, fd)
+            elif is_opaque(fd):
+                yield None  # emptied by the step: the lower names below are gone
+                return
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _under(path: str, top: str) -> bool:

@@ -228,7 +228,7 @@ class Zygote:
         subs = self.submounts(step)
         ops = self.plan(step, subs)
         _prepare(step, subs)
-        write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW  # never a planted link
         request = {
             "remove": self.trash,
             "layer": str(step.layer),

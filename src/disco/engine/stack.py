@@ -13,13 +13,16 @@ import os
 import stat
 from pathlib import Path
 
-from disco.files import remove_tree
+from disco.files import NOFOLLOW_DIR, remove_tree
 
 OPAQUE = "trusted.overlay.opaque"
 
 
-def is_opaque(path: Path | str) -> bool:
+def is_opaque(path: Path | str | int) -> bool:
+    """Whether the directory at `path` (or a descriptor of it) is opaque."""
     try:
+        if isinstance(path, int):
+            return os.getxattr(path, OPAQUE) == b"y"
         return os.getxattr(path, OPAQUE, follow_symlinks=False) == b"y"
     except OSError:
         return False
@@ -56,7 +59,7 @@ def fold(top: Path | str, below: Path | str, lower: Path | str | None) -> None:
             if entry.is_dir(follow_symlinks=False) and not is_opaque(src):
                 if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
                     # Both merge with what is beneath: merge them with each other.
-                    shows = beneath if beneath is not None and os.path.isdir(beneath) else None
+                    shows = beneath if beneath is not None and _is_dir(beneath) else None
                     fold(src, dst, None if is_opaque(dst) else shows)
                     continue
                 if dst_st is None:
@@ -74,22 +77,35 @@ def fold(top: Path | str, below: Path | str, lower: Path | str | None) -> None:
             os.rename(src, dst)
 
 
+def _is_dir(path: str) -> bool:
+    """A directory itself: a symlink in the target is no directory to overlayfs, which
+    never follows one when it merges layers (and may lead out of the target)."""
+    return stat.S_ISDIR(os.lstat(path).st_mode)
+
+
 def is_whiteout(entry: os.DirEntry[str]) -> bool:
     st = entry.stat(follow_symlinks=False)
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def copy_dir_meta(src: Path | str, dst: Path | str) -> None:
+def copy_dir_meta(src: Path | str, dst: Path | str | int) -> None:
     """A directory copied up in `src` carries its current owner, mode, times and xattrs
-    (set only where they differ: a fold meets the same directories at every step)."""
-    st, was = os.lstat(src), os.lstat(dst)
-    chown = (st.st_uid, st.st_gid) != (was.st_uid, was.st_gid)
-    if chown:
-        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-    if chown or stat.S_IMODE(st.st_mode) != stat.S_IMODE(was.st_mode):  # chown may clear bits
-        os.chmod(dst, stat.S_IMODE(st.st_mode))
-    for name in os.listxattr(src, follow_symlinks=False):
-        if not name.startswith("trusted.overlay."):
-            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False))
-    if (st.st_atime_ns, st.st_mtime_ns) != (was.st_atime_ns, was.st_mtime_ns):
-        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    (set only where they differ: a fold meets the same directories at every step).
+    `dst`, a path or a directory's descriptor, is never a symlink followed (OSError)."""
+    mine = not isinstance(dst, int)
+    fd = dst if isinstance(dst, int) else os.open(dst, NOFOLLOW_DIR)
+    try:
+        st, was = os.lstat(src), os.fstat(fd)
+        chown = (st.st_uid, st.st_gid) != (was.st_uid, was.st_gid)
+        if chown:
+            os.chown(fd, st.st_uid, st.st_gid)
+        if chown or stat.S_IMODE(st.st_mode) != stat.S_IMODE(was.st_mode):  # chown may clear bits
+            os.chmod(fd, stat.S_IMODE(st.st_mode))
+        for name in os.listxattr(src, follow_symlinks=False):
+            if not name.startswith("trusted.overlay."):
+                os.setxattr(fd, name, os.getxattr(src, name, follow_symlinks=False))
+        if (st.st_atime_ns, st.st_mtime_ns) != (was.st_atime_ns, was.st_mtime_ns):
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        if mine:
+            os.close(fd)

@@ -14,6 +14,8 @@ written them, and the layer is then read, reported and committed like any step's
   symlink is replaced, never written through.
 - A directory of the target's path that is a symlink (`/lib -> usr/lib`) is followed,
   inside the target root, as cp would follow it: the entry lands where it points.
+- Nothing is ever written through a symlink in the layer: a directory the delivery needs
+  where it put a symlink or a file itself is an error.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class _Stager:
             self.ensure(os.path.dirname(real), source)
         self.made[rel] = real
         up = self.up(real)
-        if not os.path.isdir(up):
+        if not self.is_dir(real, f"{source.shown}/{rel}"):
             below = self.view.lookup(real)
             if below is not None and not os.path.isdir(below):
                 what = f"{source.shown}/{rel}"
@@ -107,16 +109,31 @@ class _Stager:
         for name in [n for n in rel.split("/") if n]:
             done = f"{done}/{name}".lstrip("/")
             up = self.up(done)
-            if os.path.isdir(up):
+            if self.is_dir(done, source.shown):
                 continue
             below = self.view.lookup(done)
-            if below is None or not os.path.isdir(below):
+            if below is None or not stat.S_ISDIR(os.lstat(below).st_mode):
                 raise DiscoError(
                     f"cannot deliver {source.shown}: /{done} of the target is not a directory",
                     f"make /{done} a directory, or fix the symlink that leads there",
                 )
             os.mkdir(up)
             self.copy_dir(below, up, None)
+
+    def is_dir(self, rel: str, what: str) -> bool:
+        """Whether the upper has directory `rel` (False: nothing there yet); an error if it
+        has something else, never followed if a symlink."""
+        try:
+            st = os.lstat(self.up(rel))
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a file"
+            raise DiscoError(
+                f"cannot deliver {what}: /{rel} is {kind} delivered by this module",
+                f"deliver /{rel} as a directory, or deliver {what} where the link points",
+            )
+        return True
 
     def follow(self, rel: str, source: Source) -> str:
         """`rel` with each symlink to a directory resolved inside the target root."""
@@ -159,6 +176,7 @@ class _Stager:
         else:
             if stat.S_ISDIR(old.st_mode):
                 shutil.rmtree(up)
+                self.made = {k: v for k, v in self.made.items() if not _under(v, rel)}
             else:
                 os.unlink(up)
         st = os.lstat(src)
@@ -185,9 +203,10 @@ class _Stager:
 def _copy_data(src: str, dst: str) -> None:
     """A regular file's bytes, by sendfile: shutil.copyfile's checks cost more than the
     copy of a small file."""
-    fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd_out = os.open(dst, flags, 0o600)
         try:
             offset = 0
             while sent := os.sendfile(fd_out, fd_in, offset, 1 << 30):
@@ -196,6 +215,10 @@ def _copy_data(src: str, dst: str) -> None:
             os.close(fd_out)
     finally:
         os.close(fd_in)
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(f"{top}/")
 
 
 def _copy_xattrs(src: str, dst: str) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 from disco.clock import utc_now
 from disco.engine.changes import Change, load_sensitive
 from disco.errors import DiscoError
-from disco.files import write_atomic
+from disco.files import open_regular, write_atomic
 from disco.live.changeset import plan_commit
 from disco.live.commit import commit_ops
 from disco.live.journal import Expect, Journal, load, read_xattrs
@@ -341,7 +341,7 @@ def _same(target: Path, st: os.stat_result, want: Expect) -> bool:
 
 def _md5(path: Path) -> str:
     digest = hashlib.md5()
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:  # what lstat saw, never a FIFO
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Union
 
 from disco.errors import DiscoError
+from disco.files import NOFOLLOW_DIR, OffPath, open_dir
 
 TEMP_SUFFIX = ".disco-new"
 _OVERLAY_XATTR = "trusted.overlay."
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 SELINUX = "security.selinux"
 
 NODE_TYPES = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
@@ -261,22 +261,15 @@ def parent(root: Path, path: str) -> Iterator[tuple[int, str]]:
     root itself and ".". Raises FileNotFoundError if a directory on the way is missing.
     """
     names = parts(path)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for i, part in enumerate(names[:-1]):
-            try:
-                step = os.open(part, _DIR, dir_fd=fd)
-            except OSError as e:
-                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                where = root.joinpath(*names[: i + 1])
-                what = "a symbolic link" if where.is_symlink() else "not a directory"
-                raise DiscoError(
-                    f"refusing to commit {path}: {where} is {what} in the target",
-                    hint="the target changed since the step ran, or the layer is not a layer",
-                ) from e
-            os.close(fd)
-            fd = step
+        fd = open_dir(root, names[:-1])
+    except OffPath as e:
+        where = root.joinpath(*e.names)
+        raise DiscoError(
+            f"refusing to commit {path}: {where} is {e.strerror} in the target",
+            hint="the target changed since the step ran, or the layer is not a layer",
+        ) from e
+    try:
         yield fd, names[-1] if names else "."
     finally:
         os.close(fd)
@@ -351,7 +344,7 @@ def _unlink_quiet(d: int, name: str) -> None:
 
 def _remove_tree(d: int, name: str, dev: int, shown: Path) -> None:
     """rm -r --one-file-system of the directory `name` in `d`."""
-    fd = os.open(name, _DIR, dir_fd=d)
+    fd = os.open(name, NOFOLLOW_DIR, dir_fd=d)
     try:
         for child in os.listdir(fd):
             st = os.stat(child, dir_fd=fd, follow_symlinks=False)

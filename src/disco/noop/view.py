@@ -4,13 +4,17 @@ binaries it runs and the door to the host's answers (asker.py) (DESIGN §7)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from disco.engine.stack import copy_dir_meta
+from disco.errors import DiscoError
+from disco.files import NOFOLLOW_DIR
 from disco.noop.rules import Rule, compile_rules, intercepted
 from disco.tree.params import Tree, write_tree
 
@@ -75,6 +79,48 @@ class View:
     def out(self, module: str) -> Path:
         """Where a module's template outputs wait for delivery."""
         return self.path / "out" / module
+
+    def output(self, module: str, templates: Path, rel: str) -> tuple[Path, int]:
+        """An empty file for the output of `module`'s template `rel` (`templates`: its
+        templates/), in out(module)/tree with the directories on its way made and given
+        the modes of the template's own: the file's path, for the step's stdout, and a
+        descriptor of it, to give it the template's mode once written.
+
+        Made from the view's top one directory at a time and never through a symlink,
+        whatever the view holds; what is at the file's name already is replaced.
+        """
+        names = ["out", module, "tree", *rel.split("/")]
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for i, name in enumerate(names[:-1]):
+                try:
+                    try:
+                        step = os.open(name, NOFOLLOW_DIR, dir_fd=fd)
+                    except FileNotFoundError:
+                        os.mkdir(name, 0o755, dir_fd=fd)
+                        step = os.open(name, NOFOLLOW_DIR, dir_fd=fd)
+                except OSError as e:
+                    if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    raise DiscoError(
+                        f"cannot write the output of template {rel}:"
+                        f" {'/'.join(names[: i + 1])} in the view is not a directory",
+                        "only disco writes its view: something else wrote it during the dance",
+                    ) from e
+                os.close(fd)
+                fd = step
+                if i >= 2:  # tree/ and below: as templates/ and below
+                    mode = os.stat(templates.joinpath(*names[3 : i + 1])).st_mode
+                    os.chmod(fd, stat.S_IMODE(mode))
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                out = os.open(names[-1], flags, 0o600, dir_fd=fd)
+            except FileExistsError:  # whatever it is, it goes: never written through
+                os.unlink(names[-1], dir_fd=fd)
+                out = os.open(names[-1], flags, 0o600, dir_fd=fd)
+        finally:
+            os.close(fd)
+        return self.path.joinpath(*names), out
 
 
 def build_view(path: Path, rules: tuple[Rule, ...], root: Path, found: Found | None = None) -> View:
