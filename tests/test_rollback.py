@@ -410,3 +410,20 @@ def test_rollback_undoes_the_last_dance_that_changed_something(
     assert result.returncode == 0, result.stderr
     assert "Rolling back dance(s) 2, 1 " in result.stdout
     assert state_of(scratch_root) == before
+
+
+def test_a_mode_change_rolled_back_after_an_edit_brings_the_original_content_back(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    """Issue 22: the undo log of a chmod once hard-linked the live file, so an edit after
+    the dance edited the "original" too, and each dance gave the file one more name."""
+    prepare(scratch_root)
+    conf = scratch_root / "etc/app.conf"
+    toggle = "f=/etc/app.conf; [ $(stat -c %a $f) = 600 ] && chmod 640 $f || chmod 600 $f\n"
+    server = server_with(tmp_path, {"10-mode.sh": toggle})
+    for _ in range(3):
+        assert dance(cmd, server, scratch_root, noop=False).returncode == 0
+        assert conf.stat().st_nlink == 1
+    conf.write_text("edited by hand\n")
+    assert rollback(cmd, scratch_root, "1", "--force").returncode == 0
+    assert conf.read_text() == "old\n" and stat.S_IMODE(conf.stat().st_mode) == 0o640

@@ -3,8 +3,11 @@
 Before a step's operations touch the root, `commit` writes a journal (journal.py): every
 target path they create, replace, delete or change in place, in order, each with its
 state before (owner, mode, xattrs, times, symlink target, device numbers in
-journal.json; a regular file's content as a hard link of its inode under saved/, since a
-rename over the target or an unlink leaves that inode as it was, else as a copy). The
+journal.json; a regular file's content under saved/). The saved content never shares an
+inode with a file of the root: it is a hard link of the original only where the commit
+takes that inode out of the root (a rename over its one name, an unlink), else a copy
+(holes kept). A link to a file that stays would make the "original" follow every later
+edit of it, and give it one more name each dance. The
 journal is built in txn/journal.new and renamed to txn/journal once its files and
 directories are fsynced; only then does the first operation run. When the last one is
 done and the directories it touched are fsynced, the journal is renamed into the dance's
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from disco.engine.changes import Change
 from disco.errors import DiscoError
+from disco.files import copy_file
 from disco.live.changeset import apply, keep_links, plan_commit
 from disco.live.journal import (
     FORMAT,
@@ -43,7 +47,7 @@ from disco.live.journal import (
     sync_dirs,
     write_synced,
 )
-from disco.live.ops import Op, Remove
+from disco.live.ops import Op, Remove, SetMeta
 from disco.live.recovery import undo
 
 
@@ -128,12 +132,13 @@ def _write_journal(
     copies: list[Path] = []
     for op in ops:
         paths = _below(root, op.path) if isinstance(op, Remove) else [op.path]
+        stays = isinstance(op, SetMeta)  # the only operation that keeps the inode in place
         for path in paths:
             if path in seen:  # its first entry has its state before the commit
                 continue
             seen.add(path)
             gone = any(path == r or path.startswith(r.rstrip("/") + "/") for r in removed)
-            before = None if gone else _save(root, path, new / "saved", len(entries), copies)
+            before = None if gone else _save(root, path, new / "saved", len(entries), copies, stays)
             entries.append(Entry(path, before, afters.get(path)))
         if isinstance(op, Remove):
             removed.append(op.path)
@@ -175,7 +180,10 @@ def _below(root: Path, path: str) -> list[str]:
     return out
 
 
-def _save(root: Path, path: str, saved: Path, n: int, copies: list[Path]) -> Saved | None:
+def _save(
+    root: Path, path: str, saved: Path, n: int, copies: list[Path], stays: bool
+) -> Saved | None:
+    """The state of `path` before the commit; `stays`: its inode stays in the root."""
     target = root / path.lstrip("/")
     try:
         st = os.lstat(target)
@@ -184,10 +192,10 @@ def _save(root: Path, path: str, saved: Path, n: int, copies: list[Path]) -> Sav
     file = None
     if stat.S_ISREG(st.st_mode):
         file = str(n)
-        try:
-            os.link(target, saved / file, follow_symlinks=False)
-        except OSError:  # another filesystem: a copy, fsynced with the journal
-            shutil.copyfile(target, saved / file, follow_symlinks=False)
+        # A link only where the inode leaves the root with the commit; else (or on
+        # another filesystem) a copy, fsynced with the journal.
+        if stays or st.st_nlink > 1 or not _linked(target, saved / file):
+            copy_file(target, saved / file)
             copies.append(saved / file)
     return Saved(
         mode=st.st_mode,
@@ -200,6 +208,14 @@ def _save(root: Path, path: str, saved: Path, n: int, copies: list[Path]) -> Sav
         rdev=st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0,
         file=file,
     )
+
+
+def _linked(target: Path, link: Path) -> bool:
+    try:
+        os.link(target, link, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
 
 
 def _archive(txn: Path, journal: Journal) -> Journal:
