@@ -132,11 +132,13 @@ def test_a_commit_killed_at_any_point_is_undone_byte_for_byte(tmp_path: Path, k:
     last = POINTS
     upper, root, txn = build(tmp_path / "run")
     before = snapshot(root)
+    os.utime(root / "etc", ns=(T, T))  # a directory the commit renames and unlinks in
     assert commit_in_child(upper, root, txn, f"{k}:KILL") == -9
     warnings: list[str] = []
     recover(txn, warnings.append)
-    if k < last:  # cut short: undone
+    if k < last:  # cut short: undone, its directories' mtimes too
         assert snapshot(root) == before
+        assert (root / "etc").stat().st_mtime_ns == T
         (warning,) = warnings
         assert "dance 1" in warning and "mod: exec 10-all" in warning and "undone" in warning
     else:  # killed after its journal reached the history: done

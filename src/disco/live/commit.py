@@ -26,6 +26,7 @@ import os
 import shutil
 import stat
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from disco.engine.changes import Change
@@ -33,11 +34,13 @@ from disco.errors import DiscoError
 from disco.files import copy_file
 from disco.live.changeset import apply, keep_links, plan_commit
 from disco.live.journal import (
+    AFTER,
     FORMAT,
     Entry,
     Expect,
     Journal,
     Saved,
+    Times,
     discard,
     entry_data,
     fsync,
@@ -45,9 +48,10 @@ from disco.live.journal import (
     read_xattrs,
     signals_held,
     sync_dirs,
+    times_data,
     write_synced,
 )
-from disco.live.ops import Op, Remove, SetMeta
+from disco.live.ops import Op, Remove, SetMeta, parent
 from disco.live.recovery import undo
 
 
@@ -84,6 +88,8 @@ def commit_ops(
             raise
         sync_dirs(root, {os.path.dirname(e.path) for e in journal.entries})
         point()
+        journal = replace(journal, dirs_after=dir_times(root, [d for d, _ in journal.dirs]))
+        (journal.where / AFTER).write_bytes(times_data(journal.dirs_after or ()))
         kept = _archive(txn, journal)
         point()
         return kept
@@ -142,8 +148,11 @@ def _write_journal(
             entries.append(Entry(path, before, afters.get(path)))
         if isinstance(op, Remove):
             removed.append(op.path)
+    named = {e.path for e in entries}
+    dirs = dir_times(root, sorted({os.path.dirname(p) for p in named} - named))
     data = {"format": FORMAT, "dance": dance, "module": module, "step": step,
-            "root": str(root), "entries": [entry_data(e) for e in entries]}  # fmt: skip
+            "root": str(root), "entries": [entry_data(e) for e in entries],
+            "dirs": [list(d) for d in dirs]}  # fmt: skip
     write_synced(new / "journal.json", json.dumps(data, separators=(",", ":")).encode())
     for copy in copies:
         fsync(copy)
@@ -152,7 +161,18 @@ def _write_journal(
     fsync(new)
     os.rename(new, final)
     fsync(txn)
-    return Journal(dance, module, step, root, tuple(entries), final)
+    return Journal(dance, module, step, root, tuple(entries), final, dirs)
+
+
+def dir_times(root: Path, dirs: Sequence[str]) -> Times:
+    """The mtimes of those of `dirs` that are directories of `root` (symlinks not followed)."""
+    out = []
+    for d in dirs:
+        with contextlib.suppress(OSError, DiscoError), parent(root, d) as (fd, name):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                out.append((d, st.st_mtime_ns))
+    return tuple(out)
 
 
 def _below(root: Path, path: str) -> list[str]:
@@ -229,8 +249,7 @@ def _archive(txn: Path, journal: Journal) -> Journal:
     os.rename(journal.where, commits / str(number))
     fsync(commits)
     fsync(txn)
-    return Journal(journal.dance, journal.module, journal.step, journal.root,
-                   journal.entries, commits / str(number))  # fmt: skip
+    return replace(journal, where=commits / str(number))
 
 
 def _next_number(commits: Path) -> int:
