@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Union
 
 from disco.errors import DiscoError
+from disco.files import copy_data
 
 TEMP_SUFFIX = ".disco-new"
 _OVERLAY_XATTR = "trusted.overlay."
@@ -334,8 +335,7 @@ def _copy(source: Path, d: int, tmp: str) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         dst = os.open(tmp, flags, 0o600, dir_fd=d)
         try:
-            while os.sendfile(dst, src, None, 1 << 30):
-                pass
+            copy_data(src, dst)  # holes kept
         except BaseException:
             os.close(dst)
             raise
