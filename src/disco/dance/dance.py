@@ -31,7 +31,7 @@ from disco.engine.links import relink
 from disco.engine.mounts import bind_readonly, mount_tmpfs, private_mounts
 from disco.engine.runner import Zygote
 from disco.engine.sandbox import Bind, Mode, Step, StepResult, upper_of
-from disco.engine.scripts import interpreter_problem
+from disco.engine.scripts import ignored_interpreter, interpreter_problem
 from disco.engine.staging import Source, stage
 from disco.errors import DiscoError
 from disco.live.commit import commit
@@ -128,7 +128,10 @@ class Dance:
             self.zygotes = {Mode.NOOP: stack.enter_context(Zygote(Mode.NOOP, work / "z-noop"))}
             if not self.options.noop:
                 self.zygotes[Mode.LIVE] = stack.enter_context(Zygote(Mode.LIVE, work / "z-live"))
-            write_parameters(self.view, parameters(self.state, self.plan.node, self.plan.modules))
+            write_parameters(
+                self.view,
+                parameters(self.state, self.plan.node, self.plan.modules, server=self.plan.server),
+            )
             remove = self.zygotes[Mode.NOOP].remove
             self.layers = Layers(work, self.options.root, self.options.noop, remove, self.diff)
             failed: set[str] = set()
@@ -199,6 +202,10 @@ class Dance:
                 self.announce()
                 self.sink.error(problem)
                 return False
+            ignored = ignored_interpreter(module.part("scripts") / name, module.name)
+            if ignored:
+                self.announce()
+                self.sink.warning(ignored)
             path = f"{VIEW_AT}/modules/{module.name}/scripts/{name}"
             if not self.step(
                 module, "exec", name, command(module.part("scripts") / name, path), True
