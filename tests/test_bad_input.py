@@ -345,4 +345,4 @@ def test_a_bare_word_no_host_has_says_it_was_taken_for_a_host(
     for uri, fix in (("srv", "write ./srv"), ("web1", "a path with a '/'")):
         problem = ssh_problem(stderr.replace("srv", uri), parse_server(uri))
         assert problem is not None
-        assert f"no host is named {uri}" in problem.message and fix in problem.hint
+        assert f"could not resolve the host name {uri}" in problem.message and fix in problem.hint

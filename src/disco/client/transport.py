@@ -268,13 +268,15 @@ def ssh_problem(stderr: str, server: Server) -> DiscoError | None:
             f"add the node's public key to ~{user or 'USER'}/.ssh/authorized_keys on {host},"
             " or name the right key with -i in disco/client/cmds/rsync",
         )
-    if "Could not resolve hostname" in stderr:
-        name = host.split(":")[0]
-        local = f"./{server.uri}" if Path(server.uri).is_dir() else "a path with a '/' (./srv)"
+    name = host.split(":")[0]
+    if "Could not resolve hostname" in stderr and not user and "." not in name:
+        # A bare word: perhaps meant as a directory here.
+        local = f"./{name}" if Path(name).is_dir() else "a path with a '/' (./srv)"
         return DiscoError(
-            f"server {server.uri}: no host is named {name} (a server URI without a '/' is a"
-            " host, reached by rsync over ssh)",
-            f"for a directory on this machine write {local}; else check the host's name",
+            f"server {server.uri}: ssh could not resolve the host name {name} (a server URI"
+            " without a '/' is a host, reached by rsync over ssh)",
+            f"for a directory on this machine write {local} in disco/server/uri (or --server);"
+            " else check the host's name",
         )
     return None
 
