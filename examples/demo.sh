@@ -14,7 +14,7 @@ step() { printf '\n\033[1m# %s\033[0m\n' "$*"; }
 
 step "the seed's client settings, pointing at the example server in examples/seed"
 param set disco/server/uri "$PWD/examples/seed"
-param set disco/client/cmds/rsync 'rsync -aWH'
+param set disco/client/cmds/rsync 'rsync -aWHS'
 param dump
 
 step "NOOP=true disco dance   (on this machine's real root: nothing changes)"

@@ -7,13 +7,14 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import disco
 from conftest import EXAMPLES, Run, assert_one_error, tree_snapshot
+from disco.client.transport import parse_server, ssh_problem
 
 SEED = EXAMPLES / "seed"
 LONG = "a" * 300  # one segment over the filesystem's 255
@@ -178,3 +179,170 @@ def test_a_node_name_that_cannot_be_a_hostname_is_one_error(
     result = cmd("disco", "dance", "--noop", "--server", str(SEED), f"--node={node}")
     assert_one_error(result, 2, "node name", says)
     assert not state.exists()
+
+
+# -- issue 22, item 13: errors that say more ------------------------------------------------
+
+
+def seed_copy(tmp_path: Path) -> Path:
+    server = tmp_path / "srv"
+    shutil.copytree(SEED, server)
+    return server
+
+
+SEED_NODE = "localhost.localdomain"
+
+
+@pytest.mark.parametrize(
+    "where, make, says",
+    [
+        ("parameters/NODE/parameters/bad name", Path.touch, "named outside A-Z"),
+        ("parameters/NODE/parameters/fifo", os.mkfifo, "is a FIFO"),
+        ("modules/testmodule-1.0/parameters/link", lambda p: p.symlink_to("/etc"), "a symlink"),
+    ],
+    ids=["name", "fifo", "symlink"],
+)
+def test_what_is_no_parameter_on_the_server_is_named_where_it_is_to_fix(
+    cmd: Run, tmp_path: Path, where: str, make: Callable[[Path], None], says: str
+) -> None:
+    """Not the client's copy in the state directory: the server's file."""
+    server = seed_copy(tmp_path)
+    path = server / where.replace("NODE", SEED_NODE)
+    make(path)
+    root = tmp_path / "root"
+    root.mkdir()
+    result = cmd("disco", "dance", "--noop", "--server", str(server), "--node", SEED_NODE,
+                 "--root", str(root))  # fmt: skip
+    shown = str(path).replace(" ", "\\ ")
+    assert_one_error(result, 1, f"{shown} on the server is in a parameters tree", says, "remove it")
+
+
+def test_a_fifo_with_a_good_name_is_called_a_fifo(cmd: Run, state: Path) -> None:
+    assert cmd("disco-param", "set", "srv/good", "1").returncode == 0
+    os.mkfifo(state / "parameters/srv/pipe")
+    assert_one_error(cmd("disco-param", "keys", "srv"), 1, "srv/pipe", "is a FIFO")
+
+
+def test_a_read_only_state_dir_says_so_and_how_to_go_on(cmd: Run, tmp_path: Path) -> None:
+    state = tmp_path / "ro-state"
+    assert cmd("disco-param", "--state-dir", str(state), "set", "x", "1").returncode == 0
+    subprocess.run(["mount", "--bind", str(state), str(state)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
+        argv = [
+            "dance",
+            "--noop",
+            "--server",
+            str(SEED),
+            "--node",
+            SEED_NODE,
+            "--root",
+            str(tmp_path),
+        ]
+        result = cmd("disco", "--state-dir", str(state), *argv)
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
+    assert_one_error(result, 1, f"lock {state}/lock", "read-only filesystem", "--state-dir")
+
+
+def test_a_report_only_root_can_read_says_run_it_as_root(as_nobody: Run, cmd: Run) -> None:
+    state = Path(tempfile.mkdtemp(prefix="disco-root-state-"))  # 0700, root's
+    try:
+        (state / "reports").mkdir()
+        (state / "reports/last.json").write_text("{}\n")
+        result = as_nobody("disco", "report", env={"DISCO_STATE": str(state)})
+        assert_one_error(result, 1, "permission denied", "run it as root")
+    finally:
+        shutil.rmtree(state)
+
+
+def test_a_crlf_shebang_is_an_error_naming_module_script_and_line_end(
+    cmd: Run, tmp_path: Path
+) -> None:
+    server = seed_copy(tmp_path)
+    script = server / "modules/testmodule-1.0/scripts/00-hello.sh"
+    script.write_bytes(b"#!/bin/bash\r\necho hello\r\n")
+    script.chmod(0o755)
+    root = tmp_path / "root"
+    root.mkdir()
+    result = cmd("disco", "dance", "--noop", "--server", str(server), "--node", SEED_NODE,
+                 "--root", str(root))  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors[0].startswith("error: testmodule-1.0: script 00-hello.sh: its #! line ends in")
+    assert "carriage return (CRLF" in errors[0] and "dos2unix" in errors[0]
+
+
+def test_a_script_bash_runs_despite_its_interpreter_line_is_a_warning(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    server = seed_copy(tmp_path)
+    script = server / "modules/testmodule-1.0/scripts/00-hello.sh"
+    script.write_text("#!/usr/bin/env python3\necho bash ran it\n")
+    script.chmod(0o644)
+    result = cmd("disco", "dance", "--noop", "--server", str(server), "--node", SEED_NODE,
+                 "--root", str(scratch_root))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "bash ran it" in result.stdout
+    warning = "warning: testmodule-1.0: script 00-hello.sh is not executable, so bash runs it,"
+    assert f"{warning} not its #! interpreter python3; make it executable" in result.stdout
+
+
+def test_a_missing_parameter_points_at_what_exists(cmd: Run) -> None:
+    assert cmd("disco-param", "set", "x/y", "1").returncode == 0
+    assert_one_error(
+        cmd("disco-param", "get", "a/b"), 1, "'a/b' does not exist", "'disco-param keys'"
+    )
+    assert_one_error(cmd("disco-param", "get", "x/z/w"), 1, "'disco-param keys x'")
+    assert_one_error(cmd("disco-param", "get", "x/y/w"), 1, "'x/y' is a value", "get x/y")
+
+
+def test_check_hints_keep_the_config_given(cmd: Run, tmp_path: Path) -> None:
+    server, config = seed_copy(tmp_path), tmp_path / "elsewhere.conf"
+    env = {"HOME": str(tmp_path / "home")}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return cmd("disco-server", *argv, "--config", str(config), env=env)
+
+    assert run("init", str(server)).returncode == 0
+    (server / "modules/new-1.0").mkdir()
+    result = run("check")
+    assert result.returncode == 1
+    assert f"run 'disco-server sync {server} --config {config}'" in result.stdout
+    other = tmp_path / "other"
+    other.mkdir()
+    assert_one_error(run("sync", str(other)), 1, f"disco-server init {other} --config {config}")
+
+
+@pytest.mark.parametrize(
+    "uri, says",
+    [
+        (
+            "file:///srv/disco",
+            ["does not fetch over file://", "write the directory itself: /srv/disco"],
+        ),
+        ("http://example.com/disco", ["does not fetch over http://", "rsync://host/"]),
+        (
+            "ssh://disco@example.com:2222/x",
+            ["ssh://", "[user@]host[:port]", "disco@example.com:2222"],
+        ),
+    ],
+)
+def test_a_url_disco_does_not_speak_is_named_with_what_to_write(
+    cmd: Run, uri: str, says: list[str]
+) -> None:
+    result = cmd("disco", "dance", "--noop", "--server", uri, "--node", SEED_NODE)
+    assert_one_error(result, 1, f"server URI '{uri}'", *says)
+
+
+def test_a_bare_word_no_host_has_says_it_was_taken_for_a_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssh's own words, as a fetch gets them (no name is looked up here)."""
+    (tmp_path / "srv").mkdir()
+    monkeypatch.chdir(tmp_path)
+    stderr = "ssh: Could not resolve hostname srv: Name or service not known\n"
+    for uri, fix in (("srv", "write ./srv"), ("web1", "a path with a '/'")):
+        problem = ssh_problem(stderr.replace("srv", uri), parse_server(uri))
+        assert problem is not None
+        assert f"could not resolve the host name {uri}" in problem.message and fix in problem.hint

@@ -522,3 +522,144 @@ def test_init_with_balls_adds_each_and_keeps_a_module_of_the_same_name(
     again = cmd("disco-server", "init", str(srv), "--with-balls", "--config", config)
     assert again.stdout.splitlines()[0] == f"info: Added balls to {srv}/modules: none (all there)"
     assert cmd("disco-server", "check", str(srv), "--config", config).returncode == 0
+
+
+# -- balls used together (issue 22): in any combination their READMEs show, one dance --
+
+
+def ready(result: subprocess.CompletedProcess[str]) -> list[str]:
+    line = next(x for x in result.stdout.splitlines() if x.startswith("info: Ready to dance : "))
+    return line.split(" : ", 1)[1].split()
+
+
+USERS_AND_GROUPS = {  # the users README's example, and the groups README's
+    "users/alice/uid": "2001",
+    "users/alice/groups": "devs",
+    "users/alice/shell": "/bin/bash",
+    "users/alice/authorized_keys": KEY,
+    "users/bob/state": "locked",
+    "groups/devs/gid": "2345",
+    "groups/ops/gid": "3100",
+    "groups/ops/members": "alice bob",
+    "groups/old/state": "absent",
+}
+
+
+@pytest.mark.parametrize("ball", ["groups", "users"])
+def test_groups_with_members_the_users_ball_makes_converge_in_one_dance(
+    ball: str, cmd: Run, state: Path, tmp_path: Path, root: Path
+) -> None:
+    """The groups README's members (alice, bob) are made by the users ball: whichever of
+    the two a node names, both dance, groups first, and the members join as they are
+    made. users/alice/groups (devs) and groups/ops/members (alice) add up."""
+    srv = make_server(cmd, tmp_path, ball, USERS_AND_GROUPS)
+    danced = dance_twice(cmd, state, srv, root)
+    assert ready(danced.live) == ["packages", "groups", "users"]
+    assert group(root, "ops")[2:] == ["3100", "alice,bob"]
+    assert group(root, "devs")[2:] == ["2345", "alice"]
+    assert passwd(root, "alice")[2] == "2001" and "\nbob:!" in (root / "etc/shadow").read_text()
+    # alice leaves devs: the users ball takes her out; ops keeps her, the groups ball says so.
+    set_params(srv, {**USERS_AND_GROUPS, "users/alice/groups": "ops"})
+    dance_twice(cmd, state, srv, root)
+    assert group(root, "devs")[2:] == ["2345", ""] and group(root, "ops")[3] == "alice,bob"
+
+
+def test_a_tree_owned_by_a_user_made_in_the_same_dance(
+    cmd: Run, state: Path, tmp_path: Path, root: Path
+) -> None:
+    """The files README's tree, its owner and group made by the users ball: the node names
+    files alone; users (and groups) come and run first."""
+    params = {
+        "users/web/uid": "2500",
+        "files/dirs/www/path": "/srv/www",
+        "files/dirs/www/owner": "web",
+        "files/dirs/www/group": "web",
+        "files/dirs/www/mode": "0750",
+    }
+    srv = make_server(cmd, tmp_path, "files", params)
+    danced = dance_twice(cmd, state, srv, root)
+    assert ready(danced.live) == ["packages", "groups", "users", "files"]
+    st = (root / "srv/www").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (2500, int(group(root, "web")[2]), 0o750)
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"groups/ops/members": "ghost"}, "ops/members: no user 'ghost' in /etc/passwd"),
+        (
+            {"groups/ops/members": "daemon", "users/daemon/state": "absent"},
+            "'daemon' is to be removed (users/daemon/state is absent)",
+        ),
+        (
+            {"groups/ops/state": "absent", "users/daemon/groups": "ops"},
+            "ops/state: absent, but users/daemon/groups names it",
+        ),
+    ],
+)
+def test_groups_refuses_members_no_ball_makes_or_keeps(
+    params: dict[str, str], message: str, cmd: Run, state: Path, tmp_path: Path, root: Path
+) -> None:
+    srv = make_server(cmd, tmp_path, "groups", {"groups/fine/gid": "3200", **params})
+    refused(cmd, state, srv, root, message)
+
+
+def test_users_refuses_a_group_no_ball_makes(
+    cmd: Run, state: Path, tmp_path: Path, root: Path
+) -> None:
+    srv = make_server(cmd, tmp_path, "users", {"users/alice/groups": "nowhere"})
+    refused(
+        cmd,
+        state,
+        srv,
+        root,
+        "alice: no group 'nowhere' in /etc/group; make it with the groups ball",
+    )
+
+
+def test_every_ball_at_once_converges_in_one_dance(
+    cmd: Run, state: Path, tmp_path: Path, debian_root: Path, units: Path, sysctl_stub: Path
+) -> None:
+    """Every README's example in one node (what this machine can do without a network or
+    its kernel): one live dance does it all, the second changes nothing."""
+    root = debian_root
+    (root / "etc/ssh").mkdir()
+    (root / "etc/ssh/sshd_config").write_text("#PermitRootLogin prohibit-password\n")
+    swappiness = "1" if Path("/proc/sys/vm/swappiness").read_text().strip() != "1" else "2"
+    params = {
+        **USERS_AND_GROUPS,
+        "packages/install": "disco-kept",
+        "services/disco-new/enabled": "yes",
+        "services/disco-old/enabled": "no",
+        "files/lines/ssh-root/path": "/etc/ssh/sshd_config",
+        "files/lines/ssh-root/line": "PermitRootLogin no",
+        "files/lines/ssh-root/match": "^#?PermitRootLogin",
+        "files/dirs/www/path": "/srv/www",
+        "files/dirs/www/owner": "alice",
+        "files/dirs/www/group": "ops",
+        "files/dirs/www/mode": "0750",
+        "sysctl/vm.swappiness": swappiness,
+        "cron/backup/schedule": "30 2 * * *",
+        "cron/backup/command": "/usr/local/bin/backup --all",
+        "cron/backup/user": "alice",
+        "hosts/db/address": "10.0.0.5",
+        "hosts/db/names": "db1.example.com db1",
+        "motd/text": "Welcome to the build farm. Ask #ops before rebooting.",
+    }
+    srv = make_server(cmd, tmp_path, "motd", params)
+    for ball in ("cron", "files", "groups", "hosts", "packages", "services", "sysctl", "users"):
+        (srv / "parameters" / NODE / "modules" / ball).touch()
+    danced = dance_twice(cmd, state, srv, root)
+    order = ready(danced.live)
+    for first, then in (("packages", "groups"), ("groups", "users"), ("users", "files"),
+                        ("files", "services"), ("packages", "services")):  # fmt: skip
+        assert order.index(first) < order.index(then), order
+    assert (root / "srv/www").stat().st_uid == 2001
+    assert (root / "etc/ssh/sshd_config").read_text() == "PermitRootLogin no\n"
+    assert (root / "etc/systemd/system/multi-user.target.wants/disco-new.service").is_symlink()
+    assert (
+        (root / "etc/cron.d/disco-backup")
+        .read_text()
+        .endswith(" alice /usr/local/bin/backup --all\n")
+    )
+    assert group(root, "ops")[3] == "alice,bob"

@@ -5,6 +5,7 @@ roots only."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -39,7 +40,7 @@ def test_a_created_or_deleted_files_diff_is_gnu_diffs(
     labels = ["-u", "--label", "a/etc/x", "--label", "b/etc/x"] if style == "unified" else []
     out = subprocess.run(["diff", "--text", *labels, a, b], capture_output=True).stdout
     text = out.decode(errors="replace")
-    assert _one_sided(data, added, "/etc/x", style) == text.removesuffix("\n")
+    assert _one_sided(io.BytesIO(data), added, "/etc/x", style) == text.removesuffix("\n")
 
 
 # ---- delivery ----

@@ -132,11 +132,13 @@ def test_a_commit_killed_at_any_point_is_undone_byte_for_byte(tmp_path: Path, k:
     last = POINTS
     upper, root, txn = build(tmp_path / "run")
     before = snapshot(root)
+    os.utime(root / "etc", ns=(T, T))  # a directory the commit renames and unlinks in
     assert commit_in_child(upper, root, txn, f"{k}:KILL") == -9
     warnings: list[str] = []
     recover(txn, warnings.append)
-    if k < last:  # cut short: undone
+    if k < last:  # cut short: undone, its directories' mtimes too
         assert snapshot(root) == before
+        assert (root / "etc").stat().st_mtime_ns == T
         (warning,) = warnings
         assert "dance 1" in warning and "mod: exec 10-all" in warning and "undone" in warning
     else:  # killed after its journal reached the history: done
@@ -237,3 +239,30 @@ def test_recovery_never_follows_a_symlink_out_of_the_root(tmp_path: Path) -> Non
     recover(txn, print)
     assert snapshot(outside) == before
     assert not (txn / "journal").exists()
+
+
+def test_a_saved_original_never_shares_an_inode_with_a_file_of_the_root(tmp_path: Path) -> None:
+    """Issue 22: an owner or mode change keeps the live inode in place, so its saved
+    original is a copy; a link would follow every later edit and add a name each dance.
+    A replaced file with another name in the root stays there too: a copy as well."""
+    upper, root, txn = tmp_path / "upper", tmp_path / "root", tmp_path / "txn"
+    (txn / "history/1").mkdir(parents=True)
+    write(root / "etc/mode", b"mode\n", 0o644)
+    write(root / "etc/twice", b"twice\n")
+    os.link(root / "etc/twice", root / "etc/other-name")
+    write(root / "etc/replaced", b"old\n")
+    write(upper / "etc/mode", b"mode\n", 0o600)
+    write(upper / "etc/twice", b"new twice\n")
+    write(upper / "etc/replaced", b"new\n")
+    old_inode = (root / "etc/replaced").lstat().st_ino
+    journal = commit(txn, read_changes(upper, [root], exclude=()), root, "1", "m", "s")
+    saved = {e.path: journal.saved(e) for e in journal.entries}
+    assert (root / "etc/mode").lstat().st_nlink == 1
+    (root / "etc/mode").write_bytes(b"edited by hand\n")
+    (root / "etc/other-name").write_bytes(b"edited too\n")
+    mode, twice, replaced = saved["/etc/mode"], saved["/etc/twice"], saved["/etc/replaced"]
+    assert mode is not None and mode.read_bytes() == b"mode\n"
+    assert twice is not None and twice.read_bytes() == b"twice\n"
+    assert replaced is not None and replaced.lstat().st_ino == old_inode  # left the root
+    inodes = {p.lstat().st_ino for p in (root / "etc").iterdir()}
+    assert not inodes & {p.lstat().st_ino for p in (mode, twice)}

@@ -443,6 +443,6 @@ def test_a_name_no_parameter_can_have_is_an_error_never_skipped(
     else:
         odd.write_text("2\n")
     result = cmd("disco-param", verb, "srv")
-    what = "a symlink" if name == "link" else "not a file or directory named"
+    what = "a symlink" if name == "link" else "named outside A-Z a-z 0-9 _ . -"
     shown = name.replace(" ", "\\ ").replace("\n", "\\n")
     assert_one_error(result, 1, f"srv/{shown} is in a parameters tree", what)

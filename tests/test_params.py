@@ -138,7 +138,7 @@ def test_a_name_outside_the_rule_is_an_error_never_skipped(tmp_path: Path, name:
     (tmp_path / "good").write_text("1\n")
     (tmp_path / name).write_text("2\n")
     for read in (ParamStore(tmp_path).keys, ParamStore(tmp_path).dump, ParamStore(tmp_path).read):
-        with pytest.raises(DiscoError, match="is in a parameters tree but is not a file"):
+        with pytest.raises(DiscoError, match="is in a parameters tree but is named outside A-Z"):
             read()
 
 

@@ -410,3 +410,50 @@ def test_rollback_undoes_the_last_dance_that_changed_something(
     assert result.returncode == 0, result.stderr
     assert "Rolling back dance(s) 2, 1 " in result.stdout
     assert state_of(scratch_root) == before
+
+
+def test_a_mode_change_rolled_back_after_an_edit_brings_the_original_content_back(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    """Issue 22: the undo log of a chmod once hard-linked the live file, so an edit after
+    the dance edited the "original" too, and each dance gave the file one more name."""
+    prepare(scratch_root)
+    conf = scratch_root / "etc/app.conf"
+    toggle = "f=/etc/app.conf; [ $(stat -c %a $f) = 600 ] && chmod 640 $f || chmod 600 $f\n"
+    server = server_with(tmp_path, {"10-mode.sh": toggle})
+    for _ in range(3):
+        assert dance(cmd, server, scratch_root, noop=False).returncode == 0
+        assert conf.stat().st_nlink == 1
+    conf.write_text("edited by hand\n")
+    assert rollback(cmd, scratch_root, "1", "--force").returncode == 0
+    assert conf.read_text() == "old\n" and stat.S_IMODE(conf.stat().st_mode) == 0o640
+
+
+def test_rollback_puts_back_the_mtimes_of_the_directories_it_changed_in(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    """Issue 22: /etc, /opt's parent and /var/lib kept the mtimes the dance gave them. A
+    directory someone changed since the dance keeps its own."""
+    prepare(scratch_root)
+    (scratch_root / "var/lib/old").write_text("old\n")
+    (scratch_root / "srv/mine").mkdir()
+    dirs = ["", "etc", "var/lib", "srv", "srv/mine"]
+    for d in dirs:
+        os.utime(scratch_root / d, ns=(MTIME, MTIME))
+    script = (
+        "echo new > /etc/new; echo more >> /etc/app.conf; mkdir -p /opt/x; rm /var/lib/old\n"
+        "touch /srv/made /srv/mine/made\n"
+    )
+    server = server_with(tmp_path, {"10-a.sh": script})
+    assert dance(cmd, server, scratch_root, noop=False).returncode == 0
+    assert all((scratch_root / d).stat().st_mtime_ns != MTIME for d in dirs)
+    (scratch_root / "srv/mine/by-hand").write_text("mine\n")  # changed since: keeps its own
+    result = rollback(cmd, scratch_root)
+    assert result.returncode == 0, result.stderr
+    assert {d: (scratch_root / d).stat().st_mtime_ns == MTIME for d in dirs} == {
+        "": True,
+        "etc": True,
+        "var/lib": True,
+        "srv": True,
+        "srv/mine": False,
+    }

@@ -65,7 +65,7 @@ def test_the_seed_rsync_command_keeps_its_quoted_ssh(tmp_path: Path) -> None:
 
 def test_rsync_defaults_and_bad_quoting(tmp_path: Path) -> None:
     store = ParamStore(tmp_path)
-    assert load_settings(store, ["/srv"]).rsync == ("rsync", "-aWH")
+    assert load_settings(store, ["/srv"]).rsync == ("rsync", "-aWHS")
     store.set(("disco", "client", "cmds", "rsync"), 'rsync -e "ssh')
     with pytest.raises(DiscoError, match="cannot be split into words"):
         load_settings(store, ["/srv"])

@@ -1,7 +1,7 @@
 """Files the boring way: written beside their target and renamed over it, directories
-swapped in whole, so a crash never leaves half of anything; and paths below a trusted
-directory walked one component at a time, never following a symlink, where a step may
-have put the symlink (DESIGN §7)."""
+swapped in whole, so a crash never leaves half of anything; copies keep their holes; and
+paths below a trusted directory walked one component at a time, never following a
+symlink, where a step may have put the symlink (DESIGN §7)."""
 
 from __future__ import annotations
 
@@ -151,3 +151,53 @@ def read_regular(path: Path | str, limit: int = -1) -> bytes:
     open_regular() opens it."""
     with os.fdopen(open_regular(path), "rb") as f:
         return f.read(limit)
+
+
+def copy_data(src: int, dst: int) -> None:
+    """Copy the content of the open file `src` into the empty file `dst`, keeping holes.
+
+    A file with fewer blocks than its size has holes: only its data extents (SEEK_DATA,
+    SEEK_HOLE) are written, and ftruncate gives the copy its size, so a 2 GB sparse file
+    stays a few blocks wherever disco copies it (cp --sparse=auto does the same). Any
+    other file is one sendfile stream."""
+    st = os.fstat(src)
+    if st.st_blocks * 512 >= st.st_size:
+        _send(src, dst, 0, None)
+        return
+    offset = 0
+    while offset < st.st_size:
+        try:
+            start = os.lseek(src, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: nothing but a hole to the end
+                raise
+            break
+        offset = os.lseek(src, start, os.SEEK_HOLE)
+        os.lseek(dst, start, os.SEEK_SET)
+        _send(src, dst, start, offset - start)
+    os.ftruncate(dst, st.st_size)
+
+
+def _send(src: int, dst: int, offset: int, count: int | None) -> None:
+    """sendfile `count` bytes (None: to the end) of `src` from `offset`, at `dst`'s position."""
+    while count is None or count > 0:
+        sent = os.sendfile(dst, src, offset, 1 << 30 if count is None else min(count, 1 << 30))
+        if not sent:
+            break
+        offset += sent
+        if count is not None:
+            count -= sent
+
+
+def copy_file(source: str | Path, target: str | Path, mode: int = 0o600) -> None:
+    """`source`'s content (holes kept) as the new file `target`, not following symlinks."""
+    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        dst = os.open(target, flags, mode)
+        try:
+            copy_data(src, dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)

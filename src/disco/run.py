@@ -6,12 +6,15 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import IO, TypeVar
 
 from disco.errors import CommandError
 
 log = logging.getLogger("disco")
+T = TypeVar("T")
 
 
 def run(
@@ -67,3 +70,36 @@ def start(argv: Sequence[str], *, pass_fds: Sequence[int] = ()) -> subprocess.Po
         return subprocess.Popen(list(argv), env={}, stdin=stdin, pass_fds=tuple(pass_fds))
     except OSError as e:
         raise CommandError(argv, 127, f"cannot run {argv[0]}: {e.strerror}") from e
+
+
+def read_output(
+    argv: Sequence[str],
+    consume: Callable[[IO[bytes]], T],
+    ok: Collection[int],
+    pass_fds: Sequence[int] = (),
+) -> T:
+    """Run `argv` as run() does, but hand its stdout, a pipe, to `consume` as it comes:
+    an output too large to hold is read piece by piece. `consume` reads to the end. An
+    exit status not in `ok` raises CommandError with the child's stderr. `pass_fds`
+    stay open in the child under their numbers."""
+    log.debug("run: %s", shlex.join(argv))
+    with tempfile.TemporaryFile() as errors:
+        try:
+            child = subprocess.Popen(list(argv), env={**os.environ, "LC_ALL": "C"},
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=errors, pass_fds=tuple(pass_fds))  # fmt: skip
+        except OSError as e:
+            raise CommandError(argv, 127, f"cannot run {argv[0]}: {e.strerror}") from e
+        try:
+            assert child.stdout is not None
+            with child.stdout:
+                result = consume(child.stdout)
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        status = child.wait()
+        if status not in ok:
+            errors.seek(0)
+            raise CommandError(argv, status, errors.read().decode(errors="replace"))
+        return result

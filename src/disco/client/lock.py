@@ -30,7 +30,10 @@ def hold(
     path: Path, wait: float = 0, warn: Callable[[str], None] = lambda _text: None
 ) -> Iterator[None]:
     """Hold the lock on `path`, waiting up to `wait` seconds for another holder."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise DiscoError(f"cannot take the lock {path}: {e.strerror}", _fix(e, path)) from None
     try:
         deadline = time.monotonic() + wait
         while not _try(fd):
@@ -55,6 +58,18 @@ def hold(
             os.ftruncate(fd, 0)  # a clean release leaves it empty
     finally:
         os.close(fd)
+
+
+def _fix(e: OSError, path: Path) -> str:
+    state = path.parent
+    if e.errno == errno.EROFS:
+        return (
+            f"the state directory {state} is on a read-only filesystem: give --state-dir"
+            " (or DISCO_STATE) a writable directory, or remount it read-write"
+        )
+    if isinstance(e, PermissionError):
+        return f"run it as root: the state directory {state} is root's"
+    return f"give --state-dir (or DISCO_STATE) a directory root can write, not {state}"
 
 
 def _try(fd: int) -> bool:

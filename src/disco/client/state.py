@@ -14,7 +14,7 @@ from disco.run import run
 from disco.tree.params import ParamStore
 
 DEFAULT_STATE = Path("/var/disco")
-DEFAULT_RSYNC = "rsync -aWH"
+DEFAULT_RSYNC = "rsync -aWHS"  # -S: a sparse file of files/ stays sparse in the state
 RSYNC_SETTING = ("disco", "client", "cmds", "rsync")
 SERVER_SETTING = ("disco", "server", "uri")
 

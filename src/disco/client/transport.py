@@ -44,6 +44,11 @@ def parse_server(uri: str) -> Server:
     """A local directory (has a '/'), `rsync://host[:port]/` or `[user@]host`."""
     if uri.startswith("rsync://"):
         return Server(uri, Kind.DAEMON, uri.rstrip("/") + "/")
+    scheme = SCHEME.match(uri)
+    if scheme:  # a URL of another kind: no directory of that name is meant
+        raise DiscoError(
+            f"server URI '{uri}': disco does not fetch over {scheme[1]}://", _url_hint(uri)
+        )
     if "/" in uri or uri in (".", ".."):
         return Server(uri, Kind.LOCAL, str(Path(uri).absolute()).rstrip("/") or "/")
     if HOST.fullmatch(uri):
@@ -55,6 +60,21 @@ def parse_server(uri: str) -> Server:
         f"server URI '{uri}' is neither a directory, [user@]host[:port] nor rsync://host/",
         "write a directory with a '/' in it (./srv), a host name, or an rsync:// URL",
     )
+
+
+SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def _url_hint(uri: str) -> str:
+    """What to write instead of the URL `uri`."""
+    rest = uri.split("://", 1)[1]
+    kind = uri.split("://", 1)[0].lower()
+    if kind == "file":
+        return f"write the directory itself: {rest or '/'}"
+    if kind == "ssh":
+        host = rest.split("/", 1)[0]
+        return f"write [user@]host[:port] for rsync over ssh: {host}"
+    return "a server is a directory (/srv/disco), [user@]host (rsync over ssh) or rsync://host/"
 
 
 def with_ssh_port(server: Server, port: str, where: str) -> Server:
@@ -247,6 +267,16 @@ def ssh_problem(stderr: str, server: Server) -> DiscoError | None:
             f"server {server.uri} refused this node's ssh key (Permission denied)",
             f"add the node's public key to ~{user or 'USER'}/.ssh/authorized_keys on {host},"
             " or name the right key with -i in disco/client/cmds/rsync",
+        )
+    name = host.split(":")[0]
+    if "Could not resolve hostname" in stderr and not user and "." not in name:
+        # A bare word: perhaps meant as a directory here.
+        local = f"./{name}" if Path(name).is_dir() else "a path with a '/' (./srv)"
+        return DiscoError(
+            f"server {server.uri}: ssh could not resolve the host name {name} (a server URI"
+            " without a '/' is a host, reached by rsync over ssh)",
+            f"for a directory on this machine write {local} in disco/server/uri (or --server);"
+            " else check the host's name",
         )
     return None
 

@@ -33,7 +33,7 @@ from disco.engine.links import relink
 from disco.engine.mounts import bind_readonly, mount_tmpfs, private_mounts
 from disco.engine.runner import Zygote
 from disco.engine.sandbox import Bind, Mode, Step, StepResult, upper_of
-from disco.engine.scripts import interpreter_problem
+from disco.engine.scripts import ignored_interpreter, interpreter_problem
 from disco.engine.staging import Source, stage
 from disco.errors import DiscoError
 from disco.live.commit import commit
@@ -134,7 +134,10 @@ class Dance:
             self.zygotes = {TEMPLATES: templates, SCRIPTS: templates}
             if not self.options.noop:
                 self.zygotes[SCRIPTS] = stack.enter_context(self.zygote(self.mode, "z-live"))
-            write_parameters(self.view, parameters(self.state, self.plan.node, self.plan.modules))
+            write_parameters(
+                self.view,
+                parameters(self.state, self.plan.node, self.plan.modules, server=self.plan.server),
+            )
             remove = templates.remove
             self.layers = Layers(work, self.options.root, self.options.noop, remove, self.diff)
             failed: set[str] = set()
@@ -207,6 +210,10 @@ class Dance:
                 self.announce()
                 self.sink.error(problem)
                 return False
+            ignored = ignored_interpreter(module.part("scripts") / name, module.name)
+            if ignored:
+                self.announce()
+                self.sink.warning(ignored)
             path = f"{VIEW_AT}/modules/{module.name}/scripts/{name}"
             if not self.step(
                 module, "exec", name, command(module.part("scripts") / name, path), True

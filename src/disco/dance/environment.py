@@ -9,10 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from disco.client.state import State
+from disco.client.transport import Server
 from disco.engine.sandbox import Bind
+from disco.errors import DiscoError
 from disco.noop.view import SANDBOX_PATH, View, real_binds
+from disco.quoting import quote
 from disco.tree.modules import Module
-from disco.tree.params import Tree, encode, node_view, read_tree
+from disco.tree.params import NotAParameter, Tree, encode, node_view, read_tree
 
 VIEW_AT = "/var/disco"
 
@@ -62,19 +65,42 @@ def hidden_state(state: Path, root: Path) -> tuple[str, ...]:
 
 
 def parameters(
-    state: State, node: str, modules: Sequence[Module], current: str | None = None
+    state: State,
+    node: str,
+    modules: Sequence[Module],
+    current: str | None = None,
+    server: Server | None = None,
 ) -> Tree:
     """What steps see at /var/disco/parameters: the client settings, and the node's tree
-    with the modules' defaults under its parameters (and its current_module)."""
-    settings = read_tree(state.parameters / "disco")
-    node_tree = read_tree(state.parameters / node)
-    defaults = [module.defaults() for module in modules]
+    with the modules' defaults under its parameters (and its current_module). Something
+    in the trees that is no parameter is an error naming the file to fix on `server`."""
+    try:
+        settings = read_tree(state.parameters / "disco")
+        node_tree = read_tree(state.parameters / node)
+        defaults = [module.defaults() for module in modules]
+    except NotAParameter as e:
+        raise on_server(e, state, node, server) from None
     view = node_view({"disco": settings} if settings else {}, node, node_tree, defaults)
     own = view[node]
     assert isinstance(own, dict)
     if current is not None:
         own["current_module"] = current
     return view
+
+
+def on_server(e: NotAParameter, state: State, node: str, server: Server | None) -> DiscoError:
+    """`e` said of the file on the server that the client's copy was fetched from."""
+    try:
+        rel = e.path.relative_to(state.parameters / node).as_posix()
+        source = server.parameters(node) if server else f"parameters/{node}/"
+    except ValueError:
+        try:
+            name, *rest = e.path.relative_to(state.modules).parts
+        except ValueError:
+            return e  # the client's own settings, disco/...
+        rel = "/".join(rest)
+        source = server.module(name) if server else f"modules/{name}/"
+    return e.shown(f"{quote(source + rel)} on the server")
 
 
 def command(host_path: Path, path: str) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from disco.engine.lower import LowerView
 from disco.errors import DiscoError
+from disco.files import copy_file
 
 _MAX_LINKS = 40  # symlinks followed in one path, as the kernel's ELOOP limit
 
@@ -187,7 +188,7 @@ class _Stager:
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), up)
         elif stat.S_ISREG(st.st_mode):
-            _copy_data(src, up)
+            copy_file(src, up)  # holes kept
             if st.st_nlink > 1:
                 self.links[key] = up
         else:
@@ -198,23 +199,6 @@ class _Stager:
             os.chmod(up, stat.S_IMODE(st.st_mode))
             _copy_xattrs(src, up)
         os.utime(up, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _copy_data(src: str, dst: str) -> None:
-    """A regular file's bytes, by sendfile: shutil.copyfile's checks cost more than the
-    copy of a small file."""
-    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd_out = os.open(dst, flags, 0o600)
-        try:
-            offset = 0
-            while sent := os.sendfile(fd_out, fd_in, offset, 1 << 30):
-                offset += sent
-        finally:
-            os.close(fd_out)
-    finally:
-        os.close(fd_in)
 
 
 def _under(path: str, top: str) -> bool:

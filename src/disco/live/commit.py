@@ -3,8 +3,11 @@
 Before a step's operations touch the root, `commit` writes a journal (journal.py): every
 target path they create, replace, delete or change in place, in order, each with its
 state before (owner, mode, xattrs, times, symlink target, device numbers in
-journal.json; a regular file's content as a hard link of its inode under saved/, since a
-rename over the target or an unlink leaves that inode as it was, else as a copy). The
+journal.json; a regular file's content under saved/). The saved content never shares an
+inode with a file of the root: it is a hard link of the original only where the commit
+takes that inode out of the root (a rename over its one name, an unlink), else a copy
+(holes kept). A link to a file that stays would make the "original" follow every later
+edit of it, and give it one more name each dance. The
 journal is built in txn/journal.new and renamed to txn/journal once its files and
 directories are fsynced; only then does the first operation run. When the last one is
 done and the directories it touched are fsynced, the journal is renamed into the dance's
@@ -23,17 +26,21 @@ import os
 import shutil
 import stat
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from disco.engine.changes import Change
 from disco.errors import DiscoError
+from disco.files import copy_file
 from disco.live.changeset import apply, keep_links, plan_commit
 from disco.live.journal import (
+    AFTER,
     FORMAT,
     Entry,
     Expect,
     Journal,
     Saved,
+    Times,
     discard,
     entry_data,
     fsync,
@@ -41,9 +48,10 @@ from disco.live.journal import (
     read_xattrs,
     signals_held,
     sync_dirs,
+    times_data,
     write_synced,
 )
-from disco.live.ops import Op, Remove
+from disco.live.ops import Op, Remove, SetMeta, parent
 from disco.live.recovery import undo
 
 
@@ -80,6 +88,8 @@ def commit_ops(
             raise
         sync_dirs(root, {os.path.dirname(e.path) for e in journal.entries})
         point()
+        journal = replace(journal, dirs_after=dir_times(root, [d for d, _ in journal.dirs]))
+        (journal.where / AFTER).write_bytes(times_data(journal.dirs_after or ()))
         kept = _archive(txn, journal)
         point()
         return kept
@@ -128,17 +138,21 @@ def _write_journal(
     copies: list[Path] = []
     for op in ops:
         paths = _below(root, op.path) if isinstance(op, Remove) else [op.path]
+        stays = isinstance(op, SetMeta)  # the only operation that keeps the inode in place
         for path in paths:
             if path in seen:  # its first entry has its state before the commit
                 continue
             seen.add(path)
             gone = any(path == r or path.startswith(r.rstrip("/") + "/") for r in removed)
-            before = None if gone else _save(root, path, new / "saved", len(entries), copies)
+            before = None if gone else _save(root, path, new / "saved", len(entries), copies, stays)
             entries.append(Entry(path, before, afters.get(path)))
         if isinstance(op, Remove):
             removed.append(op.path)
+    named = {e.path for e in entries}
+    dirs = dir_times(root, sorted({os.path.dirname(p) for p in named} - named))
     data = {"format": FORMAT, "dance": dance, "module": module, "step": step,
-            "root": str(root), "entries": [entry_data(e) for e in entries]}  # fmt: skip
+            "root": str(root), "entries": [entry_data(e) for e in entries],
+            "dirs": [list(d) for d in dirs]}  # fmt: skip
     write_synced(new / "journal.json", json.dumps(data, separators=(",", ":")).encode())
     for copy in copies:
         fsync(copy)
@@ -147,7 +161,18 @@ def _write_journal(
     fsync(new)
     os.rename(new, final)
     fsync(txn)
-    return Journal(dance, module, step, root, tuple(entries), final)
+    return Journal(dance, module, step, root, tuple(entries), final, dirs)
+
+
+def dir_times(root: Path, dirs: Sequence[str]) -> Times:
+    """The mtimes of those of `dirs` that are directories of `root` (symlinks not followed)."""
+    out = []
+    for d in dirs:
+        with contextlib.suppress(OSError, DiscoError), parent(root, d) as (fd, name):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                out.append((d, st.st_mtime_ns))
+    return tuple(out)
 
 
 def _below(root: Path, path: str) -> list[str]:
@@ -175,7 +200,10 @@ def _below(root: Path, path: str) -> list[str]:
     return out
 
 
-def _save(root: Path, path: str, saved: Path, n: int, copies: list[Path]) -> Saved | None:
+def _save(
+    root: Path, path: str, saved: Path, n: int, copies: list[Path], stays: bool
+) -> Saved | None:
+    """The state of `path` before the commit; `stays`: its inode stays in the root."""
     target = root / path.lstrip("/")
     try:
         st = os.lstat(target)
@@ -184,10 +212,10 @@ def _save(root: Path, path: str, saved: Path, n: int, copies: list[Path]) -> Sav
     file = None
     if stat.S_ISREG(st.st_mode):
         file = str(n)
-        try:
-            os.link(target, saved / file, follow_symlinks=False)
-        except OSError:  # another filesystem: a copy, fsynced with the journal
-            shutil.copyfile(target, saved / file, follow_symlinks=False)
+        # A link only where the inode leaves the root with the commit; else (or on
+        # another filesystem) a copy, fsynced with the journal.
+        if stays or st.st_nlink > 1 or not _linked(target, saved / file):
+            copy_file(target, saved / file)
             copies.append(saved / file)
     return Saved(
         mode=st.st_mode,
@@ -202,6 +230,14 @@ def _save(root: Path, path: str, saved: Path, n: int, copies: list[Path]) -> Sav
     )
 
 
+def _linked(target: Path, link: Path) -> bool:
+    try:
+        os.link(target, link, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
 def _archive(txn: Path, journal: Journal) -> Journal:
     """The commit's end: its journal moved into the dance's history (or dropped)."""
     if not journal.dance:
@@ -213,8 +249,7 @@ def _archive(txn: Path, journal: Journal) -> Journal:
     os.rename(journal.where, commits / str(number))
     fsync(commits)
     fsync(txn)
-    return Journal(journal.dance, journal.module, journal.step, journal.root,
-                   journal.entries, commits / str(number))  # fmt: skip
+    return replace(journal, where=commits / str(number))
 
 
 def _next_number(commits: Path) -> int:

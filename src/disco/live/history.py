@@ -32,9 +32,9 @@ from disco.engine.changes import Change, load_sensitive
 from disco.errors import DiscoError
 from disco.files import open_regular, write_atomic
 from disco.live.changeset import plan_commit
-from disco.live.commit import commit_ops
-from disco.live.journal import Expect, Journal, load, read_xattrs
-from disco.live.recovery import Desired, restore_times, undo_changes
+from disco.live.commit import commit_ops, dir_times
+from disco.live.journal import Expect, Journal, Times, load, read_xattrs
+from disco.live.recovery import Desired, restore_dir_times, restore_times, undo_changes
 from disco.tree.params import ParamStore
 
 KEEP = 50
@@ -218,6 +218,7 @@ class Rollback:
     desired: Desired  # every path as it was before the oldest of them
     changes: tuple[Change, ...]  # what the rollback changes, read from its undo layer
     work: Path  # the undo layer: the records point into it; remove it when done
+    dirs: Times = ()  # directories holding those paths, with their mtimes to put back
 
 
 def choose(txn: Path, root: Path, wanted: str | None) -> list[Kept]:
@@ -269,11 +270,17 @@ def prepare(txn: Path, root: Path, wanted: str | None, force: bool) -> Rollback:
     dances = choose(txn, root, wanted)
     desired: Desired = {}
     expected: dict[str, Expect | None] = {}
+    mtimes: dict[str, int] = {}  # directories holding entries: mtime before, and after
+    left: dict[str, int | None] = {}
     for dance in dances:  # newest first: the first seen is the latest state
         for journal in reversed(dance.commits(txn)):
             for entry in journal.entries:
                 expected.setdefault(entry.path, entry.after)
                 desired[entry.path] = (entry.before, journal.saved(entry))
+            after = None if journal.dirs_after is None else dict(journal.dirs_after)
+            for d, mtime in journal.dirs:
+                left.setdefault(d, None if after is None else after.get(d))
+                mtimes[d] = mtime
     if not force:
         changed = changed_since(root, expected, desired)
         if changed:
@@ -283,9 +290,15 @@ def prepare(txn: Path, root: Path, wanted: str | None, force: bool) -> Rollback:
                 f"{changed[0]}{more} changed since dance {ids}: a rollback would overwrite it",
                 "look at it; 'disco rollback --force' overwrites it",
             )
+    # A directory's mtime is put back unless someone changed it since (put a file in it).
+    now = dict(dir_times(root, sorted(mtimes)))
+    dirs = tuple(
+        (d, t) for d, t in sorted(mtimes.items())
+        if d not in desired and (force or left[d] is None or now.get(d) == left[d])
+    )  # fmt: skip
     work = txn / "rollback"
     changes = undo_changes(root, desired, work, load_sensitive(root / "etc/disco"))
-    return Rollback(root, tuple(dances), desired, tuple(changes), work)
+    return Rollback(root, tuple(dances), desired, tuple(changes), work, dirs)
 
 
 def discard(rollback: Rollback) -> None:
@@ -301,6 +314,7 @@ def apply_rollback(txn: Path, rollback: Rollback, kept: Kept) -> None:
             step = "undo " + " ".join(d.id for d in rollback.dances)
             commit_ops(txn, ops, rollback.root, afters, kept.id, "_rollback", step)
         restore_times(rollback.root, rollback.desired)
+        restore_dir_times(rollback.root, rollback.dirs)
     finally:
         shutil.rmtree(rollback.work, ignore_errors=True)
 

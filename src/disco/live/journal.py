@@ -70,6 +70,9 @@ class Entry:
     after: Expect | None  # None: nothing is there after the commit
 
 
+Times = tuple[tuple[str, int], ...]  # (directory, its mtime in ns), sorted
+
+
 @dataclass(frozen=True)
 class Journal:
     dance: str
@@ -78,6 +81,11 @@ class Journal:
     root: Path
     entries: tuple[Entry, ...]
     where: Path  # the journal's directory (its saved/ holds the content)
+    # The directories that hold entries without being entries themselves (/etc for a new
+    # /etc/x): their mtimes before the commit, which its renames and unlinks move, and
+    # after it (None: not known, the commit was cut short or is older than this field).
+    dirs: Times = ()
+    dirs_after: Times | None = None
 
     def saved(self, entry: Entry) -> Path | None:
         file = entry.before.file if entry.before else None
@@ -129,10 +137,34 @@ def load(where: Path) -> Journal:
         if data["format"] != FORMAT:
             raise ValueError(f"format {data['format']!r}")
         entries = tuple(_entry(e) for e in data["entries"])
+        dirs = _times(data.get("dirs", []))
         return Journal(str(data["dance"]), str(data["module"]), str(data["step"]),
-                       Path(data["root"]), entries, where)  # fmt: skip
+                       Path(data["root"]), entries, where, dirs, _times_after(where))  # fmt: skip
     except (KeyError, TypeError, ValueError) as e:
         raise DiscoError(f"the commit journal {path} is damaged ({e!r})", hint) from None
+
+
+AFTER = "dirs-after.json"  # written when the commit is done, just before it is archived
+
+
+def times_data(times: Times) -> bytes:
+    return json.dumps([[d, t] for d, t in times], separators=(",", ":")).encode()
+
+
+def _times(data: Any) -> Times:
+    out = tuple((d, t) for d, t in data)
+    if not all(isinstance(d, str) and d.startswith("/") and isinstance(t, int) for d, t in out):
+        raise ValueError(f"dirs {data!r}")
+    return out
+
+
+def _times_after(where: Path) -> Times | None:
+    """The mtimes a finished commit left, if it wrote them (no fsync: a file lost in a
+    crash only means a rollback does not know them)."""
+    try:
+        return _times(json.loads((where / AFTER).read_bytes()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def entry_data(entry: Entry) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Union
 
 from disco.errors import DiscoError
-from disco.files import NOFOLLOW_DIR, OffPath, open_dir
+from disco.files import NOFOLLOW_DIR, OffPath, copy_data, open_dir
 
 TEMP_SUFFIX = ".disco-new"
 _OVERLAY_XATTR = "trusted.overlay."
@@ -327,8 +327,7 @@ def _copy(source: Path, d: int, tmp: str) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         dst = os.open(tmp, flags, 0o600, dir_fd=d)
         try:
-            while os.sendfile(dst, src, None, 1 << 30):
-                pass
+            copy_data(src, dst)  # holes kept
         except BaseException:
             os.close(dst)
             raise

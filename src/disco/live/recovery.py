@@ -18,8 +18,9 @@ from pathlib import Path
 
 from disco.engine.changes import DEFAULT_SENSITIVE, Change, read_changes
 from disco.errors import DiscoError
+from disco.files import copy_file
 from disco.live.changeset import apply, plan_commit
-from disco.live.journal import Journal, Saved, discard, load, read_xattrs, sync_dirs
+from disco.live.journal import Journal, Saved, Times, discard, load, read_xattrs, sync_dirs
 from disco.live.ops import parent, temp_name  # parent never follows a symlink
 
 
@@ -52,19 +53,21 @@ def undo(journal: Journal) -> int:
         with contextlib.suppress(OSError, DiscoError):
             with parent(journal.root, entry.path) as (d, name):
                 os.unlink(temp_name(name), dir_fd=d)
-    return restore(journal.root, desired, journal.where.with_name("undo"))
+    return restore(journal.root, desired, journal.where.with_name("undo"), journal.dirs)
 
 
 Desired = dict[str, "tuple[Saved | None, Path | None]"]
 
 
-def restore(root: Path, desired: Desired, work: Path) -> int:
+def restore(root: Path, desired: Desired, work: Path, dirs: Times = ()) -> int:
     """Bring each path of `desired` to its saved state (None: nothing there) through an undo
-    layer in `work`; returns the number of paths changed."""
+    layer in `work`, and the directories `dirs` to their mtimes; returns the number of
+    paths changed."""
     try:
         changes = undo_changes(root, desired, work)
         apply(plan_commit(changes, root))
         restore_times(root, desired)
+        restore_dir_times(root, dirs)
         sync_dirs(root, {os.path.dirname(p) for p in desired})
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -99,7 +102,7 @@ def undo_changes(
             dest.mkdir()
         elif kind == stat.S_IFREG:
             assert content is not None, path
-            shutil.copyfile(content, dest)
+            copy_file(content, dest)  # holes kept
         elif kind == stat.S_IFLNK:
             os.symlink(before.target or "", dest)
         else:
@@ -147,3 +150,13 @@ def restore_times(root: Path, desired: Desired) -> None:
             if os.stat(name, dir_fd=d, follow_symlinks=False).st_mtime_ns != before.mtime_ns:
                 times = (before.atime_ns, before.mtime_ns)
                 os.utime(name, ns=times, dir_fd=d, follow_symlinks=False)
+
+
+def restore_dir_times(root: Path, dirs: Times) -> None:
+    """The mtimes of directories that hold restored paths (what a commit or its undo
+    renamed or unlinked in them moved them), deepest first."""
+    for path, mtime in sorted(dirs, key=lambda d: -d[0].count("/")):
+        with contextlib.suppress(OSError, DiscoError), parent(root, path) as (d, name):
+            st = os.stat(name, dir_fd=d, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) and st.st_mtime_ns != mtime:
+                os.utime(name, ns=(st.st_atime_ns, mtime), dir_fd=d, follow_symlinks=False)

@@ -177,6 +177,11 @@ def load_last(reports_dir: Path) -> DanceReport:
         raise DiscoError(
             f"no report yet: {path} does not exist", "run 'disco dance' first"
         ) from None
+    except PermissionError:
+        raise DiscoError(
+            f"cannot read the last report {path}: permission denied",
+            "run it as root: the state directory is root's (a dance wrote it as root)",
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise DiscoError(f"cannot read the last report {path}: {e}", _REDO) from None
     try:

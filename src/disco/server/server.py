@@ -87,14 +87,26 @@ def locate(root: Path | None, config: Path) -> Path:
     if root is None:
         root = getattr(read_config(config), "root", None)
         if root is None:
-            hint = "give it: 'disco-server sync DIR' (or 'disco-server init DIR' for a new one)"
+            hint = (
+                f"give it: '{command('sync', 'DIR', config)}'"
+                f" (or '{command('init', 'DIR', config)}' for a new one)"
+            )
             raise DiscoError(f"no server directory given, and {config} names none", hint)
     root = conf_path(Path(os.path.abspath(root)))
     for part in (PARAMETERS, "modules"):
         if not (root / part).is_dir():
-            hint = f"run 'disco-server init {root}'"
+            hint = f"run '{command('init', root, config)}'"
             raise DiscoError(f"{root} is not a disco server: it has no {part}/", hint)
     return root
+
+
+def command(verb: str, root: Path | str, config: Path) -> str:
+    """The disco-server command line that does `verb` for `root`, with the `--config`
+    given (none for the default, ~/rsyncd.conf)."""
+    line = f"disco-server {verb} {shlex.quote(str(root))}"
+    if os.path.abspath(config) != os.path.abspath(Path.home() / "rsyncd.conf"):
+        line += f" --config {shlex.quote(str(config))}"
+    return line
 
 
 def read_config(path: Path) -> Config | None:
@@ -280,9 +292,10 @@ def add_node(node: str, key_file: Path, config: Path, authorized_keys: Path) -> 
     return NodeAdded(conf, replaced, (root / PARAMETERS / node).is_dir())
 
 
-def config_problems(cfg: Config, root: Path, names: list[str]) -> list[Problem]:
-    """How a daemon config differs from what `sync` would write for the tree."""
-    hint, path = f"run 'disco-server sync {root}'", cfg.path
+def config_problems(cfg: Config, root: Path, names: list[str], config: Path) -> list[Problem]:
+    """How a daemon config (the main one `config`, or a node's beside it) differs from
+    what `sync` would write for the tree."""
+    hint, path = f"run '{command('sync', root, config)}'", cfg.path
     if cfg.root != root:
         what = f"{path} serves {cfg.root}, not {root}" if cfg.root else f"no rsync config at {path}"
         return [Problem(what, hint)]
@@ -336,7 +349,7 @@ def check(root: Path | None, config: Path) -> list[Problem]:
             modules[name] = Module(name, root / "modules" / name, ())
     main = read_config(config) or Config(config, None, None, {})
     for cfg in [main, *node_configs(config).values()]:
-        found += config_problems(cfg, root, sorted(modules))
+        found += config_problems(cfg, root, sorted(modules), config)
         if (n := cfg.node) and not (root / PARAMETERS / n).is_dir():
             hint = "create it, or remove the node's key from authorized_keys"
             found.append(Problem(f"node '{n}' has a key but no parameters/{n}/", hint))

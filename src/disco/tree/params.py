@@ -62,23 +62,41 @@ def read_tree(directory: Path) -> Tree:
     for entry in entries:
         if entry.name.startswith(".~"):
             continue
-        if not is_name(entry.name) or entry.is_symlink():
-            raise not_a_parameter(Path(entry.path), entry.is_symlink())
-        if entry.is_dir(follow_symlinks=False):
+        if not is_name(entry.name):
+            raise NotAParameter(Path(entry.path), "named outside A-Z a-z 0-9 _ . -", "rename")
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
             tree[entry.name] = read_tree(Path(entry.path))
-        elif entry.is_file(follow_symlinks=False):
+        elif stat.S_ISREG(st.st_mode):
             tree[entry.name] = decode(Path(entry.path).read_bytes())
         else:
-            raise not_a_parameter(Path(entry.path), False)
+            raise NotAParameter(Path(entry.path), _KINDS.get(stat.S_IFMT(st.st_mode), "special"))
     return tree
 
 
-def not_a_parameter(path: Path, symlink: bool) -> DiscoError:
-    what = "a symlink" if symlink else "not a file or directory named A-Z a-z 0-9 _ . -"
-    return DiscoError(
-        f"{quote(str(path))} is in a parameters tree but is {what}",
-        "rename or remove it: a parameter is a plain file or directory with such a name",
-    )
+_KINDS = {stat.S_IFLNK: "a symlink", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}  # fmt: skip
+
+
+class NotAParameter(DiscoError):
+    """Something in a parameters tree that is no parameter: a name outside the rule, a
+    symlink, a FIFO, ... `path` is where it was read; `shown(where)` says it of `where`
+    (the server's file it was fetched from)."""
+
+    def __init__(self, path: Path, what: str, fix: str = "replace") -> None:
+        self.path, self.what, self.fix = path, what, fix
+        super().__init__(*self._text(quote(str(path))))
+
+    def _text(self, shown: str) -> tuple[str, str]:
+        how = "a plain file (a value) or directory (a map) named A-Z a-z 0-9 _ . -"
+        return (
+            f"{shown} is in a parameters tree but is {self.what}",
+            f"{self.fix} or remove it: a parameter is {how}",
+        )
+
+    def shown(self, where: str) -> DiscoError:
+        message, hint = self._text(where)
+        return DiscoError(message, hint)
 
 
 def walk(tree: Tree, prefix: ParamPath = ()) -> Iterator[tuple[ParamPath, str | None]]:
@@ -171,11 +189,21 @@ class ParamStore:
         return head + list(walk(value, path))
 
     def missing(self, path: ParamPath) -> DiscoError:
-        parent = join(path[:-1])
-        where = f"'disco-param keys {parent}'" if parent else "'disco-param keys'"
-        return DiscoError(
-            f"parameter '{join(path) or '/'}' does not exist", f"see what does with {where}"
-        )
+        """The error for `path`, naming the nearest map above it that exists (or the value
+        in the way)."""
+        message = f"parameter '{join(path) or '/'}' does not exist"
+        for depth in range(len(path) - 1, 0, -1):
+            kind = self.kind(path[:depth])
+            if kind == "value":
+                above = join(path[:depth])
+                return DiscoError(
+                    f"{message}: '{above}' is a value", f"read it with 'disco-param get {above}'"
+                )
+            if kind == "map":
+                return DiscoError(
+                    message, f"see what does with 'disco-param keys {join(path[:depth])}'"
+                )
+        return DiscoError(message, "see what does with 'disco-param keys'")
 
     # -- writing -----------------------------------------------------------------------
 

@@ -9,6 +9,20 @@ bad() { echo "error: $ball: $*" >&2; err=1; }
 val() { if [ -f "$P/$1" ]; then cat "$P/$1"; fi; }
 has() { [ -f "$P/$1" ]; }
 words() { tr ', \t' '\n\n\n' | sed '/^$/d' | LC_ALL=C sort -u; }  # a list, one per line
+# The users ball runs after this one (requires: before users), from users/NAME/...
+U="/var/disco/parameters/$DISCO_NODE/parameters/users"
+uval() { if [ -f "$U/$1" ]; then cat "$U/$1"; fi; }
+is_user() { awk -F: -v n="$1" '$1 == n { f = 1 } END { exit !f }' /etc/passwd; }
+naming() {  # the users (not absent) whose users/NAME/groups names group $1
+  local u list
+  [ -d "$U" ] || return 0
+  for u in $(ls -A "$U"); do
+    if [ -f "$U/$u/groups" ] && [ "$(uval "$u/state")" != absent ]; then
+      list=$(uval "$u/groups" | words)
+      if grep -qxF -- "$1" <<<"$list"; then echo "$u"; fi
+    fi
+  done
+}
 
 [ -e "$P" ] || exit 0
 [ -d "$P" ] || { echo "error: $ball: parameter '$ball' must be a map: $ball/NAME/..." >&2; exit 1; }
@@ -28,8 +42,19 @@ for g in $names; do
   esac
   if has "$g/gid" && ! [[ $(val "$g/gid") =~ ^[0-9]+$ ]]; then bad "$g/gid: '$(val "$g/gid")' is not a number"; fi
   for m in $(val "$g/members" | words); do
-    [[ $m =~ $NAME ]] || bad "$g/members: '$m' is not a user name"
+    if ! [[ $m =~ $NAME ]]; then
+      bad "$g/members: '$m' is not a user name"
+    elif [ "$(val "$g/state")" = absent ]; then
+      continue
+    elif [ "$(uval "$m/state")" = absent ]; then
+      bad "$g/members: '$m' is to be removed (users/$m/state is absent)"
+    elif ! is_user "$m" && ! [ -d "$U/$m" ]; then
+      bad "$g/members: no user '$m' in /etc/passwd; make it with the users ball (users/$m/...)"
+    fi
   done
+  if [ "$(val "$g/state")" = absent ]; then
+    for u in $(naming "$g"); do bad "$g/state: absent, but users/$u/groups names it"; done
+  fi
 done
 [ "$err" = 0 ] || exit 1
 
@@ -48,7 +73,11 @@ for g in $names; do
   fi
   if has "$g/members"; then
     now=$(awk -F: -v g="$g" '$1 == g { print $4 }' /etc/group | words)
-    want=$(val "$g/members" | words)
+    # Its members and the users whose users/NAME/groups names it, as the users ball has
+    # them; one the users ball makes later in this dance joins the group as it is made.
+    want=$(for m in $({ val "$g/members"; naming "$g"; } | words); do
+      if is_user "$m"; then echo "$m"; fi
+    done)
     if [ "$now" != "$want" ]; then
       gpasswd --members "$(paste -sd, <<<"$want")" "$g" >/dev/null
       echo "groups: members of $g: $(paste -sd' ' <<<"$want")"

@@ -10,6 +10,19 @@ val() { if [ -f "$P/$1" ]; then cat "$P/$1"; fi; }
 has() { [ -f "$P/$1" ]; }
 words() { tr ', \t' '\n\n\n' | sed '/^$/d' | LC_ALL=C sort -u; }  # a list, one per line
 field() { awk -F: -v k="$2" -v f="$3" '$1 == k { print $f }' "$1"; }
+# The groups ball ran before this one (requires: after groups), from groups/NAME/...
+G="/var/disco/parameters/$DISCO_NODE/parameters/groups"
+member_of() {  # the groups (not absent) whose groups/NAME/members names user $1
+  local g list
+  [ -d "$G" ] || return 0
+  for g in $(ls -A "$G"); do
+    if [ -f "$G/$g/members" ] && ! grep -qx absent "$G/$g/state" 2>/dev/null; then
+      list=$(words <"$G/$g/members")
+      if grep -qxF -- "$1" <<<"$list"; then echo "$g"; fi
+    fi
+  done
+}
+supplementary() { { val "$1/groups" | words; member_of "$1"; } | words; }  # one a line
 
 [ -e "$P" ] || exit 0
 [ -d "$P" ] || { echo "error: $ball: parameter '$ball' must be a map: $ball/NAME/..." >&2; exit 1; }
@@ -31,6 +44,13 @@ for u in $names; do
   for g in $(val "$u/group") $(val "$u/groups" | words); do
     [[ $g =~ $NAME ]] || bad "$u: '$g' is not a group name"
   done
+  if [ "$(val "$u/state")" != absent ]; then
+    for g in $(val "$u/group") $(supplementary "$u"); do
+      if [[ $g =~ $NAME ]] && [ -z "$(field /etc/group "$g" 1)" ]; then
+        bad "$u: no group '$g' in /etc/group; make it with the groups ball (groups/$g/...)"
+      fi
+    done
+  fi
   for k in home shell; do
     if has "$u/$k" && ! [[ $(val "$u/$k") =~ ^/[^:[:space:]]*$ ]]; then bad "$u/$k: '$(val "$u/$k")' is not an absolute path"; fi
   done
@@ -57,7 +77,10 @@ for u in $names; do
     if has "$u/group"; then args+=(--gid "$(val "$u/group")")
     elif [ -n "$(field /etc/group "$u" 1)" ]; then args+=(--gid "$u")
     else args+=(--user-group); fi
-    if has "$u/groups"; then args+=(--groups "$(val "$u/groups" | words | paste -sd,)"); fi
+    # Its groups, and those whose groups/NAME/members names it: it was not there for the
+    # groups ball to add.
+    groups=$(supplementary "$u")
+    if [ -n "$groups" ]; then args+=(--groups "$(paste -sd, <<<"$groups")"); fi
     home=$(val "$u/home")
     args+=(--create-home --home-dir "${home:-/home/$u}")
     if has "$u/shell"; then args+=(--shell "$(val "$u/shell")"); fi
@@ -72,7 +95,7 @@ for u in $names; do
     fi
     if has "$u/groups"; then
       now=$(awk -F: -v u="$u" '{ n = split($4, m, ","); for (i = 1; i <= n; i++) if (m[i] == u) print $1 }' /etc/group | words)
-      want=$(val "$u/groups" | words)
+      want=$(supplementary "$u")
       [ "$now" = "$want" ] || args+=(--groups "$(paste -sd, <<<"$want")")
     fi
     if has "$u/home" && [ "$(val "$u/home")" != "$home" ]; then args+=(--home "$(val "$u/home")"); fi
