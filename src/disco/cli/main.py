@@ -235,10 +235,12 @@ def dance_locked(
                 done = {(j.module, j.step) for j in kept.commits(state.txn)}
                 changes = tuple(c for c in changes if (c["module"], c["step"]) in done)
             would = tuple(out.finish())
-            summary = DanceReport(started, node, mode, str(root), status, records, changes, would)
+            summary = DanceReport(started, node, mode, str(root), status, records, changes, would,
+                                  args.detailed_exitcodes)  # fmt: skip
             last = save(state.reports, summary)
             failures = len(dancer.outcome.failed) + len(dancer.outcome.skipped)
-            history.finish(state.txn, kept, len(changes), failures, status)
+            failed = tuple((c["module"], c["step"], c["path"]) for c in changes if "failed" in c)
+            history.finish(state.txn, kept, len(changes) - len(failed), failures, status, failed)
             for text in history.prune(state.txn, limit):
                 out.info(text)
             if document is not None:  # printed by command(), once stdout is ours again

@@ -93,6 +93,9 @@ def rollback(args: argparse.Namespace, state: State, out: Output) -> int:
         ids = ", ".join(d.id for d in plan.dances)
         verb = "Would roll back" if args.noop else "Rolling back"
         out.info(f"{verb} dance(s) {ids} on {root}")
+        for dance in plan.dances:
+            for text in history.not_committed(dance):
+                out.info(text)
         records = []
         for change in plan.changes:
             line = header(change)
