@@ -6,6 +6,7 @@ and whose write-only `[reports]` is `reports/NODE/` alone: where its dances' rep
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import re
 import shlex
@@ -20,7 +21,7 @@ from disco.errors import DiscoError, UsageError
 from disco.files import write_atomic
 from disco.tree.modules import Module, load_module
 from disco.tree.names import check_name, check_node
-from disco.tree.order import order
+from disco.tree.order import cycles
 
 HEADER = "# disco-server"  # `# disco-server: DIR`, so that `sync` needs no DIR
 NODE_HEADER = "# disco-server node"  # `# disco-server node: NODE` in a node's config
@@ -350,8 +351,14 @@ def check(root: Path | None, config: Path) -> list[Problem]:
         n: Module(n, m.path, tuple(r for r in m.requires if r.name in modules))
         for n, m in modules.items()
     }
-    try:
-        order(known)  # names the cycle, if there is one
-    except DiscoError as e:
-        found.append(Problem(e.message, e.hint))
+    circuits = sorted(itertools.islice(cycles(known), CYCLES_SHOWN + 1))
+    for cycle in circuits[:CYCLES_SHOWN]:  # all of them: one round of fixes, not one each
+        what = "requires cycle: " + " -> ".join([*cycle, cycle[0]])
+        found.append(Problem(what, "break it by removing one of these requirements"))
+    if len(circuits) > CYCLES_SHOWN:
+        found.append(Problem(f"more requires cycles than these {CYCLES_SHOWN}",
+                             "break these, then check again"))  # fmt: skip
     return found
+
+
+CYCLES_SHOWN = 20  # a tangle of modules has more cycles than anyone reads
