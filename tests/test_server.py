@@ -392,12 +392,15 @@ def test_check_finds_bad_names_and_keys_without_parameters(srv: Server) -> None:
     srv.ok("init", str(srv.root))
     (srv.root / "parameters" / "bad node").mkdir()
     (srv.root / "parameters" / NODE / "modules" / "a:b").touch()
+    (srv.root / "parameters" / NODE / "modules" / ".gitkeep").touch()  # not a module
+    (srv.root / "parameters" / NODE / "modules" / "..evil").touch()  # not hidden: bad
     srv.add_node("gone.example")
     lines = check_lines(srv)
-    assert len(lines) == 3, lines
+    assert len(lines) == 4, lines
     assert lines[0].startswith("node 'gone.example' has a key but no parameters/gone.example/")
     assert lines[1].startswith("node name 'bad node' contains ' '")
-    assert lines[2].startswith(f"node '{NODE}': module name 'a:b' contains ':'")
+    assert lines[2].startswith(f"node '{NODE}': module name '..evil' starts with '.'")
+    assert lines[3].startswith(f"node '{NODE}': module name 'a:b' contains ':'")
 
 
 def test_every_verb_has_help_with_an_example(cmd: Run) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from disco.errors import DiscoError, UsageError
 from disco.files import write_atomic
 from disco.tree.modules import Module, load_module
-from disco.tree.names import check_name, check_node
+from disco.tree.names import check_name, check_node, is_hidden
 from disco.tree.order import cycles
 
 HEADER = "# disco-server"  # `# disco-server: DIR`, so that `sync` needs no DIR
@@ -72,9 +72,10 @@ def name_problem(name: str, what: str) -> Problem | None:
 
 
 def listing(where: Path, dirs: bool = True) -> list[str]:
-    """The directories (or all entries) in `where`, sorted; hidden ones are not disco's."""
+    """The directories (or all entries) in `where`, sorted; hidden ones are not disco's
+    (`..evil` is not hidden: names.is_hidden)."""
     found = where.iterdir() if where.is_dir() else ()
-    return sorted(p.name for p in found if (p.is_dir() or not dirs) and p.name[0] != ".")
+    return sorted(p.name for p in found if (p.is_dir() or not dirs) and not is_hidden(p.name))
 
 
 def conf_path(path: Path) -> Path:
