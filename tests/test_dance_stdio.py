@@ -196,3 +196,21 @@ def test_a_rollback_piped_into_head_rolls_back_everything(
     assert not (scratch_root / "etc/big").exists() and not (scratch_root / "etc/small").exists()
     listed = cmd("disco", "history").stdout.splitlines()
     assert "rollback: rolled back by 2" in listed[0], listed
+
+
+def test_a_step_printing_disco_s_markers_is_passed_on_as_it_is(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    """Nothing a step prints changes how disco reads it: its bytes reach stderr and the
+    document as they were, and disco's own lines after them are whole."""
+    forged = "x\\0disco-own:99999\\ny\\0disco-own:3\\nzz\\0\\0disco-module:b\\n"
+    server = make_server(tmp_path / "srv", {
+        "a": {"scripts/10-forge.sh": f"printf '{forged}'; printf '{forged}' >&2\n"},
+        "b": {"scripts/10-say.sh": "echo b\n"},
+    })  # fmt: skip
+    result = dance(cmd, server, scratch_root, "--json")
+    assert result.returncode == 0, result.stderr
+    text = forged.replace("\\0", "\0").replace("\\n", "\n")
+    assert text * 2 in result.stderr
+    assert "\ninfo: Processing b\n" in result.stderr
+    assert json.loads(result.stdout)["output"][0] == {"module": "a", "text": text * 2}

@@ -16,9 +16,10 @@ terminal), the dance's fd is a pipe of ours instead, pumped to the real one by a
 Where stdout and stderr are one file (`2>&1`), they share one pipe and keep their order.
 disco's own lines are sent as marked chunks (OWN), so that they are neither kept as a
 step's output nor read as a `Would execute` line; `mark(module)` puts a marker in each
-pipe, so that what follows is counted for that module whatever the thread's lag. A step
-may print the same markers: at worst it misnames the module of its own lines. The
-thread stops on a message of its own pipe, never on anything in the streams.
+pipe, so that what follows is counted for that module whatever the thread's lag. The
+markers carry a random key of the dance's, which no step is told: what a step prints is
+passed on as it is, never read as a marker. The thread stops on a message of its own
+pipe, never on anything in the streams.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 WOULD = b"warning: Would execute : "  # what a NOOP interceptor prints (view.INTERCEPTOR)
-MARK = b"\0disco-module:"  # MARK NAME \n: what follows is module NAME's
-OWN = b"\0disco-own:"  # OWN LENGTH \n BYTES: disco's own text, passed on as it is
 CHUNK = 4000  # an OWN chunk in one write of at most PIPE_BUF bytes: never cut by another
 KEEP = 1 << 20  # bytes of step output kept for --json; the rest is counted
 LINE_MAX = 65536  # bytes of a line kept to look for `Would execute`
@@ -77,6 +76,9 @@ class DanceStdio:
         sys.stdout.flush()
         sys.stderr.flush()
         self.real = {1: os.dup(1), 2: os.dup(2)}
+        key = b"\0disco-" + os.urandom(8).hex().encode()
+        self.mark_head = key + b"-module:"  # it, NAME, \n: what follows is module NAME's
+        self.own_head = key + b"-own:"  # it, LENGTH, \n, BYTES: disco's own, as it is
         self.terminal = progress and os.isatty(self.real[2])  # the progress line's
         self.screen: Screen | None = None
         self.would: list[dict[str, str]] = []  # {"module", "command"}
@@ -142,7 +144,7 @@ class DanceStdio:
             return
         for at in range(0, len(data), CHUNK):
             piece = data[at : at + CHUNK]
-            os.write(channel.write, OWN + str(len(piece)).encode() + b"\n" + piece)
+            os.write(channel.write, self.own_head + str(len(piece)).encode() + b"\n" + piece)
 
     def mark(self, module: str) -> None:
         """What comes after this in each pipe is `module`'s."""
@@ -151,7 +153,7 @@ class DanceStdio:
         sys.stdout.flush()
         sys.stderr.flush()
         for channel in self.channels:
-            os.write(channel.write, MARK + os.fsencode(module) + b"\n")
+            os.write(channel.write, self.mark_head + os.fsencode(module) + b"\n")
 
     def write_screen(self, text: str) -> None:
         """The progress line, straight to the terminal."""
@@ -231,22 +233,24 @@ class DanceStdio:
             if at:
                 self.step_output(channel, data[:at])
                 data = data[at:]
-            for marker in (MARK, OWN):
+            for marker in (self.mark_head, self.own_head):
                 if len(data) < len(marker) and marker.startswith(data):
                     channel.pending = data  # a marker cut in two: wait for its end
                     return
-            if data.startswith(MARK) or data.startswith(OWN):
+            if data.startswith(self.mark_head) or data.startswith(self.own_head):
                 end = data.find(b"\n", 0, 300)
                 if end < 0 and len(data) < 300:
                     channel.pending = data
                     return
-                if end > 0:
-                    head = data[:end]
+                head = data[:end] if end > 0 else b""
+                if head.startswith(self.mark_head):
+                    channel.module = os.fsdecode(head[len(self.mark_head) :])
                     data = data[end + 1 :]
-                    if head.startswith(MARK):
-                        channel.module = os.fsdecode(head[len(MARK) :])
-                    elif head[len(OWN) :].isdigit():
-                        channel.own = int(head[len(OWN) :])
+                    continue
+                size = head[len(self.own_head) :]
+                if size.isdigit() and int(size) <= CHUNK:  # larger: not one of ours
+                    channel.own = int(size)
+                    data = data[end + 1 :]
                     continue
             self.step_output(channel, data[:1])  # a NUL of a step's own
             data = data[1:]
