@@ -350,14 +350,24 @@ def command(args: argparse.Namespace) -> int:
         return timer_cli.run(args)
     detailed = getattr(args, "detailed_exitcodes", False)
     document: dict[str, Any] | None = {} if args.json else None
+
+    def refused(e: DiscoError) -> None:
+        if document is not None:  # as far as the dance went, with its error
+            said = refused_json(args, e)
+            print_document({**said, **document, **{k: said[k] for k in REFUSAL}})
+
     try:
         status = dance(args, document)
     except DiscoError as e:
         if detailed:  # Puppet's meaning: 1, the dance could not run
             e.status = EXIT_FAILED
-        if document is not None:  # as far as the dance went, with its error
-            refused = refused_json(args, e)
-            print_document({**refused, **document, **{k: refused[k] for k in REFUSAL}})
+        refused(e)
+        raise
+    except KeyboardInterrupt:  # before the dance could take the signal itself
+        refused(DiscoError("interrupted", status=130))
+        raise
+    except OSError as e:  # execute()'s last resort says it too
+        refused(DiscoError(str(e)))
         raise
     if document is not None:
         print_document(document)
