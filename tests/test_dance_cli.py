@@ -236,14 +236,26 @@ def test_a_bad_module_name_in_requires_is_refused(
     assert tree_snapshot(state) == before
 
 
-@pytest.mark.parametrize("name", ["bad name", "x~", "-rf", "_x", "caf\u00e9"])
+@pytest.mark.parametrize(
+    "name", ["bad name", "x~", "-rf", "_x", "caf\u00e9", "..evil", "...", "..x~"]
+)
 def test_a_bad_module_name_in_the_modules_map_is_refused(
     name: str, cmd: Run, state: Path, danced: Path
 ) -> None:
     before = tree_snapshot(state)
     (danced / f"parameters/{NODE}/modules" / name).touch()
-    assert_one_error(dance_on(cmd, state, danced), 1, NODE, "modules map", f"'{name}'")
+    fix = f"rename or remove parameters/{NODE}/modules/{name} there"
+    result = dance_on(cmd, state, danced)
+    assert_one_error(result, 1, NODE, "modules map", f"'{name}'", str(danced), fix)
     assert tree_snapshot(state) == before
+
+
+def test_hidden_files_in_the_modules_map_are_not_modules(
+    cmd: Run, state: Path, server: Path
+) -> None:
+    for name in (".gitkeep", ".app.swp"):  # what git and editors leave
+        (server / f"parameters/{NODE}/modules" / name).touch()
+    assert ready(dance_on(cmd, state, server)) == "base app"
 
 
 def test_a_requires_cycle_is_refused_naming_every_module_in_it(

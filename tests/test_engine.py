@@ -227,8 +227,8 @@ def test_a_step_past_its_time_limit_is_killed_with_its_tree_and_fails(
 def test_a_bad_time_limit_is_an_error(cmd: Run, tmp_path: Path, scratch_root: Path) -> None:
     server = make_server(tmp_path / "srv", {"m": {"scripts/10-x.sh": "true\n"}})
     result = dance(cmd, server, scratch_root, "--timeout", "soon")
-    assert result.returncode == 1
-    assert "error: --timeout is 'soon', not a number of seconds" in result.stderr
+    assert result.returncode == 2  # a usage error, as every bad flag
+    assert "argument --timeout: 'soon' is not a number of seconds" in result.stderr
     cmd("disco-param", "set", "disco/client/timeout/step", input="-3\n")
     result = dance(cmd, server, scratch_root)
     assert "error: disco/client/timeout/step is '-3', not a number of seconds" in result.stderr

@@ -26,13 +26,15 @@ def entry(txn: Path, mode: str, log_bytes: int = 0) -> history.Kept:
 
 
 def test_ids_count_up_and_each_line_says_what_the_dance_was(tmp_path: Path) -> None:
-    first, second = entry(tmp_path, "live"), entry(tmp_path, "noop")
-    assert (first.id, second.id) == ("1", "2")
+    first, second = entry(tmp_path, "live", 10), entry(tmp_path, "noop")
+    third = entry(tmp_path, "live")  # it committed nothing
+    assert (first.id, second.id, third.id) == ("1", "2", "3")
     kept = history.listing(tmp_path)
     undone = history.rolled_back(tmp_path, kept)
     lines = [history.line(tmp_path, k, undone) for k in kept]
     assert "live" in lines[0] and "/srv/root" in lines[0] and "1 change(s)" in lines[0]
     assert lines[0].endswith("rollback: yes") and lines[1].endswith("rollback: no")
+    assert lines[2].endswith("rollback: no (nothing committed)")
 
 
 def test_the_last_50_are_kept_and_noop_dances_never_push_out_a_live_one(tmp_path: Path) -> None:

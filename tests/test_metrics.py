@@ -345,6 +345,35 @@ def test_a_whole_step_record_comes_before_its_items() -> None:
     assert report_lines(report)[1] == "   time_real 0.30 : time_user 0.00 : time_sys 0.00"
 
 
+def test_report_lines_keep_dance_order_when_a_step_kind_comes_again() -> None:
+    """A live module: each step's diff and commit come after it, before the next step."""
+    steps = [("fetch", None), ("diff", "fetch"), ("commit", "fetch"), ("exec", "10-a.sh"),
+             ("diff", "10-a.sh"), ("commit", "10-a.sh"), ("exec", "20-b.sh"),
+             ("diff", "20-b.sh")]  # fmt: skip
+    records = tuple(rec("m", step, item, 0.1, 0, 0, 1, 0, 0, 0, 0) for step, item in steps)
+    report = dataclasses.replace(seed_report(), records=records)
+    heads = [line for line in report_lines(report) if not line.startswith("   ")]
+    assert heads == ["m: fetch", "m: diff", "m: commit", "m: exec", "m: diff", "m: commit",
+                     "m: exec", "m: diff"]  # fmt: skip
+    items = [line.strip() for line in report_lines(report) if line.endswith(" :")]
+    assert items == [f"{item} :" for _, item in steps[1:]]
+
+
+def test_html_says_what_a_detailed_exit_status_means() -> None:
+    """--detailed-exitcodes: 2 is changes (not red), 4 and 6 are failures."""
+    for status, detailed, kind, words in [
+        (2, True, "ok", "2 (changes)"),
+        (0, True, "ok", "0 (no changes)"),
+        (4, True, "bad", "4 (failures)"),
+        (6, True, "bad", "6 (changes and failures)"),
+        (2, False, "bad", "2 (failed)"),
+        (1, False, "bad", "1 (failures)"),
+        (130, False, "bad", "130 (interrupted)"),
+    ]:
+        report = dataclasses.replace(seed_report(), exit=status, detailed_exitcodes=detailed)
+        assert f'<li class="{kind}"><b>{words}</b>exit</li>' in report_html(report)
+
+
 def test_an_unknown_module_names_the_known_ones() -> None:
     with pytest.raises(DiscoError) as e:
         report_lines(seed_report(), "nosuchmodule")

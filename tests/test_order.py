@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from disco.errors import DiscoError
 from disco.tree.modules import Edge, Module, Requirement, init_module, load_module, parse_requires
-from disco.tree.order import first_level, next_level, order
+from disco.tree.order import cycles, first_level, next_level, order
 
 
 def modules(spec: dict[str, str]) -> dict[str, Module]:
@@ -82,6 +82,53 @@ def test_a_cycle_names_every_module_in_it(spec: dict[str, str], cycle: str) -> N
     with pytest.raises(DiscoError) as caught:
         order(modules(spec))
     assert caught.value.message == f"requires cycle: {cycle}"
+
+
+def test_cycles_names_every_cycle_at_once() -> None:
+    spec = {
+        "a": "b", "b": "a",  # three cycles apart
+        "c": "d", "d": "e", "e": "c",
+        "f": "f",
+        "g": "h\ni", "h": "g", "i": "g",  # two sharing g
+        "z": "a",  # not in a cycle
+    }  # fmt: skip
+    assert sorted(cycles(modules(spec))) == [
+        ["a", "b"], ["c", "e", "d"], ["f"], ["g", "h"], ["g", "i"],
+    ]  # fmt: skip
+    assert list(cycles(modules({"x": "", "y": "x"}))) == []
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> dict[str, str]:
+    """Random specs of up to 6 modules, cycles allowed."""
+    names = [f"m{i}" for i in range(draw(st.integers(1, 6)))]
+    return {n: "\n".join(sorted(set(draw(st.lists(st.sampled_from(names), max_size=4)))))
+            for n in names}  # fmt: skip
+
+
+def brute_force_cycles(spec: dict[str, str]) -> list[list[str]]:
+    """Every simple path that comes back to its start, from its least name."""
+    after: dict[str, set[str]] = {n: set() for n in spec}
+    for name, text in spec.items():
+        for required in text.split():
+            after[required].add(name)
+    found = []
+
+    def walk(path: list[str]) -> None:
+        for there in sorted(after[path[-1]]):
+            if there == path[0]:
+                found.append(list(path))
+            elif there > path[0] and there not in path:
+                walk([*path, there])
+
+    for start in sorted(spec):
+        walk([start])
+    return sorted(found)
+
+
+@given(spec=graphs())
+def test_cycles_are_every_elementary_circuit(spec: dict[str, str]) -> None:
+    assert sorted(cycles(modules(spec))) == brute_force_cycles(spec)
 
 
 @st.composite

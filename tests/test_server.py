@@ -360,16 +360,47 @@ def test_check_finds_a_requires_cycle(srv: Server) -> None:
     ]
 
 
+def test_check_names_every_requires_cycle_in_one_run(srv: Server) -> None:
+    srv.ok("init", str(srv.root))
+    for name, requires in {"a": "b", "b": "a", "c": "d", "d": "c", "e": "e"}.items():
+        (srv.root / "modules" / name).mkdir()
+        (srv.root / "modules" / name / "requires").write_text(f"{requires}\n")
+    srv.ok("sync")
+    fix = "break it by removing one of these requirements"
+    assert check_lines(srv) == [
+        f"requires cycle: a -> b -> a; {fix}",
+        f"requires cycle: c -> d -> c; {fix}",
+        f"requires cycle: e -> e; {fix}",
+    ]
+
+
+def test_check_names_at_most_20_cycles_of_a_tangle(srv: Server) -> None:
+    srv.ok("init", str(srv.root))
+    names = ["a", "b", "c", "d", "e"]  # each requires every other: 84 cycles
+    for name in names:
+        (srv.root / "modules" / name).mkdir()
+        (srv.root / "modules" / name / "requires").write_text(
+            "".join(f"{other}\n" for other in names if other != name)
+        )
+    srv.ok("sync")
+    lines = check_lines(srv)
+    assert len(lines) == 21 and lines[0].startswith("requires cycle: a -> b -> a;")
+    assert lines[-1] == "more requires cycles than these 20; break these, then check again"
+
+
 def test_check_finds_bad_names_and_keys_without_parameters(srv: Server) -> None:
     srv.ok("init", str(srv.root))
     (srv.root / "parameters" / "bad node").mkdir()
     (srv.root / "parameters" / NODE / "modules" / "a:b").touch()
+    (srv.root / "parameters" / NODE / "modules" / ".gitkeep").touch()  # not a module
+    (srv.root / "parameters" / NODE / "modules" / "..evil").touch()  # not hidden: bad
     srv.add_node("gone.example")
     lines = check_lines(srv)
-    assert len(lines) == 3, lines
+    assert len(lines) == 4, lines
     assert lines[0].startswith("node 'gone.example' has a key but no parameters/gone.example/")
     assert lines[1].startswith("node name 'bad node' contains ' '")
-    assert lines[2].startswith(f"node '{NODE}': module name 'a:b' contains ':'")
+    assert lines[2].startswith(f"node '{NODE}': module name '..evil' starts with '.'")
+    assert lines[3].startswith(f"node '{NODE}': module name 'a:b' contains ':'")
 
 
 def test_every_verb_has_help_with_an_example(cmd: Run) -> None:

@@ -77,6 +77,9 @@ def test_json(cmd: Run, srv: Path) -> None:
         None,
     )
     assert nodes[0]["path"] == str(srv / "reports/a.example/last.json")
+    assert (nodes[0]["exit"], nodes[1]["exit"]) == (0, 1)
+    never = {k: nodes[2][k] for k in ("exit", "changes", "failures", "problem")}
+    assert never == {"exit": None, "changes": None, "failures": None, "problem": "never reported"}
 
 
 def test_html_links_each_nodes_dance(cmd: Run, srv: Path, tmp_path: Path) -> None:

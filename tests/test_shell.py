@@ -21,6 +21,8 @@ import pytest
 
 from conftest import BIN, Run, assert_one_error, tree_snapshot
 from disco.engine.mounts import read_mounts
+from test_dance_steps import NODE as DANCED
+from test_dance_steps import make_server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, namespaces)")
 
@@ -209,6 +211,20 @@ def test_init_shows_the_parameters_a_dance_would(cmd: Run, state: Path, session:
     result = cmd("disco-fs-init", "--node", "db1.example.com")
     assert result.stdout == f"{shows} db1.example.com over the defaults of base app\n"
     assert cmd("disco-sh-shell", input="hostname\n").stdout == "db1.example.com\n"
+
+
+def test_without_node_the_session_is_the_last_dances_node(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    server = make_server(tmp_path / "srv", {"app": {"parameters/app/colour": "red\n"}},
+                         {"app/colour": "blue\n"})  # fmt: skip
+    argv = ("--server", str(server), "--node", DANCED, "--root", str(scratch_root))
+    assert cmd("disco", "dance", "--noop", *argv).returncode == 0
+    result = cmd("disco-fs-mount", "--root", str(scratch_root))
+    assert result.returncode == 0, result.stderr
+    assert f"info: node {DANCED}: the last dance's (--node NAME for another)" in result.stdout
+    script = "hostname; cat /var/disco/parameters/$(hostname)/parameters/app/colour\n"
+    assert cmd("disco-sh-shell", input=script).stdout == f"{DANCED}\nblue\n"
 
 
 def test_on_a_terminal_the_shell_is_interactive(state: Path, session: Path) -> None:

@@ -36,7 +36,7 @@ def install(cmd: Run, unit_dir: Path, *args: str) -> subprocess.CompletedProcess
     return cmd("disco", "timer", "install", "--unit-dir", str(unit_dir), *args)
 
 
-def test_installed_units_pass_systemd_analyze_verify(cmd: Run, tmp_path: Path) -> None:
+def test_installed_units_pass_systemd_analyze_verify(cmd: Run, state: Path, tmp_path: Path) -> None:
     result = install(cmd, tmp_path / "units", "--every", "1h", "--splay", "20min", "--noop")
     assert result.returncode == 0 and not result.stderr, result.stderr
     assert "Not enabled (--unit-dir)" in result.stdout
@@ -48,7 +48,8 @@ def test_installed_units_pass_systemd_analyze_verify(cmd: Run, tmp_path: Path) -
     assert timer["Persistent"] == "true" and timer["WantedBy"] == "timers.target"
     service = settings(tmp_path / "units" / SERVICE)
     assert service["Type"] == "oneshot"
-    assert service["ExecStart"] == f"{BIN / 'disco'} dance --wait 600 --noop"
+    # cmd sets DISCO_STATE: the service dances with that state too
+    assert service["ExecStart"] == f"{BIN / 'disco'} --state-dir {state} dance --wait 600 --noop"
 
 
 def test_the_verifier_refuses_a_broken_unit(cmd: Run, tmp_path: Path) -> None:
@@ -68,6 +69,27 @@ def test_the_state_dir_goes_into_the_service(cmd: Run, tmp_path: Path) -> None:
     command = settings(tmp_path / SERVICE)["ExecStart"]
     assert command == f"{BIN / 'disco'} --state-dir '{state}' dance --wait 600"
     assert verify(tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("how", ["DISCO_STATE", "relative --state-dir", "default"])
+def test_the_service_dances_with_the_state_timer_status_reads(
+    how: str, cmd: Run, tmp_path: Path
+) -> None:
+    """DISCO_STATE, as --state-dir, goes into the service, always as an absolute path."""
+    state = tmp_path / "elsewhere"
+    units = tmp_path / "units"
+    argv = ("timer", "install", "--unit-dir", str(units))
+    if how == "DISCO_STATE":
+        result = cmd("disco", *argv, env={"DISCO_STATE": str(state)})
+    elif how == "relative --state-dir":
+        relative = os.path.relpath(state)
+        result = cmd("disco", "--state-dir", relative, *argv, env={"DISCO_STATE": ""})
+    else:
+        result = cmd("disco", *argv, env={"DISCO_STATE": ""})
+    assert result.returncode == 0, result.stderr
+    command = settings(units / SERVICE)["ExecStart"]
+    flag = "" if how == "default" else f" --state-dir {state}"
+    assert command == f"{BIN / 'disco'}{flag} dance --wait 600"
 
 
 def elapses(expression: str) -> list[datetime]:
@@ -158,7 +180,7 @@ def test_status_shows_schedule_and_last_dance(
         "info: timer: not enabled (systemctl enable --now disco-dance.timer),"
         " OnCalendar=*-*-* 00/2:00:00, splay 15min"
     )
-    assert status[1] == f"info: runs: {BIN / 'disco'} dance --wait 600"
+    assert status[1] == f"info: runs: {BIN / 'disco'} --state-dir {state} dance --wait 600"
     assert status[2] == "info: next run: unknown (systemd is not running here)" or (
         Path("/run/systemd/system").is_dir()
     )

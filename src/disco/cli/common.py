@@ -9,7 +9,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import TextIO
+from typing import Protocol
 
 from disco import __version__
 from disco.errors import EXIT_FAILED, EXIT_USAGE, DiscoError
@@ -18,21 +18,29 @@ DEBUG = "log every command run; tracebacks"
 COLOURS = {"info": "32", "warning": "33", "error": "31", "report": "36"}
 
 
+class Stream(Protocol):
+    """Where Output prints: a text file (sys.stdout), or a dance's stdio.Writer."""
+
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+    def isatty(self) -> bool: ...
+
+
 class Output:
     """Prints `info:`, `warning:`, `error:` lines, coloured only on a terminal."""
 
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    def __init__(self, out: Stream | None = None, err: Stream | None = None) -> None:
         # Looked up now, not at import: a redirected sys.stdout is honoured.
         self.out = out or sys.stdout
         self.err = err or sys.stderr
 
-    def line(self, kind: str, text: str, stream: TextIO) -> None:
+    def line(self, kind: str, text: str, stream: Stream) -> None:
         prefix = f"{kind}:"
         if self.coloured(stream) and not os.environ.get("NO_COLOR"):
             prefix = f"\033[{COLOURS[kind]}m{prefix}\033[0m"
         print(f"{prefix} {text}", file=stream, flush=True)
 
-    def coloured(self, stream: TextIO) -> bool:
+    def coloured(self, stream: Stream) -> bool:
         return stream.isatty()
 
     def info(self, text: str) -> None:
@@ -53,9 +61,14 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one `error:` line and exit status 2."""
 
     usage_status = EXIT_USAGE
+    document: Callable[[str, int], None] | None = None  # `disco dance --json`: says it too
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        Output().error(f"{self.prog}: {message}; see '{self.prog} --help'")
+        text = f"{self.prog}: {message}"
+        hint = f"see '{self.prog} --help'"
+        if Parser.document is not None:
+            Parser.document(f"{text}; {hint}", self.usage_status)
+        Output().error(f"{text}; {hint}")
         sys.exit(self.usage_status)
 
 

@@ -4,6 +4,7 @@ disco-fs-init, disco-sh-shell, disco-sh-exec, disco-fs-diff and disco-fs-unmount
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from disco.cli.common import Output, Parser, add_state_dir, execute, parser
 from disco.client.state import State, default_node
 from disco.dance import shell
 from disco.errors import DiscoError, UsageError
+from disco.live import history
 from disco.tree.names import check_node
 
 NOTE = """\
@@ -50,6 +52,16 @@ def node_of(args: argparse.Namespace) -> str:
     return check_node(default_node() if args.node is None else args.node)
 
 
+def last_node(state: State) -> str | None:
+    """The node of the last dance on this state: the one whose parameters and modules
+    the state holds. None if there was none (or its history cannot be read)."""
+    with contextlib.suppress(DiscoError):
+        for kept in reversed(history.listing(state.txn)):
+            if kept.node:
+                return kept.node
+    return None
+
+
 def shows(session: shell.Session, names: list[str]) -> str:
     defaults = f" over the defaults of {' '.join(names)}" if names else ""
     return f"/var/disco shows the parameters of node {session.node}{defaults}"
@@ -58,15 +70,20 @@ def shows(session: shell.Session, names: list[str]) -> str:
 def fs_mount(argv: list[str] | None = None) -> int:
     def arguments(p: Parser) -> None:
         p.add_argument("--root", default="/", metavar="DIR", help="the root (default: /)")
-        add_node(p, "default: what 'hostname -f' prints")
+        add_node(p, "default: the last dance's, else what 'hostname -f' prints")
 
     def body(args: argparse.Namespace) -> int:
         root = Path(args.root).absolute()
         if not root.is_dir():
             raise UsageError(f"--root {args.root} is not a directory", "give the root to try on")
-        session, names = shell.mount(State.locate(args.state_dir), root, node_of(args))
+        state = State.locate(args.state_dir)
+        last = last_node(state) if args.node is None else None
+        node = check_node(last) if last else node_of(args)
+        session, names = shell.mount(state, root, node)
         out = Output()
         out.info(f"NOOP session mounted at {session.path}: root {session.root}")
+        if last:
+            out.info(f"node {node}: the last dance's (--node NAME for another)")
         out.info(shows(session, names))
         return 0
 

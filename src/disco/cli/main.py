@@ -10,12 +10,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from disco.cli import report, undo
 from disco.cli import timer as timer_cli
 from disco.cli.common import Parser, add_state_dir, execute, parser, subparser
-from disco.cli.dance_output import DanceOutput, StderrTee, printing_to
+from disco.cli.dance_output import DanceOutput
 from disco.cli.interrupt import Interrupted, interruptible
+from disco.cli.stdio import DanceStdio
 from disco.client.fetch import fetch, one_connection
 from disco.client.lock import hold
 from disco.client.push import push_report
@@ -64,6 +66,7 @@ def build() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--port",
+        type=port,
         metavar="N",
         help="ssh port of [user@]host servers, instead of the URI's (user@host:N) or ssh's",
     )
@@ -92,6 +95,7 @@ def build() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--timeout",
+        type=timeout,
         metavar="SECONDS",
         help="kill a template or script running longer, with its whole process tree, and"
         " fail it (default: disco/client/timeout/step, else no limit)",
@@ -116,7 +120,25 @@ def build() -> argparse.ArgumentParser:
     return p
 
 
-def dance(args: argparse.Namespace) -> int:
+def port(text: str) -> str:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port: give one from 1 to 65535")
+    return text
+
+
+def timeout(text: str) -> str:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 10**7:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds: give a positive number, e.g. 600"
+        )
+    return text
+
+
+def dance(args: argparse.Namespace, document: dict[str, Any] | None) -> int:
     if os.geteuid() != 0:
         raise DiscoError(
             "disco dance needs root: every step runs in mount namespaces and overlays",
@@ -142,14 +164,13 @@ def dance(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, servers=servers)
     fresh = not state.root.exists()
     state.create()
-    # The `Would execute` lines of an intercepting dance (NOOP, or live on another root),
-    # for the report. No process of a step outlives it to hold the pipe: a NOOP step's
-    # pid namespace ends them all, a live step's init kills what the command left.
+    # The `Would execute` lines of an intercepting dance (NOOP, or live on another root)
+    # are kept for the report; a reader of stdout that goes away stops nothing (stdio.py).
     intercepting = Options(noop=noop, root=root, effects=args.effects).intercepts
-    tee = StderrTee() if intercepting else None
-    out = DanceOutput(printing_to(args.json), sys.stderr, quiet=args.quiet, tee=tee)
+    stdio = DanceStdio(json=args.json, intercept=intercepting, progress=True)
+    out = DanceOutput(stdio, quiet=args.quiet, json=args.json)
     try:
-        return dance_locked(args, state, node, root, noop, settings, out, limit)
+        return dance_locked(args, state, node, root, noop, settings, out, limit, document)
     except DiscoError:
         if fresh and not state.reports.exists():  # refused before it began: leave no trace
             shutil.rmtree(state.root, ignore_errors=True)
@@ -167,6 +188,7 @@ def dance_locked(
     settings: Settings,
     out: DanceOutput,
     limit: int,
+    document: dict[str, Any] | None,
 ) -> int:
     meter = Meter()
     out.meter = meter
@@ -214,14 +236,16 @@ def dance_locked(
                 done = {(j.module, j.step) for j in kept.commits(state.txn)}
                 changes = tuple(c for c in changes if (c["module"], c["step"]) in done)
             would = tuple(out.finish())
-            summary = DanceReport(started, node, mode, str(root), status, records, changes, would)
+            summary = DanceReport(started, node, mode, str(root), status, records, changes, would,
+                                  args.detailed_exitcodes)  # fmt: skip
             last = save(state.reports, summary)
             failures = len(dancer.outcome.failed) + len(dancer.outcome.skipped)
-            history.finish(state.txn, kept, len(changes), failures, status)
+            failed = tuple((c["module"], c["step"], c["path"]) for c in changes if "failed" in c)
+            history.finish(state.txn, kept, len(changes) - len(failed), failures, status, failed)
             for text in history.prune(state.txn, limit):
                 out.info(text)
-            if args.json:
-                print(dance_json(summary, dancer.outcome))
+            if document is not None:  # printed by command(), once stdout is ours again
+                document.update(dance_json(summary, dancer.outcome, out.stdio.output))
             problem = push_report(settings, plan.server, last)
             if problem is not None:
                 out.warning(str(problem))
@@ -261,21 +285,54 @@ def with_diffs(outcome: Outcome, diffs: list[str]) -> tuple[dict[str, str], ...]
     return tuple(changes)
 
 
-def dance_json(report: DanceReport, outcome: Outcome) -> str:
+def dance_json(
+    report: DanceReport, outcome: Outcome, output: list[dict[str, str]]
+) -> dict[str, Any]:
     """`disco dance --json`: the dance's change records and outcome, one document."""
-    changes = list(report.changes)
-    document = {
+    return {
         "node": report.node,
         "mode": report.mode,
         "root": report.root,
         "started": report.started,
         "exit": report.exit,
+        "error": None,
+        "hint": None,
         "failed": outcome.failed,
         "skipped": outcome.skipped,
-        "changes": changes,
+        "changes": list(report.changes),
         "would_execute": list(report.would_execute),
+        "output": output,
     }
-    return json.dumps(document, indent=2, sort_keys=True)
+
+
+REFUSAL = ("exit", "error", "hint")  # what an error says over a dance's document
+
+
+def refused_json(args: argparse.Namespace, error: DiscoError) -> dict[str, Any]:
+    """The document of a dance that could not run, or was cut short: its error."""
+    noop = bool(getattr(args, "noop", False) or os.environ.get("NOOP"))
+    return {
+        "node": getattr(args, "node", None),
+        "mode": "noop" if noop else "live",
+        "root": getattr(args, "root", "/"),
+        "started": None,
+        "failed": [],
+        "skipped": [],
+        "changes": [],
+        "would_execute": [],
+        "output": [],
+        "exit": error.status,
+        "error": error.message,
+        "hint": error.hint or None,
+    }
+
+
+def print_document(document: dict[str, Any]) -> None:
+    """stdout's one document. A reader gone by now loses it; the status stays."""
+    try:
+        print(json.dumps(document, indent=2, sort_keys=True), flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def exit_status(outcome: Outcome, detailed: bool) -> int:
@@ -293,12 +350,29 @@ def command(args: argparse.Namespace) -> int:
     if args.command == "timer":
         return timer_cli.run(args)
     detailed = getattr(args, "detailed_exitcodes", False)
+    document: dict[str, Any] | None = {} if args.json else None
+
+    def refused(e: DiscoError) -> None:
+        if document is not None:  # as far as the dance went, with its error
+            said = refused_json(args, e)
+            print_document({**said, **document, **{k: said[k] for k in REFUSAL}})
+
     try:
-        return dance(args)
+        status = dance(args, document)
     except DiscoError as e:
         if detailed:  # Puppet's meaning: 1, the dance could not run
             e.status = EXIT_FAILED
+        refused(e)
         raise
+    except KeyboardInterrupt:  # before the dance could take the signal itself
+        refused(DiscoError("interrupted", status=130))
+        raise
+    except OSError as e:  # execute()'s last resort says it too
+        refused(DiscoError(str(e)))
+        raise
+    if document is not None:
+        print_document(document)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,4 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     if "--detailed-exitcodes" in words:
         Parser.usage_status = EXIT_FAILED  # subcommand parsers too
+    if "--json" in words and "dance" in words:  # a usage error is a document too
+        Parser.document = lambda message, status: print_document(
+            refused_json(argparse.Namespace(), DiscoError(message, status=status))
+        )
     return execute(lambda: p.parse_args(argv), command)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from disco.cli.common import Output, Parser, subparser
 from disco.client import timer
-from disco.client.state import State
+from disco.client.state import DEFAULT_STATE, State
 from disco.errors import DiscoError
 from disco.report.metrics import load_last
 
@@ -71,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     managed = args.unit_dir is None  # systemd is told only about its own directory
     if args.verb == "install":
         plan = timer.schedule(args.every, args.splay, args.noop)
-        command = timer.dance_command(disco_path(), args.state_dir, plan)
+        # The state this command uses (--state-dir, else DISCO_STATE), as an absolute path:
+        # the service's dances use it too, and `timer status` reads it.
+        state = os.path.abspath(State.locate(args.state_dir).root)
+        chosen = None if state == str(DEFAULT_STATE) else state
+        command = timer.dance_command(disco_path(), chosen, plan)
         for path in timer.install(unit_dir, command, plan, enable=managed):
             out.info(f"Wrote {path}")
         when = f"every {timer.span(plan.every)}, up to {timer.span(plan.splay)} late"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from disco.cli.common import Output, Parser, subparser
+from disco.cli.stdio import DanceStdio
 from disco.client.lock import hold
 from disco.client.state import State
 from disco.engine.change_text import content_diff, header
@@ -64,16 +64,17 @@ def add_parsers(subs: argparse._SubParsersAction[Parser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     state = State.locate(args.state_dir)
-    out = Output(sys.stdout, sys.stderr)
     if args.command == "history":
         kept = history.listing(state.txn)
         if not kept:
-            out.info(f"no dance kept in {state.txn / 'history'} yet: 'disco dance' makes one")
+            Output().info(f"no dance kept in {state.txn / 'history'} yet: 'disco dance' makes one")
         undone = history.rolled_back(state.txn, kept)
         for k in kept:
             print(history.line(state.txn, k, undone))
         return 0
-    return rollback(args, state, out)
+    # A reader of its output that goes away (`| head`) must not stop it half way.
+    with DanceStdio() as stdio:
+        return rollback(args, state, Output(stdio.stream(1), stdio.stream(2)))
 
 
 def rollback(args: argparse.Namespace, state: State, out: Output) -> int:
@@ -92,6 +93,9 @@ def rollback(args: argparse.Namespace, state: State, out: Output) -> int:
         ids = ", ".join(d.id for d in plan.dances)
         verb = "Would roll back" if args.noop else "Rolling back"
         out.info(f"{verb} dance(s) {ids} on {root}")
+        for dance in plan.dances:
+            for text in history.not_committed(dance):
+                out.info(text)
         records = []
         for change in plan.changes:
             line = header(change)

@@ -29,7 +29,7 @@ from disco.client.transport import (
 from disco.errors import DiscoError
 from disco.files import recover_swap, remove_tree, swap_in
 from disco.tree.modules import Module, check_module_name, load_module
-from disco.tree.names import is_name
+from disco.tree.names import is_hidden, is_name
 from disco.tree.order import first_level, next_level, order
 
 
@@ -185,7 +185,8 @@ def fetch_parameters(
 def modules_map(tree: Path, node: str, server: Server) -> list[str]:
     """The module names of the node's `modules` map, one entry per module.
 
-    Hidden files (a `.gitkeep`, an editor's swap file) are not modules.
+    Hidden files (a `.gitkeep`, an editor's swap file) are not modules; any other name
+    that is not a module name (`..evil`, `-rf`) is an error naming the file to fix.
     """
     where = tree / "modules"
     if not where.is_dir():
@@ -193,9 +194,15 @@ def modules_map(tree: Path, node: str, server: Server) -> list[str]:
             f"node '{node}' has no modules map on server {server.uri}",
             f"create parameters/{node}/modules/ there, with one empty file per module",
         )
-    names = sorted(name for name in os.listdir(where) if not name.startswith("."))
+    names = sorted(name for name in os.listdir(where) if not is_hidden(name))
     for name in names:
-        check_module_name(name, f"node '{node}' modules map: module name")
+        try:
+            check_module_name(name, f"node '{node}' modules map: module name")
+        except DiscoError as e:
+            raise DiscoError(
+                f"{e.message}, on server {server.uri}",
+                f"rename or remove parameters/{node}/modules/{name} there ({e.hint})",
+            ) from None
     return names
 
 

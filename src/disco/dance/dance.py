@@ -242,8 +242,7 @@ class Dance:
             return False
         self.announce()
         self.layers.fold_pending()
-        self.settle(module, "fetch", layer, frozenset())
-        return True
+        return self.settle(module, "fetch", layer, frozenset())
 
     # -- steps ----------------------------------------------------------------------
 
@@ -287,26 +286,42 @@ class Dance:
                 f"{module.name}: script {item} {failure(result, self.options, self.work)}"
             )
             return False
-        self.settle(module, item or name, layer, result.copied)
-        return True
+        return self.settle(module, item or name, layer, result.copied)
 
     def settle(
         self, module: Module, label: str, layer: Path, copied: frozenset[tuple[int, int]]
-    ) -> None:
+    ) -> bool:
         """A successful step. Live: report its changes and commit them. NOOP: stack it,
         to be reported while the next step runs, then folded under the steps to come.
-        `copied`: the files the step copied up from a hard-linked one (disco.engine.links)."""
+        `copied`: the files the step copied up from a hard-linked one (disco.engine.links).
+        False if its commit failed: that fails the module, as a failed step does."""
         if copied:  # the other names of hard-linked files changed too
             relink(upper_of(layer), self.layers.lowers(), copied, self.exclude)
         if self.options.noop:
             self.layers.stack(module.name, label, layer)
-            return
+            return True
+        said = len(self.outcome.changes)
         changes = self.diff(module.name, label, layer, self.layers.lowers())
-        if changes:
-            with self.meter.measure(module.name, "commit", label):
-                commit(self.state.txn, changes, self.options.root, self.options.dance,
-                       module.name, label)  # fmt: skip
-        self.layers.drop(layer)
+        try:
+            if changes:
+                with self.meter.measure(module.name, "commit", label):
+                    commit(self.state.txn, changes, self.options.root, self.options.dance,
+                           module.name, label)  # fmt: skip
+        except DiscoError as e:
+            self.uncommitted(module.name, label, said, e)
+            return False
+        finally:
+            self.layers.drop(layer)
+        return True
+
+    def uncommitted(self, module: str, label: str, said: int, e: DiscoError) -> None:
+        """A commit that failed: its records (from `said` on) say so, and an error."""
+        left = (self.state.txn / "journal").exists()  # its undo failed too: recovery's
+        how = ("was not undone yet: the next dance or 'disco rollback' undoes it first" if left
+               else "nothing of it was applied")  # fmt: skip
+        for record in self.outcome.changes[said:]:
+            record["failed"] = f"not committed: {e.message}"
+        self.sink.error(f"{module}: the commit of {label} failed, {how}: {e}")
 
     def diff(self, module: str, label: str, layer: Path, lowers: list[Path]) -> list[Change]:
         """The `diff` step: a layer's changes read and said."""

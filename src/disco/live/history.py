@@ -56,6 +56,7 @@ class Kept:
     exit: int | None = None  # None: running, or it died
     undoes: tuple[str, ...] = ()  # a rollback: the dances it undoes, newest first
     pruned: bool = False  # its undo log was dropped
+    uncommitted: tuple[tuple[str, str, str], ...] = ()  # (module, step, path) of failed commits
 
     def commits(self, txn: Path) -> list[Journal]:
         where = txn / "history" / self.id / "commits"
@@ -84,8 +85,17 @@ def begin(txn: Path, mode: str, root: Path, node: str, undoes: Sequence[str] = (
     return kept
 
 
-def finish(txn: Path, kept: Kept, changes: int, failures: int, exit: int) -> Kept:
-    done = replace(kept, changes=changes, failures=failures, exit=exit)
+def finish(
+    txn: Path,
+    kept: Kept,
+    changes: int,
+    failures: int,
+    exit: int,
+    uncommitted: Sequence[tuple[str, str, str]] = (),
+) -> Kept:
+    """`changes`: those committed; `uncommitted`: the paths of commits that failed."""
+    done = replace(kept, changes=changes, failures=failures, exit=exit,
+                   uncommitted=tuple(uncommitted))  # fmt: skip
     _write(txn, done)
     return done
 
@@ -116,6 +126,8 @@ def status(txn: Path, kept: Kept, undone: dict[str, str]) -> str:
         return "no"
     if kept.pruned:
         return "no (undo log pruned)"
+    if not _committed(txn, kept):
+        return "no (nothing committed)"
     return "yes"
 
 
@@ -198,6 +210,8 @@ def _read(path: Path) -> Kept:
         if data.pop("format") != 1:
             raise ValueError("not format 1")
         data["undoes"] = tuple(str(u) for u in data["undoes"])
+        failed = data.get("uncommitted", [])  # entries before issue 22 have none
+        data["uncommitted"] = tuple((str(m), str(s), str(p)) for m, s, p in failed)
         kept = Kept(**data)
         if not kept.id.isdigit() or path.parent.name != kept.id:
             raise ValueError(f"id {kept.id!r}")
@@ -229,7 +243,9 @@ def choose(txn: Path, root: Path, wanted: str | None) -> list[Kept]:
     if wanted is None:  # the last that changed something: a dance again changes nothing
         left = [k for k in live if k.id not in undone and _committed(txn, k)]
         if not left:
-            raise DiscoError(f"no live dance on {root} to roll back", _LIST)
+            failed = [k for k in live if k.id not in undone and k.uncommitted]
+            said = f": {not_committed(failed[-1])[-1]}" if failed else ""
+            raise DiscoError(f"no live dance on {root} to roll back{said}", _LIST)
         chosen = left[-1]
     else:
         by_id = {k.id: k for k in kept}
@@ -257,6 +273,19 @@ def choose(txn: Path, root: Path, wanted: str | None) -> list[Kept]:
                 "raise disco/client/history/max_mb to keep more of them",
             )
     return todo
+
+
+def not_committed(kept: Kept) -> list[str]:
+    """A sentence for each commit of `kept` that failed, naming its paths: it left them
+    as they were, so a rollback has nothing of it to undo."""
+    steps: dict[tuple[str, str], list[str]] = {}
+    for module, step, path in kept.uncommitted:
+        steps.setdefault((module, step), []).append(path)
+    return [
+        f"dance {kept.id} did not commit {module}: {step} (its commit failed; nothing to"
+        f" undo): {' '.join(paths)}"
+        for (module, step), paths in steps.items()
+    ]
 
 
 def _committed(txn: Path, kept: Kept) -> bool:

@@ -23,6 +23,8 @@ from disco.errors import DiscoError
 from disco.files import writing_atomic
 
 FORMAT = 1  # bumped when a report's JSON changes incompatibly
+DETAILED = {0: "no changes", 1: "could not run", 2: "changes", 4: "failures",
+            6: "changes and failures"}  # fmt: skip
 KEEP = 50  # history files kept
 INTERNAL = "_internal"  # the module name of disco's own steps
 USAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Usage))
@@ -49,6 +51,19 @@ class DanceReport:
     records: tuple[Record, ...]
     changes: tuple[dict[str, str], ...]  # {"module", "step", "path", "kind", "header", "diff"}
     would_execute: tuple[dict[str, str], ...] = ()  # {"module", "command"} NOOP intercepted
+    detailed_exitcodes: bool = False  # `exit` in Puppet's meaning (2: changes, 4: failures)
+
+    def failed(self) -> bool:
+        """Whether its exit status says the dance failed (2 alone means changes)."""
+        return self.exit not in ((0, 2) if self.detailed_exitcodes else (0,))
+
+    def exit_meaning(self) -> str:
+        """What its exit status says, in words."""
+        if self.exit > 128:
+            return "interrupted"
+        if self.detailed_exitcodes:
+            return DETAILED.get(self.exit, "failed")
+        return {0: "success", 1: "failures"}.get(self.exit, "failed")
 
 
 @dataclass
@@ -223,7 +238,9 @@ def from_data(data: Any) -> DanceReport:
     records = tuple(_record(r) for r in _typed(data["records"], list))
     changes = tuple(_change(c) for c in _typed(data["changes"], list))
     would = tuple(_change(c) for c in _typed(data.get("would_execute", []), list))
-    return DanceReport(**head, records=records, changes=changes, would_execute=would)
+    detailed = _typed(data.get("detailed_exitcodes", False), bool)  # none before issue 22
+    return DanceReport(**head, records=records, changes=changes, would_execute=would,
+                       detailed_exitcodes=detailed)  # fmt: skip
 
 
 def _record(data: Any) -> Record:
@@ -275,13 +292,19 @@ def select(report: DanceReport, module: str | None) -> DanceReport:
 
 
 def report_lines(report: DanceReport, module: str | None = None) -> list[str]:
-    """The text after 'report: ' of each line, in the seed's format: one block per
-    (module, step) in dance order (where the step first ran), its items as they ran."""
-    groups: dict[tuple[str, str], list[Record]] = {}
+    """The text after 'report: ' of each line, in the seed's format, in dance order: a
+    block for each run of records of one (module, step), its items as they ran. (A
+    module's `diff` and `commit` come after each of its steps, so a block per step kind
+    would put the steps out of order.)"""
+    groups: list[tuple[tuple[str, str], list[Record]]] = []
     for record in select(report, module).records:
-        groups.setdefault((record.module, record.step), []).append(record)
+        key = (record.module, record.step)
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(record)
+        else:
+            groups.append((key, [record]))
     lines = []
-    for (mod, step), records in groups.items():
+    for (mod, step), records in groups:
         lines.append(f"{mod}: {step}")
         # A whole-step record (if any) comes before the items it may contain.
         for record in sorted(records, key=lambda r: r.item is not None):

@@ -36,6 +36,7 @@ h1 { font-size: 1.4em; margin: 0 0 .3em; } h2 { font-size: 1.15em; margin: 1.5em
 .step { margin: .6em 0; } .step > h3 { font-size: 1em; margin: .8em 0 .3em; }
 details { margin: .15em 0 .15em 1em; } summary { cursor: pointer; font-family: monospace; }
 summary.created { color: #2a7d2a; } summary.deleted { color: #b00; }
+summary.failed { color: #b00; font-weight: bold; }
 pre { background: #f6f6f6; border: 1px solid #ddd; padding: .5em; overflow-x: auto;
   margin: .3em 0 .6em; }
 .none { color: #777; }
@@ -83,12 +84,15 @@ def totals(report: DanceReport) -> str:
     modules = {r.module for r in records if r.module != "_internal"}
     elapsed = max((r.start + r.wall for r in placed(records)), default=0.0)
     cpu = sum(r.usage.utime + r.usage.stime for r in records)
+    uncommitted = sum(1 for c in report.changes if "failed" in c)
+    status = f"{report.exit} ({report.exit_meaning()})"
     cells = [
-        ("ok" if report.exit == 0 else "bad", "exit", str(report.exit)),
+        ("bad" if report.failed() else "ok", "exit", status),
         ("", "modules", str(len(modules))),
         ("", "steps", str(len(records))),
         ("bad" if failed else "ok", "failed steps", str(len(failed))),
-        ("", "changes", str(len(report.changes))),
+        ("", "changes", str(len(report.changes) - uncommitted)),
+        *([("bad", "not committed", str(uncommitted))] if uncommitted else []),
         ("", "would execute", str(len(report.would_execute))),
         ("", "wall time", f"{elapsed:.2f} s"),
         ("", "CPU time", f"{cpu:.2f} s"),
@@ -166,6 +170,8 @@ def changes(report: DanceReport) -> str:
             head = e(change.get("header", change.get("path", "")))
             diff = change.get("diff", "")
             body = f"<pre>{e(diff)}</pre>" if diff else '<p class="none">no content diff</p>'
+            if "failed" in change:  # its commit failed: the root was left as it was
+                kind, head = "failed", f"{e(change['failed'])}: {head}"
             out.append(f'<details><summary class="{kind}">{head}</summary>{body}</details>')
         out.append("</div>")
     return "\n".join(out)

@@ -30,9 +30,9 @@ class NodeStatus:
     path: str  # reports/NODE/last.json on the server
     started: str  # "" if no usable report
     mode: str
-    exit: int
-    changes: int
-    failures: int  # steps that exited non-zero
+    exit: int | None  # None (and changes, failures): no usable report, nothing known
+    changes: int | None
+    failures: int | None  # steps that exited non-zero
     age: float | None  # seconds since the dance started; None: no usable report
     problem: str  # "" if all is well: "never reported", "silent for 3h", "damaged: ..."
 
@@ -75,7 +75,7 @@ def human(seconds: float) -> str:
 
 def node_status(root: Path, node: str, silent_after: float, now: datetime) -> NodeStatus:
     path = root / REPORTS / node / REPORT_FILE
-    empty = NodeStatus(node, str(path), "", "", 0, 0, 0, None, "")
+    empty = NodeStatus(node, str(path), "", "", None, None, None, None, "")
     if not os.path.lexists(path):
         return NodeStatus(**{**asdict(empty), "problem": "never reported"})
     try:
@@ -118,8 +118,8 @@ def fleet_html(nodes: list[NodeStatus], pages: str) -> str:
         bad = "bad" if n.problem or n.failures else "ok"
         rows.append(
             f'<tr class="{bad}"><td>{e(n.node)}</td><td>{when}</td><td>{e(n.mode)}</td>'
-            f"<td class=n>{n.exit}</td><td class=n>{n.changes}</td>"
-            f"<td class=n>{n.failures}</td><td>{e(n.problem)}</td></tr>"
+            f"<td class=n>{known(n.exit)}</td><td class=n>{known(n.changes)}</td>"
+            f"<td class=n>{known(n.failures)}</td><td>{e(n.problem)}</td></tr>"
         )
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>disco fleet</title>
@@ -135,6 +135,10 @@ td.n {{ text-align: right; font-family: monospace; }} tr.bad td {{ color: #a00; 
 {chr(10).join(rows)}
 </table></body></html>
 """
+
+
+def known(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def node_pages(root: Path, nodes: list[NodeStatus]) -> dict[str, str]:

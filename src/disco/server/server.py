@@ -6,6 +6,7 @@ and whose write-only `[reports]` is `reports/NODE/` alone: where its dances' rep
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import re
 import shlex
@@ -19,8 +20,8 @@ from pathlib import Path
 from disco.errors import DiscoError, UsageError
 from disco.files import write_atomic
 from disco.tree.modules import Module, load_module
-from disco.tree.names import check_name, check_node
-from disco.tree.order import order
+from disco.tree.names import check_name, check_node, is_hidden
+from disco.tree.order import cycles
 
 HEADER = "# disco-server"  # `# disco-server: DIR`, so that `sync` needs no DIR
 NODE_HEADER = "# disco-server node"  # `# disco-server node: NODE` in a node's config
@@ -71,9 +72,10 @@ def name_problem(name: str, what: str) -> Problem | None:
 
 
 def listing(where: Path, dirs: bool = True) -> list[str]:
-    """The directories (or all entries) in `where`, sorted; hidden ones are not disco's."""
+    """The directories (or all entries) in `where`, sorted; hidden ones are not disco's
+    (`..evil` is not hidden: names.is_hidden)."""
     found = where.iterdir() if where.is_dir() else ()
-    return sorted(p.name for p in found if (p.is_dir() or not dirs) and p.name[0] != ".")
+    return sorted(p.name for p in found if (p.is_dir() or not dirs) and not is_hidden(p.name))
 
 
 def conf_path(path: Path) -> Path:
@@ -363,8 +365,14 @@ def check(root: Path | None, config: Path) -> list[Problem]:
         n: Module(n, m.path, tuple(r for r in m.requires if r.name in modules))
         for n, m in modules.items()
     }
-    try:
-        order(known)  # names the cycle, if there is one
-    except DiscoError as e:
-        found.append(Problem(e.message, e.hint))
+    circuits = sorted(itertools.islice(cycles(known), CYCLES_SHOWN + 1))
+    for cycle in circuits[:CYCLES_SHOWN]:  # all of them: one round of fixes, not one each
+        what = "requires cycle: " + " -> ".join([*cycle, cycle[0]])
+        found.append(Problem(what, "break it by removing one of these requirements"))
+    if len(circuits) > CYCLES_SHOWN:
+        found.append(Problem(f"more requires cycles than these {CYCLES_SHOWN}",
+                             "break these, then check again"))  # fmt: skip
     return found
+
+
+CYCLES_SHOWN = 20  # a tangle of modules has more cycles than anyone reads

@@ -104,3 +104,10 @@ def join(path: ParamPath) -> str:
 
 def is_name(name: str) -> bool:
     return SEGMENT.fullmatch(name) is not None and name not in (".", "..")
+
+
+def is_hidden(name: str) -> bool:
+    """A hidden file where disco lists names (a `.gitkeep`, an editor's `.web.swp`): a
+    name that starts with one dot. One that starts with two (`..evil`) looks like a
+    path's way up and is no such file: it is refused like any name that breaks the rule."""
+    return name.startswith(".") and not name.startswith("..")

@@ -6,7 +6,7 @@ Pure functions over Module data, so tests drive them without a server or root.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from disco.errors import DiscoError
 from disco.tree.modules import Edge, Module
@@ -89,3 +89,104 @@ def find_cycle(after: Mapping[str, set[str]], stuck: set[str]) -> list[str]:
     cycle = list(reversed(path[seen[name] :]))
     start = cycle.index(min(cycle))
     return cycle[start:] + cycle[:start]
+
+
+def cycles(modules: Mapping[str, Module]) -> Iterator[list[str]]:
+    """Every requires cycle (each elementary circuit once, starting at its least name),
+    in the direction the modules would run: for `disco-server check`, which names them
+    all at once. Johnson's algorithm, as networkx's simple_cycles: its time grows with
+    the cycles found, so a caller may stop after enough."""
+    after = successors(modules)
+    graph = {name: set(later) for name, later in after.items()}
+    for name in sorted(graph):
+        if name in graph[name]:  # a module that requires itself
+            yield [name]
+            graph[name].discard(name)
+    todo = [c for c in _components(graph, set(graph)) if len(c) > 1]
+    while todo:
+        component = todo.pop()
+        start = min(component)
+        yield from _circuits(graph, component, start)
+        component.discard(start)  # every circuit through it is found
+        todo += [c for c in _components(graph, component) if len(c) > 1]
+
+
+def _circuits(graph: Mapping[str, set[str]], component: set[str], start: str) -> list[list[str]]:
+    """The elementary circuits through `start` within `component`, rotated to their
+    least name (Johnson's circuit routine, without recursion)."""
+    out: list[list[str]] = []
+    path, blocked, closed = [start], {start}, set()
+    held: dict[str, set[str]] = {}  # Johnson's B: unblock these when the key is
+    stack = [(start, sorted(graph[start] & component, reverse=True))]
+    while stack:
+        here, nexts = stack[-1]
+        if nexts:
+            there = nexts.pop()
+            if there == start:
+                out.append(path[:])
+                closed.update(path)
+            elif there not in blocked:
+                path.append(there)
+                stack.append((there, sorted(graph[there] & component, reverse=True)))
+                closed.discard(there)
+                blocked.add(there)
+                continue
+        if not nexts:
+            if here in closed:
+                unblock = [here]
+                while unblock:
+                    name = unblock.pop()
+                    if name in blocked:
+                        blocked.discard(name)
+                        unblock += held.pop(name, set())
+            else:
+                for there in graph[here] & component:
+                    held.setdefault(there, set()).add(here)
+            stack.pop()
+            path.pop()
+    for cycle in out:
+        at = cycle.index(min(cycle))
+        cycle[:] = cycle[at:] + cycle[:at]
+    return sorted(out)
+
+
+def _components(graph: Mapping[str, set[str]], nodes: set[str]) -> list[set[str]]:
+    """The strongly connected components of `graph` restricted to `nodes` (Tarjan's,
+    without recursion)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[set[str]] = []
+    for root in sorted(nodes):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root] & nodes)))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            name, nexts = work[-1]
+            there = next(nexts, None)
+            if there is not None:
+                if there not in index:
+                    index[there] = low[there] = len(index)
+                    stack.append(there)
+                    on_stack.add(there)
+                    work.append((there, iter(sorted(graph[there] & nodes))))
+                elif there in on_stack:
+                    low[name] = min(low[name], index[there])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[name])
+            if low[name] == index[name]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == name:
+                        break
+                out.append(component)
+    return out
