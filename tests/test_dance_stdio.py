@@ -164,7 +164,9 @@ def test_on_a_terminal_step_output_never_shares_a_line_with_the_progress_line(
     script = "for i in 1 2 3; do echo out-$i; echo err-$i >&2; done; printf 'no newline'\n"
     server = make_server(tmp_path / "srv", {
         "a": {"scripts/10-say.sh": script, "scripts/20-say.sh": script},
-        "b": {"requires": "a\n", "scripts/10-say.sh": script},
+        # b ends its line: the progress line comes back only after a newline, and b's
+        # output may reach the terminal in one piece.
+        "b": {"requires": "a\n", "scripts/10-say.sh": script + "echo\n"},
     })  # fmt: skip
     for noop in ("--noop", "--quiet"):  # NOOP through the tee; live with no line of disco's
         argv = [str(BIN / "disco"), "--state-dir", str(state), "dance", noop, "--server"]

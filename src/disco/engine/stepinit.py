@@ -20,6 +20,7 @@ Imported by the zygote: keep it free of imports beyond the few builtins.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # signal's C half: no enum (see zygote.py)
+import ctypes
 import os
 import struct
 
@@ -63,6 +64,7 @@ def init(orders: int, answers: int, ours: list[int], early: list[Any], root: str
     try:
         libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)  # dies with the zygote
         libc.prctl(PR_SET_NAME, b"init", 0, 0, 0)  # what `ps` shows as pid 1
+        _retitle(b"init")
         for fd in ours:
             os.close(fd)
         do_all(early)
@@ -91,6 +93,18 @@ def init(orders: int, answers: int, ours: list[int], early: list[Any], root: str
             os.write(answers, USAGE.pack(*usage))
     finally:
         os._exit(0)
+
+
+def _retitle(title: bytes) -> None:
+    """Our command line, as /proc/1/cmdline shows it, made `title`: the zygote's, whose
+    copy we are, names disco's files. Written over the arguments where the kernel
+    keeps them (/proc/self/stat: arg_start, arg_end), as setproctitle does."""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rpartition(b")")[2].split()
+    start, end = int(fields[45]), int(fields[46])  # fields 48 and 49 of stat(5)
+    if end - start > len(title):
+        ctypes.memset(start, 0, end - start)
+        ctypes.memmove(start, title, len(title))
 
 
 def step(req: dict[str, Any], stdio: list[int | None], out: int, userns: int) -> NoReturn:
