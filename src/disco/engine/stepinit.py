@@ -114,9 +114,6 @@ def step(req: dict[str, Any], stdio: list[int | None], out: int, userns: int) ->
     stage = "F"
     try:
         libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)  # dies with the zygote
-        oom = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
-        os.write(oom, b"500")  # the OOM killer's first choice, not the zygote
-        os.close(oom)
         unshare(CLONE_NEWCGROUP)  # rooted at the steps' cgroup, born in it
         setns(userns, CLONE_NEWUSER)
         unshare(CLONE_NEWNS)

@@ -116,6 +116,7 @@ class Zygote:
         self.userns = self.pidns = -1  # NOOP: the steps' user namespace, our pid namespace
         self.cgroups: list[int] = []  # cgroup.procs of the steps' cgroup, open for writing
         self.init = -1  # NOOP: a pidfd of the steps' pid namespace's pid 1 (stepinit.init)
+        self.orphans = ""  # the /proc file that lists init's children
         self.orders = self.answers = -1  # our pipes to it, and its to us
         self.report = -1  # the running step says here why it could not run its command
 
@@ -136,8 +137,8 @@ class Zygote:
             self.userns = msg["userns"]
             new_session_keyring()  # the steps' own, never disco's
             # In the steps' cgroup ourselves: a step forked there needs no move, which
-            # costs an RCU grace period (milliseconds). The steps are the OOM killer's
-            # first choice there, not us (stepinit.py).
+            # costs an RCU grace period (milliseconds). Past its memory limit the OOM
+            # killer takes the largest there: a step's hog, not us (10 MB).
             for procs in self.cgroups:
                 os.write(procs, b"0")
             self.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -181,6 +182,8 @@ class Zygote:
         os.close(orders_r)
         os.close(answers_w)
         self.init = os.pidfd_open(pid)
+        # Whatever a step leaves running becomes init's child (pid 1 in its namespace).
+        self.orphans = os.path.join(early[0][1], "1/task/1/children")
         if os.read(self.answers, 1) != b"r":
             raise OSError(5, "the steps' init could not start")
 
@@ -320,6 +323,9 @@ class Zygote:
         """Kill and reap what the command left running: it would keep the step's mount
         namespace, and so its overlays, alive. Live, the pids killed."""
         if self.noop:  # the steps' init kills and reaps what is left, and says its usage
+            with open(self.orphans, "rb") as f:
+                if not f.read():  # nothing of the step's came to init: nothing is left
+                    return []
             os.write(self.orders, b"k")
             data = b""
             while len(data) < USAGE.size:
