@@ -131,7 +131,7 @@ def floor(server: Path, n: int, tmp: Path) -> float:
     params = fake / "parameters" / "bench" / "parameters"
     params.mkdir(parents=True, exist_ok=True)
     (params / "something").write_text("value\n")
-    src = Path(__file__).parent.parent / "src" / "disco" / "data" / "disco-param"
+    src = Path(__file__).parent.parent / "src" / "disco" / "noop" / "data" / "disco-param"
     text = src.read_text().replace("root=/var/disco/parameters", f"root={fake}/parameters")
     (fake / "bin" / "disco-param").write_text(text)
     (fake / "bin" / "disco-param").chmod(0o755)
