@@ -1,0 +1,390 @@
+"""Hostile probes of the sandbox (issue 21, DESIGN §7 "Isolation by construction").
+
+A probe is one module whose script tries one way out of its step and says so when it gets
+out: a line `PROBE-ESCAPED <name> <what>` on stdout, and/or a canary of its own on the host
+(a uniquely named file, key, cgroup, binfmt entry, IPC object or mount; a connection to a
+listener of the test's; a canary process of the test's signalled). Every probe ends with
+`PROBE-DONE <name>`, so a probe that did not run cannot pass.
+
+Each probe is harmless when it succeeds: it creates or removes only canaries of its own,
+reads (never writes) devices and kernel settings (`access(W_OK)` instead of a write), and
+signals nothing but a process the test started. Escapes through a process (nsenter, /proc,
+ptrace, kill) target only disco's own processes of this dance (found by walking up from
+the probe to the dance that carries the environment's token) or the test's canaries; in
+the host's pid namespace a probe says so and touches no other process. `environment()`
+removes every canary of its token when it ends, even when a test failed.
+
+Many probes share one dance (`run_probes`): one module each, in the catalog's order, run
+once per mode (MODES); each probe's test then looks at its own lines and canaries.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, fingerprint, refuse_live_dance_on_this_machine
+from probes_host import Host, make_scratch_root, start_host
+
+NODE = "probe-node.example"
+MODES = ("noop-host", "noop-scratch", "live-scratch")
+SCRATCH = ("noop-scratch", "live-scratch")
+STEP_TIMEOUT = 20  # disco's --timeout for every step of a probe dance
+DANCE_TIMEOUT = 240.0  # a whole dance of many probes; past it the dance hangs: an escape
+SOLO_TIMEOUT = 30.0  # a dance of a few modules
+
+x86_64 = pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 system calls")
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, namespaces)")
+
+# -- the probes' own code ------------------------------------------------------------------
+
+SH_HEAD = """\
+# A hostile probe of disco's sandbox (tests/probes.py): harmless when it gets out.
+P=@NAME@
+export PROBE_SH=$$
+escaped() { echo "PROBE-ESCAPED $P $*"; }
+"""
+SH_TAIL = 'echo "PROBE-DONE $P"\nexit 0\n'
+
+PY_HEAD = r'''
+import ctypes, errno, fcntl, os, signal, socket, stat, struct, sys
+NAME, UUID, TOKEN = "@NAME@", "@UUID@", "@TOKEN@"
+CANARY, SECRET_FILE, SECRET = "@CANARY@", "@SECRET_FILE@", b"@SECRET@"
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+MS_RDONLY, MS_REMOUNT, MS_BIND, MNT_DETACH = 1, 32, 4096, 2
+KEEP = 2 | 4 | 8 | 1024 | 2048 | 4096  # nosuid nodev noexec noatime nodiratime relatime
+SCRIPT = int(os.environ.get("PROBE_SH") or os.getppid())  # the probe's bash
+
+
+def escaped(*what):
+    print("PROBE-ESCAPED", NAME, *what, flush=True)
+
+
+def call(nr, *args):
+    """A system call by number: (result, errno)."""
+    r = libc.syscall(ctypes.c_long(nr), *args)
+    return r, (ctypes.get_errno() if r < 0 else 0)
+
+
+def mount(source, target, fstype, flags=0, data=None):
+    enc = lambda s: None if s is None else os.fsencode(s)
+    return libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) == 0
+
+
+def remount_rw(path, bind=True):
+    """Remount a mount read-write, keeping its other flags (as mount -o remount,rw)."""
+    flags = MS_REMOUNT | (MS_BIND if bind else 0) | (os.statvfs(path).f_flag & KEEP)
+    return mount(None, path, None, flags)
+
+
+def umount(path):
+    return libc.umount2(os.fsencode(path), MNT_DETACH) == 0
+
+
+def mounts():
+    """(mount point, per-mount options, fs type, source) of every mount we see."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            a = line.split()
+            at = a.index("-")
+            point = a[4].encode().decode("unicode_escape")
+            found.append((point, a[5].split(","), a[at + 1], a[at + 2]))
+    return found
+
+
+def fresh_dir(tag=""):
+    d = f"/tmp/{NAME}-{UUID}{tag}"
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def create(path):
+    """Create a canary file: True if it worked."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        return True
+    except OSError:
+        return False
+
+
+def read(path, n=4096):
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return None
+
+
+def sees_secret():
+    """Whether disco's state (where the secret is) is within reach."""
+    return read(SECRET_FILE) == SECRET
+
+
+def cmdline(pid):
+    got = read(f"/proc/{pid}/cmdline", 65536)
+    return (got or b"").replace(b"\0", b" ").decode(errors="replace")
+
+
+def ppid(pid):
+    for line in (read(f"/proc/{pid}/status") or b"").decode(errors="replace").splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    return 0
+
+
+def own_tree():
+    """The probe's bash and what it started."""
+    parent = {int(p): ppid(p) for p in os.listdir("/proc") if p.isdigit()}
+    mine, grown = {SCRIPT}, True
+    while grown:
+        grown = False
+        for p, q in parent.items():
+            if q in mine and p not in mine:
+                mine.add(p)
+                grown = True
+    return mine
+
+
+def foreign():
+    return sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in own_tree())
+
+
+def host_pidns():
+    return os.readlink("/proc/self/ns/pid") == "@NS_PID@"
+
+
+def disco_processes():
+    """disco's processes above the probe (zygote, disco) that it can see; never further
+    up than the dance of this test, which carries TOKEN."""
+    found, pid, own = [], ppid(SCRIPT), own_tree()
+    for _ in range(64):
+        if pid <= 0:
+            break
+        line = cmdline(pid)
+        comm = (read(f"/proc/{pid}/comm") or b"").strip()
+        if TOKEN in line or "import zygote" in line or comm == b"disco-init":
+            found.append(pid)
+        if TOKEN in line:
+            break
+        pid = ppid(pid)
+    if not host_pidns() and 1 not in own and 1 not in found:
+        found.append(1)  # pid 1 of a namespace of disco's own
+    return [p for p in found if p not in own]
+
+
+def reachable(pid, token):
+    """Whether `pid` may be the test's canary process: not the probe's own, and either not
+    in our /proc or carrying the canary's token (never another process)."""
+    if pid in own_tree():
+        return False
+    line = cmdline(pid)
+    return line == "" or token in line
+'''
+
+
+def py(body: str) -> str:
+    """A probe's Python part, run by the python3 of the root, after PY_HEAD."""
+    return f"python3 - <<'PYEOF'\n{PY_HEAD}\n{body.strip()}\nPYEOF\n"
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    klass: str  # the class of escape it tries (the issue's)
+    what: str  # what it tries, and why it must fail
+    script: str  # bash, with @KEY@ placeholders (Env.values)
+    modes: tuple[str, ...] = MODES
+    # A module run right after the probe's own ("p05-NAME-2"): its files by path.
+    then: Mapping[str, str] = field(default_factory=dict)
+    # Escapes the host sees after the dance (beyond canaries named after the probe).
+    host: Callable[[Env], list[str]] | None = None
+
+
+@dataclass
+class Result:
+    returncode: int | None  # None: killed when it ran out of time
+    stdout: str
+    stderr: str
+
+    @property
+    def lines(self) -> list[str]:
+        return [line.rstrip("\r") for line in self.stdout.splitlines()]
+
+
+@dataclass
+class Env:
+    """One mode's world for a dance of probes: the host's side of each probe."""
+
+    mode: str
+    base: Path  # test-owned, on the host
+    host: Host
+    root: Path  # "/" or the scratch root
+    ro_inside: str  # the read-only filesystem, as the sandbox shows it
+    result: Result = field(default_factory=lambda: Result(None, "", ""))
+    mounts_before: str = ""
+    print_before: str = ""
+
+    @property
+    def uuid(self) -> str:
+        return self.host.uuid
+
+    @property
+    def canary(self) -> Path:
+        return self.host.canary
+
+    @property
+    def noop(self) -> bool:
+        return self.mode.startswith("noop")
+
+    @property
+    def values(self) -> dict[str, str]:
+        return {**self.host.values, "RO": self.ro_inside}
+
+
+def render(probe: Probe, text: str, env: Env) -> str:
+    out = text.replace("@NAME@", probe.name)
+    for key, value in env.values.items():
+        out = out.replace(f"@{key}@", value)
+    left = re.findall(r"@[A-Z][A-Z0-9_]*@", out)
+    assert not left, f"{probe.name}: no value for {left}"
+    return out
+
+
+def module_names(probes: Sequence[Probe]) -> list[tuple[str, Probe]]:
+    """Module names in the catalog's order (disco dances unrelated modules by name)."""
+    return [(f"p{i:02d}-{p.name}", p) for i, p in enumerate(probes, 1)]
+
+
+def write_server(where: Path, modules: Mapping[str, Mapping[str, str]]) -> Path:
+    for name, files in modules.items():
+        for rel, text in files.items():
+            path = where / "modules" / name / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        (where / "parameters" / NODE / "modules").mkdir(parents=True, exist_ok=True)
+        (where / "parameters" / NODE / "modules" / name).touch()
+    return where
+
+
+def server_of(env: Env, probes: Sequence[Probe], where: Path) -> Path:
+    modules: dict[str, dict[str, str]] = {}
+    for name, probe in module_names(probes):
+        modules[name] = {
+            "scripts/10-probe.sh": render(probe, SH_HEAD + probe.script + SH_TAIL, env)
+        }
+        if probe.then:
+            modules[f"{name}-2"] = {k: render(probe, v, env) for k, v in probe.then.items()}
+    return write_server(where, modules)
+
+
+def dance_argv(env: Env, server: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of `disco dance` of NODE from `server` in `env`'s mode."""
+    argv = [str(BIN / "disco"), "dance", "--server", str(server), "--node", NODE,
+            "--state-dir", str(env.host.state), "--timeout", str(STEP_TIMEOUT), *args]  # fmt: skip
+    if env.noop:
+        argv.append("--noop")
+    if env.mode in SCRATCH:
+        argv += ["--root", str(env.root)]
+    environ = {**os.environ, "NO_COLOR": "1", "NOOP": "", "DISCO_PROBE_ENV": env.uuid}
+    refuse_live_dance_on_this_machine(("disco", *argv[1:]), environ)
+    return argv, environ
+
+
+def dance(env: Env, server: Path, *args: str, timeout: float = SOLO_TIMEOUT) -> Result:
+    """The dance, in a session of its own (a probe's `kill 0` reaches no process of the
+    test's), killed with its processes if it runs past `timeout`: it hangs."""
+    argv, environ = dance_argv(env, server, *args)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=environ, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return Result(proc.returncode, out, err)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: ours alone
+        out, err = proc.communicate()
+        return Result(None, out, err + f"\n[the dance ran past {timeout:g} s: killed]")
+
+
+def run_probes(env: Env, probes: Sequence[Probe], timeout: float = DANCE_TIMEOUT) -> Result:
+    server = server_of(env, probes, env.base / f"server-{secrets.token_hex(3)}")
+    return dance(env, server, timeout=timeout)
+
+
+# -- an environment per mode -----------------------------------------------------------------
+
+
+@contextmanager
+def environment(mode: str, base: Path) -> Iterator[Env]:
+    """The host side of a probe dance in `mode`: canaries, listeners, a read-only
+    filesystem holding a socket, a FIFO and a lock of the test's, and (scratch modes) a
+    scratch root with that filesystem at /srv/ro; everything undone afterwards."""
+    with ExitStack() as stack:
+        root = Path("/")
+        ro_inside = ""
+        if mode in SCRATCH:
+            root = stack.enter_context(make_scratch_root(base / "root"))
+            host = stack.enter_context(start_host(base, root / "srv/ro"))
+            ro_inside = "/srv/ro"
+        else:
+            host = stack.enter_context(start_host(base, base / "ro"))
+            ro_inside = str(base / "ro")
+        env = Env(mode, base, host, root, ro_inside)
+        env.mounts_before = Path("/proc/self/mountinfo").read_text()
+        if mode == "noop-host":
+            env.print_before = fingerprint()
+        yield env
+
+
+def pairs(probes: Sequence[Probe]) -> list[object]:
+    """(mode, probe) parameters of a probe test, for every mode the probe applies to."""
+    return [pytest.param(m, p, id=f"{m}-{p.name}") for p in probes for m in MODES if m in p.modes]
+
+
+def escapes(env: Env, probe: Probe) -> list[str]:
+    """What of `probe` got out: its own lines, canaries named after it, its host check."""
+    lines = env.result.lines
+    found = [line for line in lines if line.startswith(f"PROBE-ESCAPED {probe.name} ")]
+    for entry in sorted(os.listdir(env.canary)):
+        if entry.startswith(probe.name):
+            found.append(f"host canary {env.canary / entry}")
+        elif entry == f"_{probe.name}" and os.listdir(env.canary / entry):
+            found.append(f"host directory written: {os.listdir(env.canary / entry)}")
+    if probe.host is not None:
+        found += probe.host(env)
+    return found
+
+
+def assert_held(env: Env, probe: Probe) -> None:
+    """The probe ran to its end, and nothing of it got out."""
+    lines = env.result.lines
+    assert f"PROBE-DONE {probe.name}" in lines, (
+        f"{probe.name} did not run to its end (exit {env.result.returncode}):\n"
+        + env.result.stderr[-3000:]
+    )
+    found = escapes(env, probe)
+    assert not found, f"{probe.name} ({probe.klass}: {probe.what}) escaped:\n" + "\n".join(found)
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Poll until `predicate` holds (a canary process's exit is seen by its parent late)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
