@@ -287,7 +287,8 @@ def server_of(env: Env, probes: Sequence[Probe], where: Path) -> Path:
             "scripts/10-probe.sh": render(probe, SH_HEAD + probe.script + SH_TAIL, env)
         }
         if probe.then:
-            modules[f"{name}-2"] = {k: render(probe, v, env) for k, v in probe.then.items()}
+            then = probe.then.items()
+            modules[f"{name}-2"] = {render(probe, k, env): render(probe, v, env) for k, v in then}
     return write_server(where, modules)
 
 
@@ -323,6 +324,26 @@ def dance(env: Env, server: Path, *args: str, timeout: float = SOLO_TIMEOUT) -> 
 def run_probes(env: Env, probes: Sequence[Probe], timeout: float = DANCE_TIMEOUT) -> Result:
     server = server_of(env, probes, env.base / f"server-{secrets.token_hex(3)}")
     return dance(env, server, timeout=timeout)
+
+
+AFTER = SH_HEAD.replace("@NAME@", "after") + 'echo "PROBE-AFTER"\n'
+
+
+def solo(env: Env, probe: Probe, *args: str, after: str = AFTER) -> Result:
+    """A dance of `probe` alone (it may stop or hang a dance), then a module `zz-after`."""
+    server = server_of(env, [probe], env.base / f"server-{secrets.token_hex(3)}")
+    write_server(server, {"zz-after": {"scripts/10-after.sh": after}})
+    env.result = dance(env, server, *args)
+    return env.result
+
+
+def stopped(result: Result) -> list[str]:
+    """How the dance failed to go on past the probe: it hung, died, or skipped the rest."""
+    if result.returncode is None:
+        return ["the dance hung"]
+    if result.returncode not in (0, 1):
+        return [f"the dance died (exit {result.returncode})"]
+    return [] if "PROBE-AFTER" in result.lines else ["the dance stopped before the next module"]
 
 
 # -- an environment per mode -----------------------------------------------------------------
@@ -369,14 +390,14 @@ def escapes(env: Env, probe: Probe) -> list[str]:
     return found
 
 
-def assert_held(env: Env, probe: Probe) -> None:
+def assert_held(env: Env, probe: Probe, also: Sequence[str] = ()) -> None:
     """The probe ran to its end, and nothing of it got out."""
     lines = env.result.lines
     assert f"PROBE-DONE {probe.name}" in lines, (
-        f"{probe.name} did not run to its end (exit {env.result.returncode}):\n"
+        f"{probe.name} did not run to its end ({stopped(env.result) or 'exit 0'}):\n"
         + env.result.stderr[-3000:]
     )
-    found = escapes(env, probe)
+    found = [*also, *escapes(env, probe)]
     assert not found, f"{probe.name} ({probe.klass}: {probe.what}) escaped:\n" + "\n".join(found)
 
 

@@ -132,6 +132,7 @@ def start_host(base: Path, ro: Path) -> Iterator[Host]:
     host = Host(uuid, base, canary, state, ro, secrets.token_hex(16), f"dsec{secrets.token_hex(5)}")
     try:
         (state / f"probe-secret-{uuid}").write_text(host.secret)
+        os.mkfifo(base / "fifo", 0o600)  # a FIFO nobody writes: opened for reading, it hangs
         ro.mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=755", "disco-probe-ro",
                         str(ro)], check=True)  # fmt: skip
@@ -194,6 +195,7 @@ def _values(host: Host, port: int) -> dict[str, str]:
         "PROC_DEV": str(os.stat("/proc").st_dev), "SYS_DEV": str(os.stat("/sys").st_dev),
         "HANDLE_SECRET": _handle(host.state / f"probe-secret-{host.uuid}"),
         "HANDLE_DIR": _handle(host.canary), "HOSTNAME": os.uname().nodename,
+        "FIFO": str(host.base / "fifo"),
         "SHM_KEY": str(host.ipc["shm"][1]), "SHM_KEY_HOST": str(host.ipc["shm-host"][1]),
         "MAGIC": "".join(f"\\\\x{b:02x}" for b in secrets.token_bytes(16)),
         "DMESG_RESTRICT": Path("/proc/sys/kernel/dmesg_restrict").read_text().strip(),
