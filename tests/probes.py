@@ -48,6 +48,9 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, na
 
 # -- the probes' own code ------------------------------------------------------------------
 
+# What a terminal adds to a line: escapes, carriage returns, disco's progress line.
+_TERMINAL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|\r|\[module \d+ of \d+: [^\]]*\]")
+
 SH_HEAD = """\
 # A hostile probe of disco's sandbox (tests/probes.py): harmless when it gets out.
 P=@NAME@
@@ -222,7 +225,8 @@ class Result:
 
     @property
     def lines(self) -> list[str]:
-        return [line.rstrip("\r") for line in self.stdout.splitlines()]
+        """stdout's lines; on a terminal without disco's progress line and escapes."""
+        return [_TERMINAL.sub("", line).lstrip(" ") for line in self.stdout.splitlines()]
 
 
 @dataclass
