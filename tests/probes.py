@@ -25,7 +25,6 @@ import re
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -310,9 +309,13 @@ def dance_argv(env: Env, server: Path, *args: str) -> tuple[list[str], dict[str,
 
 
 def dance(env: Env, server: Path, *args: str, timeout: float = SOLO_TIMEOUT) -> Result:
-    """The dance, in a session of its own (a probe's `kill 0` reaches no process of the
-    test's), killed with its processes if it runs past `timeout`: it hangs."""
-    argv, environ = dance_argv(env, server, *args)
+    """The dance of NODE from `server` in `env`'s mode."""
+    return run_command(*dance_argv(env, server, *args), timeout)
+
+
+def run_command(argv: list[str], environ: dict[str, str], timeout: float) -> Result:
+    """A disco command in a session of its own (a probe's `kill 0` reaches no process of
+    the test's), killed with its processes if it runs past `timeout`: it hangs."""
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=environ, text=True,
                             start_new_session=True)  # fmt: skip
@@ -322,7 +325,7 @@ def dance(env: Env, server: Path, *args: str, timeout: float = SOLO_TIMEOUT) -> 
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # its own session: ours alone
         out, err = proc.communicate()
-        return Result(None, out, err + f"\n[the dance ran past {timeout:g} s: killed]")
+        return Result(None, out, err + f"\n[{argv[0]} ran past {timeout:g} s: killed]")
 
 
 def run_probes(env: Env, probes: Sequence[Probe], timeout: float = DANCE_TIMEOUT) -> Result:
@@ -375,9 +378,51 @@ def environment(mode: str, base: Path) -> Iterator[Env]:
         yield env
 
 
+class Dances:
+    """One dance per mode for the probes of a test file: run when a test first asks for its
+    mode, undone with all its canaries when the file's tests are done."""
+
+    def __init__(
+        self,
+        factory: pytest.TempPathFactory,
+        name: str,
+        run: Callable[[Env], Result],
+        undo: Callable[[Env], object] | None = None,
+    ) -> None:
+        self.factory, self.name, self.run, self.undo = factory, name, run, undo
+        self.envs: dict[str, Env] = {}
+        self.stack = ExitStack()
+
+    def __call__(self, mode: str) -> Env:
+        if mode not in self.envs:
+            base = self.factory.mktemp(f"{self.name}-{mode}")
+            env = self.stack.enter_context(environment(mode, base))
+            if self.undo is not None:
+                self.stack.callback(self.undo, env)
+            env.result = self.run(env)
+            self.envs[mode] = env
+        return self.envs[mode]
+
+    def __enter__(self) -> Dances:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+
+def applicable(probes: Sequence[Probe], env: Env) -> list[Probe]:
+    return [p for p in probes if env.mode in p.modes]
+
+
+def dance_of(probes: Sequence[Probe]) -> Callable[[Env], Result]:
+    """One dance of the probes that apply to an environment's mode."""
+    return lambda env: run_probes(env, applicable(probes, env))
+
+
 def pairs(probes: Sequence[Probe]) -> list[object]:
-    """(mode, probe) parameters of a probe test, for every mode the probe applies to."""
-    return [pytest.param(m, p, id=f"{m}-{p.name}") for p in probes for m in MODES if m in p.modes]
+    """(mode, probe) parameters of a probe test, mode by mode, for each mode a probe
+    applies to."""
+    return [pytest.param(m, p, id=f"{m}-{p.name}") for m in MODES for p in probes if m in p.modes]
 
 
 def escapes(env: Env, probe: Probe) -> list[str]:
@@ -385,7 +430,7 @@ def escapes(env: Env, probe: Probe) -> list[str]:
     lines = env.result.lines
     found = [line for line in lines if line.startswith(f"PROBE-ESCAPED {probe.name} ")]
     for entry in sorted(os.listdir(env.canary)):
-        if entry.startswith(probe.name):
+        if entry.startswith(f"{probe.name}-{env.uuid}"):
             found.append(f"host canary {env.canary / entry}")
         elif entry == f"_{probe.name}" and os.listdir(env.canary / entry):
             found.append(f"host directory written: {os.listdir(env.canary / entry)}")
@@ -405,11 +450,16 @@ def assert_held(env: Env, probe: Probe, also: Sequence[str] = ()) -> None:
     assert not found, f"{probe.name} ({probe.klass}: {probe.what}) escaped:\n" + "\n".join(found)
 
 
-def wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> bool:
-    """Poll until `predicate` holds (a canary process's exit is seen by its parent late)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+def host_changes(env: Env) -> list[str]:
+    """What the dance changed on the host beyond its canaries: the real root (NOOP on /),
+    a mount under the test's folder (a read-only one now read-write), the hostname."""
+    found = []
+    if env.mode == "noop-host" and fingerprint() != env.print_before:
+        found.append("the real root changed (/etc, and the entries of /, /root, /var, ...)")
+    before = set(env.mounts_before.splitlines())
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        if line not in before and (env.uuid in line or str(env.base) in line):
+            found.append(f"a mount of the test's, new or changed, on the host: {line}")
+    if os.uname().nodename != env.values["HOSTNAME"]:
+        found.append(f"the host's name is now {os.uname().nodename}")
+    return found

@@ -12,7 +12,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from probes import Env, Probe, assert_held, environment, pairs, py, root_only, run_probes, x86_64
+from probes import (
+    MODES,
+    Dances,
+    Env,
+    Probe,
+    assert_held,
+    dance_of,
+    host_changes,
+    pairs,
+    py,
+    root_only,
+    x86_64,
+)
 from probes_host import (
     binfmt_found,
     cgroups_found,
@@ -411,17 +423,20 @@ if os.path.isdir(CANARY):
 
 
 @pytest.fixture(scope="module")
-def danced(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Env]:
-    """One dance of every probe above, in the mode of the test's parameter."""
-    mode: str = request.param
-    with environment(mode, tmp_path_factory.mktemp(f"caps-{mode}")) as env:
-        env.result = run_probes(env, [p for p in PROBES if mode in p.modes])
-        yield env
+def dances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dances]:
+    """One dance of every probe above per mode."""
+    with Dances(tmp_path_factory, "caps", dance_of(PROBES)) as dances:
+        yield dances
 
 
 @pytest.mark.probe
-@pytest.mark.parametrize(("danced", "probe"), pairs(PROBES), indirect=["danced"])
-def test_a_step_holds_no_power_over_the_host(danced: Env, probe: Probe) -> None:
-    assert_held(danced, probe)
+@pytest.mark.parametrize(("mode", "probe"), pairs(PROBES))
+def test_a_step_holds_no_power_over_the_host(dances: Dances, mode: str, probe: Probe) -> None:
+    assert_held(dances(mode), probe)
+
+
+@pytest.mark.probe
+@pytest.mark.parametrize("mode", MODES)
+def test_the_host_is_as_it_was_after_the_dance(dances: Dances, mode: str) -> None:
+    changes = host_changes(dances(mode))
+    assert not changes, changes

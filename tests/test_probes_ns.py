@@ -14,8 +14,19 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conftest import fingerprint
-from probes import Env, Probe, assert_held, environment, pairs, py, root_only, run_probes, x86_64
+from probes import (
+    MODES,
+    Dances,
+    Env,
+    Probe,
+    assert_held,
+    dance_of,
+    host_changes,
+    pairs,
+    py,
+    root_only,
+    x86_64,
+)
 from probes_host import files_found, ipc_found, mounts_found, mq_found
 
 pytestmark = [root_only, x86_64]
@@ -184,24 +195,20 @@ except OSError:
 
 
 @pytest.fixture(scope="module")
-def danced(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Env]:
-    """One dance of every probe above, in the mode of the test's parameter."""
-    mode: str = request.param
-    with environment(mode, tmp_path_factory.mktemp(f"ns-{mode}")) as env:
-        env.result = run_probes(env, [p for p in PROBES if mode in p.modes])
-        yield env
+def dances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dances]:
+    """One dance of every probe above per mode."""
+    with Dances(tmp_path_factory, "ns", dance_of(PROBES)) as dances:
+        yield dances
 
 
 @pytest.mark.probe
-@pytest.mark.parametrize(("danced", "probe"), pairs(PROBES), indirect=["danced"])
-def test_what_a_step_does_stays_in_its_namespaces(danced: Env, probe: Probe) -> None:
-    assert_held(danced, probe)
+@pytest.mark.parametrize(("mode", "probe"), pairs(PROBES))
+def test_what_a_step_does_stays_in_its_namespaces(dances: Dances, mode: str, probe: Probe) -> None:
+    assert_held(dances(mode), probe)
 
 
 @pytest.mark.probe
-@pytest.mark.parametrize("danced", ["noop-host"], indirect=True)
-def test_a_noop_dance_of_probes_leaves_the_real_root_as_it_was(danced: Env) -> None:
-    assert danced.result.returncode == 0, danced.result.stderr[-3000:]
-    assert fingerprint() == danced.print_before, "a NOOP dance of probes changed the real root"
+@pytest.mark.parametrize("mode", MODES)
+def test_the_host_is_as_it_was_after_the_dance(dances: Dances, mode: str) -> None:
+    changes = host_changes(dances(mode))
+    assert not changes, changes

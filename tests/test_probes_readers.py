@@ -17,15 +17,19 @@ from pathlib import Path
 import pytest
 
 from probes import (
+    MODES,
     SCRATCH,
+    Dances,
     Env,
     Probe,
+    Result,
     assert_held,
+    dance_of,
     environment,
+    host_changes,
     pairs,
     py,
     root_only,
-    run_probes,
     solo,
     stopped,
     x86_64,
@@ -131,22 +135,24 @@ ASK_AFTER = (
 )
 
 
+def readers_dance(env: Env) -> Result:
+    (env.canary / "_files-dir-link").mkdir()
+    return dance_of(PROBES)(env)
+
+
 @pytest.fixture(scope="module")
-def danced(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Env]:
-    """One dance of every probe of PROBES, in the mode of the test's parameter."""
-    mode: str = request.param
-    with environment(mode, tmp_path_factory.mktemp(f"readers-{mode}")) as env:
-        (env.canary / "_files-dir-link").mkdir()
-        env.result = run_probes(env, [p for p in PROBES if mode in p.modes])
-        yield env
+def dances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dances]:
+    """One dance of every probe above per mode."""
+    with Dances(tmp_path_factory, "readers", readers_dance) as dances:
+        yield dances
 
 
 @pytest.mark.probe
-@pytest.mark.parametrize(("danced", "probe"), pairs(PROBES), indirect=["danced"])
-def test_disco_reads_a_steps_work_without_following_it_out(danced: Env, probe: Probe) -> None:
-    assert_held(danced, probe)
+@pytest.mark.parametrize(("mode", "probe"), pairs(PROBES))
+def test_disco_reads_a_steps_work_without_following_it_out(
+    dances: Dances, mode: str, probe: Probe
+) -> None:
+    assert_held(dances(mode), probe)
 
 
 @pytest.mark.probe
@@ -160,3 +166,10 @@ def test_a_planted_path_neither_hangs_nor_stops_a_dance(
         result = solo(env, probe, **({"after": after} if after else {}))
         unanswered = ["the asker no longer answers"] if "ANSWERED 124" in result.lines else []
         assert_held(env, probe, also=stopped(result) + unanswered)
+
+
+@pytest.mark.probe
+@pytest.mark.parametrize("mode", MODES)
+def test_the_host_is_as_it_was_after_the_dance(dances: Dances, mode: str) -> None:
+    changes = host_changes(dances(mode))
+    assert not changes, changes

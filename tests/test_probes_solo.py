@@ -26,6 +26,7 @@ from probes import (
     AFTER,
     SCRATCH,
     SOLO_TIMEOUT,
+    Dances,
     Env,
     Probe,
     Result,
@@ -193,18 +194,17 @@ def dance_on_a_terminal(env: Env, server: Path) -> Result:
 
 
 @pytest.fixture(scope="module")
-def on_a_terminal(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Env]:
-    """One dance of the TERMINAL probes on a pseudo-terminal, in the test's mode."""
-    mode: str = request.param
-    base = tmp_path_factory.mktemp(f"terminal-{mode}")
-    with environment(mode, base) as env:
-        env.result = dance_on_a_terminal(env, server_of(env, TERMINAL, base / "srv"))
-        yield env
+def on_a_terminal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dances]:
+    """One dance of the TERMINAL probes on a pseudo-terminal per mode."""
+
+    def run(env: Env) -> Result:
+        return dance_on_a_terminal(env, server_of(env, TERMINAL, env.base / "srv"))
+
+    with Dances(tmp_path_factory, "terminal", run) as dances:
+        yield dances
 
 
 @pytest.mark.probe
-@pytest.mark.parametrize(("on_a_terminal", "probe"), pairs(TERMINAL), indirect=["on_a_terminal"])
-def test_a_step_has_no_terminal_of_discos(on_a_terminal: Env, probe: Probe) -> None:
-    assert_held(on_a_terminal, probe)
+@pytest.mark.parametrize(("mode", "probe"), pairs(TERMINAL))
+def test_a_step_has_no_terminal_of_discos(on_a_terminal: Dances, mode: str, probe: Probe) -> None:
+    assert_held(on_a_terminal(mode), probe)
