@@ -20,6 +20,7 @@ from probes import (
     assert_held,
     dance_of,
     host_changes,
+    host_may,
     pairs,
     py,
     root_only,
@@ -307,7 +308,8 @@ for point, opts, fstype, source in [("/", [], "", "")] + mounts():
 """)),
     Probe("mknod-block", "caps: devices",
           "make a device node of the host's disk where the step may write (/tmp, /var/tmp,"
-          " /run, /dev, /dev/shm) and read its first sector",
+          " /run, /dev, /dev/shm) and read its first sector: no filesystem of the step's"
+          " may hold a usable one",
           py(SECTOR + r"""
 for d in ("/tmp", "/var/tmp", "/run", "/dev", "/dev/shm"):
     node = f"{d}/{NAME}-{UUID}"
@@ -316,6 +318,8 @@ for d in ("/tmp", "/var/tmp", "/run", "/dev", "/dev/shm"):
     except OSError:
         continue
     try:
+        if not os.statvfs(d).f_flag & 4:  # ST_NODEV
+            escaped("made a node of the host's disk where devices work:", d)
         if read_sector(node):
             escaped("read the host's disk through a node made in", d)
     finally:
@@ -356,11 +360,13 @@ for name in sorted(os.listdir("/dev")):
 if (exec 3<>/dev/tty) 2>/dev/null; then escaped "/dev/tty opens"; fi
 """),
     Probe("host-block-device", "caps: devices",
-          "read the first sector of the host's disk at its usual path (/dev/@DEVNAME@)",
+          "find the host's disk at its usual path in /dev and read its first sector",
           py(SECTOR + r"""
 for node in ("/dev/@DEVNAME@", "/dev/block/@DEV_MAJOR@:@DEV_MINOR@"):
-    if os.path.exists(node) and read_sector(node):
-        escaped("read the host's disk at", node)
+    if os.path.exists(node) and stat.S_ISBLK(os.stat(node).st_mode):
+        escaped("the host's disk is at", node)
+        if read_sector(node):
+            escaped("read the host's disk at", node)
 """)),
     Probe("oom-immune", "caps: resources",
           "make itself immune to the OOM killer (oom_score_adj -1000 needs CAP_SYS_RESOURCE"
@@ -372,7 +378,7 @@ try:
     escaped("set its oom_score_adj to -1000")
 except OSError:
     pass
-""")),
+"""), testable=host_may("sys_resource")),
     Probe("rt-sched", "caps: scheduling",
           "take a real-time scheduling class (CAP_SYS_NICE over the host), and give it back",
           py(r"""
