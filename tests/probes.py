@@ -162,8 +162,34 @@ def own_tree():
     return mine
 
 
+def sandbox_init(pid):
+    """Whether `pid` is the sandbox's own init (pid 1 of the steps' pid namespace): named
+    init, not disco's zygote, and out of the step's reach (no signal, no root, no fds)."""
+    if pid != 1 or host_pidns() or (read("/proc/1/comm") or b"").strip() != b"init":
+        return False
+    if "zygote" in cmdline(1) or TOKEN in cmdline(1):
+        return False
+    try:
+        os.kill(1, 0)
+        return False
+    except PermissionError:
+        pass
+    for path in ("/proc/1/root/.", "/proc/1/fd/0"):
+        try:
+            os.stat(path)
+            return False
+        except PermissionError:
+            pass
+        except FileNotFoundError:
+            pass
+    return True
+
+
 def foreign():
-    return sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in own_tree())
+    """What the step sees that is not its own, but for the sandbox's init."""
+    own = own_tree()
+    return sorted(int(p) for p in os.listdir("/proc")
+                  if p.isdigit() and int(p) not in own and not sandbox_init(int(p)))
 
 
 def host_pidns():

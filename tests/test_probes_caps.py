@@ -357,7 +357,8 @@ for name in sorted(os.listdir("/dev")):
           "/dev/tty must be absent, and no terminal openable through it",
           r"""
 [ -e /dev/tty ] && escaped "/dev/tty is there"
-if (exec 3<>/dev/tty) 2>/dev/null; then escaped "/dev/tty opens"; fi
+# Read-only: `<>` would create a plain file where there is none.
+if (exec 3</dev/tty) 2>/dev/null; then escaped "/dev/tty opens"; fi
 """),
     Probe("host-block-device", "caps: devices",
           "find the host's disk at its usual path in /dev and read its first sector",

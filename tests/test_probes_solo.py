@@ -85,7 +85,8 @@ TERMINAL = [
     Probe("pty-dev-tty", "terminal",
           "open /dev/tty: the step has no controlling terminal, disco's least of all",
           r"""
-if (exec 3<>/dev/tty) 2>/dev/null; then escaped "opened its controlling terminal"; fi
+# Read-only: `<>` would create a plain file where there is none.
+if (exec 3</dev/tty) 2>/dev/null; then escaped "opened its controlling terminal"; fi
 """, modes=SCRATCH),
     Probe("pty-ctty", "terminal",
           "the step's processes have no controlling terminal (/proc/self/stat tty_nr)",

@@ -245,6 +245,7 @@ class DanceStdio:
                 head = data[:end] if end > 0 else b""
                 if head.startswith(self.mark_head):
                     channel.module = os.fsdecode(head[len(self.mark_head) :])
+                    channel.line = b""  # a line a step left open ends with its module
                     data = data[end + 1 :]
                     continue
                 size = head[len(self.own_head) :]
@@ -272,8 +273,9 @@ class DanceStdio:
             *complete, tail = (channel.line + data).split(b"\n")
             channel.line = tail[:LINE_MAX]
             for raw in complete:
-                if raw.startswith(WOULD):
-                    command = raw[len(WOULD) :].decode(errors="surrogateescape")
+                at = raw.find(WOULD)  # after what a step printed with no newline too
+                if at >= 0:
+                    command = raw[at + len(WOULD) :].decode(errors="surrogateescape")
                     self.would.append({"module": channel.module, "command": command})
 
     def forward(self, channel: Channel, data: bytes) -> None:

@@ -77,6 +77,7 @@ def init(orders: int, answers: int, ours: list[int], early: list[Any], root: str
         os.closerange(3, min(orders, answers))
         os.closerange(max(orders, answers) + 1, 1 << 20)
         libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        _nobody_who_kills()
         os.write(answers, b"r")
         while os.read(orders, 1):
             try:
@@ -93,6 +94,23 @@ def init(orders: int, answers: int, ours: list[int], early: list[Any], root: str
             os.write(answers, USAGE.pack(*usage))
     finally:
         os._exit(0)
+
+
+CAP_KILL, PR_SET_KEEPCAPS, NOBODY = 5, 8, 65534
+
+
+def _nobody_who_kills() -> None:
+    """Become nobody, with no capability but CAP_KILL (what `kill(-1)` of a step's
+    leftovers needs): a step, root of its own user namespace alone, may not even signal
+    us, and we hold nothing of root's."""
+    libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
+    os.setgroups([])
+    os.setresgid(NOBODY, NOBODY, NOBODY)
+    os.setresuid(NOBODY, NOBODY, NOBODY)
+    head = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (ctypes.c_uint32 * 6)(1 << CAP_KILL, 1 << CAP_KILL, 0, 0, 0, 0)
+    if libc.capset(head, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
 
 
 def _retitle(title: bytes) -> None:
