@@ -134,6 +134,10 @@ class Dance:
             self.zygotes = {TEMPLATES: templates, SCRIPTS: templates}
             if not self.options.noop:
                 self.zygotes[SCRIPTS] = stack.enter_context(self.zygote(self.mode, "z-live"))
+            if templates.unlimited:
+                self.sink.warning(
+                    f"steps run without pids and memory limits: {templates.unlimited}"
+                )
             write_parameters(
                 self.view,
                 parameters(self.state, self.plan.node, self.plan.modules, server=self.plan.server),

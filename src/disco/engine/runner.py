@@ -97,7 +97,9 @@ class Zygote:
         # Live ones (the host's): in a cgroup too, so that none outlives the dance.
         self.userns = identity_userns() if noop else -1
         self.cgroup = _step_cgroup(limits if noop else Limits(0, 0, 0))
-        self.counted = self.cgroup.counters() if self.cgroup else {}
+        self.counted = self.cgroup.counters()
+        # Why the steps have no pids or memory limit, if they have none ("": they have).
+        self.unlimited = self.cgroup.missing if noop else ""
         req_r, self.req = os.pipe2(os.O_CLOEXEC)
         self.rep, rep_w = os.pipe2(os.O_CLOEXEC)
         # Imported, not run as a script: its cached bytecode is read, not compiled anew.
@@ -135,7 +137,7 @@ class Zygote:
                  "userns": self.userns,
                  "early": [op.wire() for op in self.early],
                  "init_root": str(self.scratch / "api" / "init"),
-                 "cgroups": self.cgroup.procs if self.cgroup else [],
+                 "cgroups": self.cgroup.procs,
                  "host_network": host_network}  # fmt: skip
         try:
             self._call({"setup": setup}, "cannot start the sandbox helper")
@@ -169,8 +171,7 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.cgroup is not None:  # empty now: its steps died with their pid namespaces
-            self.cgroup.remove()
+        self.cgroup.remove()  # empty now: its steps died with their pid namespaces
         if self.userns >= 0:
             os.close(self.userns)
             self.userns = -1
@@ -254,13 +255,12 @@ class Zygote:
         self.pending = None
         answer = self._answer()
         result = _result(step, self.built, ops, answer, self.early)
-        if result.returncode != 0 and self.cgroup is not None:
+        if result.returncode != 0:
             result = replace(result, limit=self.limit_hit())
         return result
 
     def limit_hit(self) -> str:
         """The limit the last step ran into, if its cgroup's counters say so."""
-        assert self.cgroup is not None
         now, before = self.cgroup.counters(), self.counted
         self.counted = now
         if now["memory"] > before.get("memory", 0):
@@ -379,12 +379,12 @@ def identity_userns() -> int:
 _CGROUPS = itertools.count(1)
 
 
-def _step_cgroup(limits: Limits) -> StepCgroup | None:
+def _step_cgroup(limits: Limits) -> StepCgroup:
     name = f"disco-{os.getpid()}-{next(_CGROUPS)}"
     try:
         return cgroups.make(name, limits)
-    except OSError:  # no cgroup filesystem: steps run without limits
-        return None
+    except OSError as e:  # no cgroup filesystem: steps run without limits
+        return StepCgroup(missing=f"no cgroup for the steps ({e.strerror or e})")
 
 
 def _absolute(step: Step) -> Step:
