@@ -117,13 +117,14 @@ echo "service $*: done"
 """
 
 
-@pytest.fixture
-def scratch_root(tmp_path: Path) -> Iterator[Path]:
-    """A small machine to dance on live: the host's /usr bound read-only, its own /etc,
-    /var, /root and /tmp, and its own /usr/local/sbin with a `service` stub."""
-    root = tmp_path / "root"
-    for d in ("usr", "etc", "var/lib", "var/tmp", "root", "tmp", "home", "srv"):
-        (root / d).mkdir(parents=True)
+SKELETON = ("usr", "etc", "var/lib", "var/tmp", "root", "tmp", "home", "srv")
+
+
+def scratch_skeleton(root: Path, extra: tuple[str, ...] = ()) -> Path:
+    """The directories of a small machine (and `extra` ones), the host's user database,
+    hosts and nsswitch.conf in its own /etc, and the merged-/usr links (/bin -> usr/bin)."""
+    for d in (*SKELETON, *extra):
+        (root / d).mkdir(parents=True, exist_ok=True)
     (root / "tmp").chmod(0o1777)
     (root / "root").chmod(0o700)
     for name in ("passwd", "group", "shadow", "hosts", "nsswitch.conf"):
@@ -133,6 +134,14 @@ def scratch_root(tmp_path: Path) -> Iterator[Path]:
         host = Path("/", name)
         if host.is_symlink():
             (root / name).symlink_to(os.readlink(host))
+    return root
+
+
+@pytest.fixture
+def scratch_root(tmp_path: Path) -> Iterator[Path]:
+    """A small machine to dance on live: the host's /usr bound read-only, its own /etc,
+    /var, /root and /tmp, and its own /usr/local/sbin with a `service` stub."""
+    root = scratch_skeleton(tmp_path / "root")
     local = tmp_path / "usr-local"
     (local / "sbin").mkdir(parents=True)
     (local / "sbin" / "service").write_text(SERVICE_STUB)

@@ -12,7 +12,6 @@ import ctypes
 import fcntl
 import os
 import secrets
-import shutil
 import socket
 import stat
 import struct
@@ -20,6 +19,8 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from conftest import scratch_skeleton
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -212,16 +213,7 @@ def _values(host: Host, port: int) -> dict[str, str]:
 def make_scratch_root(root: Path) -> Iterator[Path]:
     """A small machine for a probe dance (as conftest.scratch_root): the host's /usr bound
     read-only, its own /etc, /var, /root, /tmp, /srv; two hard-linked files under /srv/hl."""
-    for d in ("usr", "etc", "var/lib", "var/tmp", "root", "tmp", "home", "srv/hl/x", "srv/hl/y/z"):
-        (root / d).mkdir(parents=True)
-    (root / "tmp").chmod(0o1777)
-    (root / "root").chmod(0o700)
-    for name in ("passwd", "group", "shadow", "hosts", "nsswitch.conf"):
-        if Path("/etc", name).exists():
-            shutil.copy2(Path("/etc", name), root / "etc" / name)
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        if Path("/", name).is_symlink():
-            (root / name).symlink_to(os.readlink(Path("/", name)))
+    scratch_skeleton(root, ("srv/hl/x", "srv/hl/y/z"))
     (root / "srv/hl/x/a").write_text("one file, two names\n")
     os.link(root / "srv/hl/x/a", root / "srv/hl/y/z/b")
     try:
