@@ -7,10 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from disco.cli import fleet_plan
 from disco.cli.common import Output, Parser, execute, parser, subparser
 from disco.client.timer import seconds
 from disco.errors import EXIT_FAILED, DiscoError
-from disco.server import fleet, mirror, server
+from disco.server import candidates, fleet, mirror, server
 
 EPILOG = """\
 A server is a directory with parameters/ and modules/. Nodes reach it as
@@ -25,6 +26,7 @@ examples:
   disco-server check
   disco-server report --older-than 1h
   disco-server mirror disco@mirror1.example.com
+  disco-server propose pr-42 ~/checkouts/pr-42 && disco-server plan pr-42
 """
 
 
@@ -128,6 +130,29 @@ def build() -> argparse.ArgumentParser:
         help="do not run 'disco-server sync' on the mirrors afterwards",
     )
     config_flag(m)
+    s = subparser(
+        subs,
+        "propose",
+        "publish DIR (a checkout of a change) as candidate NAME: each node it affects plans it",
+        "disco-server propose pr-42 ~/checkouts/pr-42",
+        state_dir=False,  # a server keeps no client state
+    )
+    s.add_argument("name", metavar="NAME", help="the candidate's name, e.g. pr-42")
+    s.add_argument("source", type=Path, metavar="DIR", help="a server tree: parameters/, modules/")
+    s.add_argument(
+        "--replace", action="store_true", help="replace candidate NAME (its plans are dropped)"
+    )
+    config_flag(s)
+    s = subparser(
+        subs,
+        "withdraw",
+        "remove candidate NAME and its plans",
+        "disco-server withdraw pr-42",
+        state_dir=False,  # a server keeps no client state
+    )
+    s.add_argument("name", metavar="NAME")
+    config_flag(s)
+    fleet_plan.add_parser(subs, config_flag)
     return p
 
 
@@ -166,11 +191,37 @@ def report(args: argparse.Namespace, config: Path) -> int:
     return EXIT_FAILED if any(n.problem or n.failures for n in nodes) else 0
 
 
+def candidate(args: argparse.Namespace, root: Path) -> int:
+    """propose or withdraw a candidate tree."""
+    out = Output()
+    if args.verb == "withdraw":
+        candidates.withdraw(root, args.name)
+        out.info(f"Withdrew candidate {args.name} and its plans")
+        return 0
+    done = candidates.propose(root, args.name, args.source, args.replace)
+    for problem in done.problems:
+        out.warning(f"candidate {args.name}: {problem.message}; {problem.hint}")
+    what = "Replaced" if done.replaced else "Proposed"
+    out.info(f"{what} candidate {args.name}: {done.path}, a copy of {args.source}")
+    reached = candidates.reach(root, args.name)
+    affected = [r.node for r in reached if r.affects]
+    untouched = [r.node for r in reached if not r.affects]
+    out.info(f"it affects {len(affected)} node(s): {' '.join(affected) or '-'}")
+    if untouched:
+        out.info(f"unaffected: {' '.join(untouched)}")
+    out.info(f"each plans it after its next dance; see 'disco-server plan {args.name}'")
+    return 0
+
+
 def body(args: argparse.Namespace) -> int:
     out = Output()
     config: Path = args.config or Path.home() / "rsyncd.conf"
     if args.verb == "report":
         return report(args, config)
+    if args.verb == "plan":
+        return fleet_plan.run(args, server.locate(None, config))
+    if args.verb in ("propose", "withdraw"):
+        return candidate(args, server.locate(None, config))
     if args.verb == "mirror":
         root = server.locate(args.dir, config)
         done = mirror.mirror(root, args.hosts, args.rsh, args.remote_dir, not args.no_sync)
@@ -191,7 +242,7 @@ def body(args: argparse.Namespace) -> int:
             parsed = server.read_config(path)
             served = [n for n in parsed.sections if n not in server.RESERVED] if parsed else []
             node = f" for node {parsed.node}" if parsed and parsed.node else ""
-            areas = "[parameters], [reports]" if node else "[parameters]"
+            areas = "[parameters], [reports], [candidates], [plans]" if node else "[parameters]"
             out.info(f"Wrote {path}{node}: {areas} and {len(served)} modules")
     elif args.verb == "add-node":
         keys = args.authorized_keys or Path.home() / ".ssh" / "authorized_keys"

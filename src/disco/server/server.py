@@ -1,7 +1,10 @@
 """The server side (disco-server): `~/rsyncd.conf` serves `parameters/` and each module, as
 in the seed; a node's key may only run `rsync --server --daemon` with a config of its own
 (`rsyncd.d/NODE.conf`) whose daemon filter hides every node but NODE from `[parameters]`,
-and whose write-only `[reports]` is `reports/NODE/` alone: where its dances' reports go."""
+and whose write-only `[reports]` is `reports/NODE/` alone: where its dances' reports go.
+The same config shows it the candidate trees (`[candidates]`, DESIGN §15) with every other
+node's parameters hidden, and takes its plan of each into `plans/NAME/NODE.json` (`[plans]`,
+write only)."""
 
 from __future__ import annotations
 
@@ -30,7 +33,11 @@ NODE_DIR = "rsyncd.d"
 PARAMETERS = "parameters"
 REPORTS = "reports"  # a node's write-only area, reports/NODE/, in its own config only
 REPORT_FILE = "last.json"  # the one file a node may write there
-RESERVED = (PARAMETERS, REPORTS, "global")  # [global] holds an rsyncd.conf's global settings
+CANDIDATES = "candidates"  # candidates/NAME/{parameters,modules}: trees under review
+PLANS = "plans"  # plans/NAME/NODE.json: each node's plan of candidate NAME
+NODE_AREAS = (REPORTS, CANDIDATES, PLANS)  # rsync modules of a node's config alone
+# [global] holds an rsyncd.conf's global settings
+RESERVED = (PARAMETERS, REPORTS, CANDIDATES, PLANS, "global")
 KEY_TYPE = re.compile(r"(sk-)?(ssh|ecdsa-sha2)-[a-z0-9]+(@openssh\.com)?")
 BASE64 = re.compile(r"([A-Za-z0-9+/]{4})+([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
@@ -171,6 +178,34 @@ def reports_section(root: Path, node: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def candidates_filter(node: str) -> str:
+    """What a node sees of candidates/: every candidate's modules, its own parameters."""
+    return f"+ /*/{PARAMETERS}/{node}/*** - /*/{PARAMETERS}/**"
+
+
+def plans_filter(node: str) -> str:
+    """What a node may write in plans/: NAME/NODE.json, in a NAME/ that propose made."""
+    return f"+ /*/{node}.json - *"
+
+
+def candidates_section(root: Path, node: str) -> str:
+    """`[candidates]` for one node: the proposed trees, read only, its own parameters only."""
+    return section(CANDIDATES, root / CANDIDATES, "candidate trees under review",
+                   candidates_filter(node)).replace("list = yes", "list = no")  # fmt: skip
+
+
+def plans_section(root: Path, node: str) -> str:
+    """`[plans]` for one node: it may upload NODE.json into plans/NAME/ of an open
+    candidate (the directory must exist: it cannot make one), nothing else."""
+    return (
+        reports_section(root, node)
+        .replace(f"[{REPORTS}]", f"[{PLANS}]")
+        .replace(f"path = {root / REPORTS / node}", f"path = {root / PLANS}")
+        .replace(f"comment = dance reports of {node}", f"comment = candidate plans of {node}")
+        .replace(f"filter = + /{REPORT_FILE} - *", f"filter = {plans_filter(node)}")
+    )
+
+
 def render(root: Path, old: Config | None, node: str | None = None) -> str:
     """A daemon config: `[parameters]` (for a node, only its own), then each module."""
     names = listing(root / "modules")
@@ -180,7 +215,8 @@ def render(root: Path, old: Config | None, node: str | None = None) -> str:
         raise DiscoError(f"cannot serve {root}/modules: {what}", "rename them: " + bad[0].hint)
     only = f"+ /{node}/*** - *" if node else ""
     items = [section(PARAMETERS, root / PARAMETERS, comment_for(PARAMETERS, old), only)]
-    items += [reports_section(root, node)] if node else []
+    if node:
+        items += [f(root, node) for f in (reports_section, candidates_section, plans_section)]
     items += [section(n, root / "modules" / n, comment_for(n, old)) for n in names]
     head = f"{HEADER}: {root}\n" + (f"{NODE_HEADER}: {node}\n" if node else "") + NOTE + "\n"
     return "\n".join([head, *items])
@@ -213,16 +249,17 @@ def sync(root: Path | None, config: Path, create: bool = False) -> list[Path]:
     old = read_config(config)
     write(config, render(root, old))
     for node, parsed in node_configs(config).items():
-        make_reports_dir(root, node)
+        make_node_dirs(root, node)
         write(parsed.path, render(root, old, node))
     return [config, *(parsed.path for parsed in node_configs(config).values())]
 
 
-def make_reports_dir(root: Path, node: str) -> None:
-    """reports/NODE/, which the node's rsync daemon writes into (it must exist)."""
+def make_node_dirs(root: Path, node: str) -> None:
+    """reports/NODE/, which the node's rsync daemon writes into, and candidates/ and
+    plans/, which it serves (they must exist)."""
     try:
-        (root / REPORTS).mkdir(mode=0o750, exist_ok=True)
-        (root / REPORTS / node).mkdir(mode=0o750, exist_ok=True)
+        for where in (REPORTS, f"{REPORTS}/{node}", CANDIDATES, PLANS):
+            (root / where).mkdir(mode=0o750, exist_ok=True)
     except OSError as e:
         raise DiscoError(f"cannot create {e.filename}: {e.strerror}", "check the server") from None
 
@@ -286,7 +323,7 @@ def add_node(node: str, key_file: Path, config: Path, authorized_keys: Path) -> 
     config = Path(os.path.abspath(config))
     root = locate(None, config)
     conf = conf_path(config.parent / NODE_DIR / f"{node}.conf")
-    make_reports_dir(root, node)
+    make_node_dirs(root, node)
     write(conf, render(root, read_config(config), node))
     forced = f"rsync --server --daemon --config={shlex.quote(str(conf))} ."
     line = f'command="{forced}",restrict {kind} {blob} {comment or node}'
@@ -306,8 +343,10 @@ def config_problems(cfg: Config, root: Path, names: list[str], config: Path) -> 
         found.append(Problem(f"module '{name}' has no rsync entry in {path} (stale)", hint))
     if cfg.node and cfg.sections.get(REPORTS, {}).get("path") != str(root / REPORTS / cfg.node):
         found.append(Problem(f"{path} gives node '{cfg.node}' no reports/{cfg.node}/", hint))
+    if cfg.node:
+        found += area_problems(cfg, root, cfg.node, hint)
     for name, settings in cfg.sections.items():
-        if name == REPORTS and cfg.node:
+        if name in NODE_AREAS and cfg.node:
             continue
         if name != PARAMETERS and name not in names:
             found.append(Problem(f"rsync entry [{name}] in {path} has no module (stale)", hint))
@@ -316,6 +355,16 @@ def config_problems(cfg: Config, root: Path, names: list[str], config: Path) -> 
     only = f"+ /{cfg.node}/*** - *"
     if cfg.node and cfg.sections.get(PARAMETERS, {}).get("filter") != only:
         found.append(Problem(f"{path} does not confine node '{cfg.node}'", hint))
+    return found
+
+
+def area_problems(cfg: Config, root: Path, node: str, hint: str) -> list[Problem]:
+    """What a node's config lacks of [candidates] and [plans] (one written before them)."""
+    found = []
+    for name, filtered in ((CANDIDATES, candidates_filter(node)), (PLANS, plans_filter(node))):
+        area = cfg.sections.get(name, {})
+        if area.get("path") != str(root / name) or area.get("filter") != filtered:
+            found.append(Problem(f"{cfg.path} gives node '{node}' no [{name}] of its own", hint))
     return found
 
 
@@ -340,6 +389,18 @@ def check(root: Path | None, config: Path) -> list[Problem]:
     """Everything wrong with the server tree and its daemon configs, as data."""
     config = Path(os.path.abspath(config))
     root = locate(root, config)
+    found, modules = tree_problems(root)
+    main = read_config(config) or Config(config, None, None, {})
+    for cfg in [main, *node_configs(config).values()]:
+        found += config_problems(cfg, root, sorted(modules), config)
+        if (n := cfg.node) and not (root / PARAMETERS / n).is_dir():
+            hint = "create it, or remove the node's key from authorized_keys"
+            found.append(Problem(f"node '{n}' has a key but no parameters/{n}/", hint))
+    return found
+
+
+def tree_problems(root: Path) -> tuple[list[Problem], dict[str, Module]]:
+    """What is wrong with a server tree (names, modules, requires), and its modules."""
     names = listing(root / "modules")
     found = [p for p in (name_problem(n, "module name") for n in names) if p]
     modules: dict[str, Module] = {}
@@ -349,12 +410,6 @@ def check(root: Path | None, config: Path) -> list[Problem]:
         except DiscoError as e:
             found.append(Problem(e.message, e.hint))
             modules[name] = Module(name, root / "modules" / name, ())
-    main = read_config(config) or Config(config, None, None, {})
-    for cfg in [main, *node_configs(config).values()]:
-        found += config_problems(cfg, root, sorted(modules), config)
-        if (n := cfg.node) and not (root / PARAMETERS / n).is_dir():
-            hint = "create it, or remove the node's key from authorized_keys"
-            found.append(Problem(f"node '{n}' has a key but no parameters/{n}/", hint))
     for node in listing(root / PARAMETERS):
         bad = name_problem(node, "node name")
         wanted = [] if bad else listing(root / PARAMETERS / node / "modules", dirs=False)
@@ -372,7 +427,7 @@ def check(root: Path | None, config: Path) -> list[Problem]:
     if len(circuits) > CYCLES_SHOWN:
         found.append(Problem(f"more requires cycles than these {CYCLES_SHOWN}",
                              "break these, then check again"))  # fmt: skip
-    return found
+    return found, modules
 
 
 CYCLES_SHOWN = 20  # a tangle of modules has more cycles than anyone reads

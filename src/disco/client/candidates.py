@@ -1,0 +1,202 @@
+"""The candidates on a node's server, and whether they touch this node (DESIGN §15).
+
+`disco-server propose NAME DIR` publishes a tree under review as candidate NAME; a node's
+key reads it through `[candidates]` (every candidate's modules, its own parameters only)
+and writes its plan of it through the write-only `[plans]`, as `plans/NAME/NODE.json`.
+After its dance a node lists the candidates, fetches each one's tree for itself (hard
+links to its live copies for what did not change, so an unchanged module costs nothing),
+and plans only those where its parameters or one of its modules differ. Over ssh only, as
+the reports: a local directory or a plain rsync:// daemon has no area a node alone writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from disco.client.fetch import modules_map
+from disco.client.state import Settings, State
+from disco.client.transport import (
+    Kind,
+    Missing,
+    Server,
+    fetch_into,
+    has_rsh,
+    rpc,
+    with_port,
+    without_quiet,
+)
+from disco.errors import DiscoError
+from disco.tree.modules import Module, load_module
+from disco.tree.names import is_hidden, is_name
+from disco.tree.order import first_level, next_level
+from disco.tree.params import ParamStore
+
+CANDIDATES = "candidates"  # the rsync modules, as disco-server writes them
+PLANS = "plans"
+SETTING = ("disco", "client", "plan", "candidates")
+OFF = ("false", "no", "off", "0")
+UNAFFECTED = "its modules and parameters are identical in both trees"
+
+
+def enabled(store: ParamStore) -> bool:
+    """disco/client/plan/candidates: plan the server's candidates after a dance (default)."""
+    value = (store.lookup(SETTING, "") or "").strip().lower()
+    if value and value not in (*OFF, "true", "yes", "on", "1"):
+        where = "/".join(SETTING)
+        raise DiscoError(
+            f"{where} is {value!r}, not true or false",
+            f"set it with 'echo false | disco-param set {where}' (or true, the default)",
+        )
+    return value not in OFF
+
+
+def open_candidates(settings: Settings, server: Server) -> list[str]:
+    """The candidates `server` shows this node's key: none from a server without them."""
+    if server.kind is not Kind.SSH:
+        return []
+    rsync = with_port(without_quiet(settings.rsync), server.port)  # -q hides the list
+    argv = [*rsync, "--list-only", "--no-recursive", "--dirs"]
+    argv += [] if has_rsh(rsync) else ["--rsh=ssh"]
+    try:
+        listed = rpc([*argv, f"{server.base}{CANDIDATES}/"], server)
+    except Missing:  # a server older than candidates, or set up by hand: none
+        return []
+    names = []
+    for line in listed.splitlines():  # `drwxr-x---  4,096 2026/12/06 21:00:00 NAME`
+        words = line.split(None, 4)
+        if len(words) == 5 and words[0].startswith("d") and is_name(words[4]):
+            names.append(words[4])
+    return sorted(set(names) - {"."})
+
+
+def digest(path: Path) -> str:
+    """A hash of a tree as a dance sees it: names, types, modes, contents, link targets
+    (not owners nor times: a copy on another machine has others)."""
+    h = hashlib.sha256()
+    if not os.path.lexists(path):
+        return ""
+    for top, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted([*dirs, *files]):
+            full = os.path.join(top, name)
+            st = os.lstat(full)
+            rel = os.path.relpath(full, path)
+            h.update(f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0".encode())
+            if stat.S_ISLNK(st.st_mode):
+                h.update(os.fsencode(os.readlink(full)))
+            elif stat.S_ISREG(st.st_mode):
+                h.update(content_hash(Path(full)))
+            h.update(b"\n")
+    return h.hexdigest()
+
+
+def content_hash(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def closure(tree: Path, node: str) -> dict[str, Module]:
+    """The modules `node` dances from server tree `tree` (its modules map and all they
+    require, transitively); a module the tree lacks is left out: the dance names it."""
+    where = tree / "parameters" / node / "modules"
+    roots = (
+        [n for n in os.listdir(where) if not is_hidden(n) and is_name(n)] if where.is_dir() else []
+    )
+    found: dict[str, Module] = {}
+    level = first_level(roots)
+    while level:
+        for name in level:
+            path = tree / "modules" / name
+            found[name] = load_module(path, name) if path.is_dir() else Module(name, path, ())
+        level = next_level(level, found)
+    return {name: m for name, m in found.items() if m.path.is_dir()}
+
+
+def difference(live: Path, candidate: Path, node: str) -> str:
+    """How `node`'s dance of server tree `candidate` differs from its dance of `live`
+    (its parameters, its modules); "" if it does not."""
+    mine = Path("parameters") / node
+    if not (candidate / mine).is_dir():
+        return "not in the candidate (no parameters there)"
+    if not (live / mine).is_dir():
+        return "new in the candidate"
+    why = ["its parameters differ"] if digest(live / mine) != digest(candidate / mine) else []
+    try:
+        before, after = closure(live, node), closure(candidate, node)
+    except DiscoError as e:
+        return f"{'; '.join(why)}{'; ' if why else ''}a module cannot be read ({e.message})"
+    added = sorted(set(after) - set(before))
+    dropped = sorted(set(before) - set(after))
+    changed = [
+        name
+        for name in sorted(set(before) & set(after))
+        if digest(before[name].path) != digest(after[name].path)
+    ]
+    why += (
+        [f"module {' '.join(changed)} differ{'s' if len(changed) == 1 else ''}"] if changed else []
+    )
+    why += [f"adds module {' '.join(added)}"] if added else []
+    why += [f"drops module {' '.join(dropped)}"] if dropped else []
+    return "; ".join(why)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    name: str
+    tree: Path  # the candidate as this node sees it: a local server tree
+    affects: str  # how it differs for this node; "" if it does not
+
+
+def fetch_candidate(
+    state: State, node: str, settings: Settings, server: Server, name: str, dest: Path
+) -> Fetched:
+    """Candidate `name`'s tree for `node` (its parameters, its modules) into `dest`, laid
+    out as a server directory, each part hard-linked to the live copy where unchanged."""
+    base = f"{server.base}{CANDIDATES}/{name}/"
+    params = dest / "parameters" / node
+    try:
+        fetch_into(settings.rsync, server, [f"{base}parameters/{node}/"], params,
+                   state.parameters / node)  # fmt: skip
+    except Missing:
+        (dest / "parameters").mkdir(parents=True, exist_ok=True)
+        return Fetched(name, dest, difference(state.root, dest, node))
+    found: dict[str, Module] = {}
+    level = first_level(modules_map(params, node, server))
+    while level:
+        # One rsync a level: every module lands in modules/<its name>, linked to ours.
+        sources = [f"{base}modules/{m}" for m in sorted(level)]
+        try:
+            fetch_into(settings.rsync, server, sources, dest / "modules", state.modules)
+        except Missing:  # which one: the plan names it, as a dance would
+            pass
+        for m in level:
+            path = dest / "modules" / m
+            found[m] = load_module(path, m) if path.is_dir() else Module(m, path, ())
+        level = next_level(level, found)
+    return Fetched(name, dest, difference(state.root, dest, node))
+
+
+def push_plan(
+    settings: Settings, server: Server, name: str, node: str, document: Path
+) -> DiscoError | None:
+    """Upload `document` as plans/NAME/NODE.json; what went wrong, or None."""
+    rsync = with_port(settings.rsync, server.port)
+    argv = [*rsync, "--no-owner", "--no-group", "--no-links"]
+    argv += [] if has_rsh(rsync) else ["--rsh=ssh"]
+    argv += [str(document), f"{server.base}{PLANS}/{name}/{node}.json"]
+    try:
+        rpc(argv, server)
+    except DiscoError as e:
+        return DiscoError(
+            f"could not push the plan of candidate {name} to {server.uri}: {e.message}",
+            "on the server, run 'disco-server sync' (a node set up before candidates has no"
+            f" [{PLANS}] area), or check that candidate {name} is still open",
+        )
+    return None
