@@ -8,27 +8,23 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from disco.cli import plan as plan_cli
 from disco.cli import report, undo
 from disco.cli import timer as timer_cli
 from disco.cli.common import Parser, add_state_dir, execute, parser, subparser
 from disco.cli.dance_output import DanceOutput
-from disco.cli.interrupt import Interrupted, interruptible
 from disco.cli.stdio import DanceStdio
-from disco.client.fetch import fetch, one_connection
-from disco.client.lock import hold
-from disco.client.push import push_report
-from disco.client.state import Settings, State, default_node, load_settings
+from disco.client.state import State, default_node, load_settings
 from disco.client.transport import with_ssh_port
-from disco.clock import utc_now
-from disco.dance.dance import Dance, Options, Outcome, only
-from disco.engine.sandbox import Usage
+from disco.dance import run
+from disco.dance.dance import Options, Outcome
+from disco.dance.run import Danced, Request
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
 from disco.live import history
-from disco.report.metrics import INTERNAL, USAGE_FIELDS, DanceReport, Meter, Record, save
+from disco.report.metrics import DanceReport
 from disco.tree.names import check_node
 
 EPILOG = """\
@@ -36,15 +32,12 @@ examples:
   NOOP=true disco dance
   disco dance --server ./examples/seed --node localhost.localdomain --root /srv/image
   disco dance --root /mnt/other-running-system --effects run
+  disco plan --head /srv/checkout-of-pr-42 --markdown plan.md
   disco report
   disco history
   disco rollback --noop
   disco timer install --every 30min --splay 10min
 """
-
-# --detailed-exitcodes (Puppet's meaning)
-DETAILED_CHANGES = 2
-DETAILED_FAILURES = 4
 
 
 def build() -> argparse.ArgumentParser:
@@ -115,6 +108,7 @@ def build() -> argparse.ArgumentParser:
     )
     undo.add_wait(s)
     report.add_parser(subs)
+    plan_cli.add_parser(subs)
     undo.add_parsers(subs)
     timer_cli.add_parser(subs)
     return p
@@ -169,120 +163,31 @@ def dance(args: argparse.Namespace, document: dict[str, Any] | None) -> int:
     intercepting = Options(noop=noop, root=root, effects=args.effects).intercepts
     stdio = DanceStdio(json=args.json, intercept=intercepting, progress=True)
     out = DanceOutput(stdio, quiet=args.quiet, json=args.json)
+    request = Request(
+        node=node,
+        root=root,
+        noop=noop,
+        settings=settings,
+        history_limit=limit,
+        wait=args.wait,
+        modules=tuple(args.module or ()),
+        diff=args.diff,
+        effects=args.effects,
+        detailed=args.detailed_exitcodes,
+    )
+
+    def done(danced: Danced) -> None:
+        if document is not None:  # printed by command(), once stdout is ours again
+            document.update(dance_json(danced.report, danced.outcome, out.stdio.output))
+
     try:
-        return dance_locked(args, state, node, root, noop, settings, out, limit, document)
+        return run.dance(state, request, out, done).status
     except DiscoError:
         if fresh and not state.reports.exists():  # refused before it began: leave no trace
             shutil.rmtree(state.root, ignore_errors=True)
         raise
     finally:
         out.finish()
-
-
-def dance_locked(
-    args: argparse.Namespace,
-    state: State,
-    node: str,
-    root: Path,
-    noop: bool,
-    settings: Settings,
-    out: DanceOutput,
-    limit: int,
-    document: dict[str, Any] | None,
-) -> int:
-    meter = Meter()
-    out.meter = meter
-    started = utc_now()
-    # One ssh connection for the whole dance: the fetch, then the report's push.
-    with hold(state.lock, args.wait, out.warning), one_connection(state, settings) as settings:
-        with meter.measure("_internal", "fetch_params"):  # the seed's name; modules too
-            plan = fetch(state, node, settings)
-        for failure in plan.passed_over:
-            out.warning(f"{failure.message}; passed over")
-        if len(settings.servers) > 1:  # with failover, say which one it was
-            out.info(f"Fetched from server {plan.server.uri}")
-        if args.module:
-            unknown = sorted(set(args.module) - set(plan.names))
-            if unknown:
-                raise UsageError(
-                    f"--module {unknown[0]}: not a module of node '{node}'",
-                    "choose from: " + " ".join(plan.names),
-                )
-            plan = only(plan, args.module)
-        out.info(("Ready to dance : " + " ".join(plan.names)).rstrip())
-        mode = "noop" if noop else "live"
-        kept = history.begin(state.txn, mode, root, node)
-        options = Options(
-            noop=noop,
-            root=root,
-            diff=args.diff,
-            dance=kept.id,
-            timeout=settings.step_timeout,
-            limits=settings.limits,
-            effects=args.effects,
-        )
-        dancer = Dance(state, plan, options, out, meter)
-        status = EXIT_FAILED
-        try:
-            with interruptible():
-                status = exit_status(dancer.run(), args.detailed_exitcodes)
-        except Interrupted as e:
-            status = e.status
-            meter.add(interrupted_step(out, status))
-            raise interrupted(e, state, kept, noop, out.module) from None
-        finally:  # a dance cut short is reported too, as far as it went
-            records, changes = tuple(meter.records), with_diffs(dancer.outcome, out.diffs)
-            if status > 128 and not noop:  # only the records of what was committed
-                done = {(j.module, j.step) for j in kept.commits(state.txn)}
-                changes = tuple(c for c in changes if (c["module"], c["step"]) in done)
-            would = tuple(out.finish())
-            summary = DanceReport(started, node, mode, str(root), status, records, changes, would,
-                                  args.detailed_exitcodes)  # fmt: skip
-            last = save(state.reports, summary)
-            failures = len(dancer.outcome.failed) + len(dancer.outcome.skipped)
-            failed = tuple((c["module"], c["step"], c["path"]) for c in changes if "failed" in c)
-            history.finish(state.txn, kept, len(changes) - len(failed), failures, status, failed)
-            for text in history.prune(state.txn, limit):
-                out.info(text)
-            if document is not None:  # printed by command(), once stdout is ours again
-                document.update(dance_json(summary, dancer.outcome, out.stdio.output))
-            problem = push_report(settings, plan.server, last)
-            if problem is not None:
-                out.warning(str(problem))
-    return status
-
-
-def interrupted_step(out: DanceOutput, status: int) -> Record:
-    """The step that was cut short: its module, and how long it had run."""
-    zero = Usage(**{name: 0 for name in USAGE_FIELDS})
-    wall = time.monotonic() - out.module_started
-    return Record(out.module or INTERNAL, "interrupted", None, wall, zero, status)
-
-
-def interrupted(
-    e: Interrupted, state: State, kept: history.Kept, noop: bool, module: str | None
-) -> DiscoError:
-    """The error that ends a dance cut short by a signal, saying what it committed."""
-    where = f"interrupted by {e.name}" + (f" in module {module}" if module else "")
-    if noop:
-        hint = "'disco report' shows the steps that ran, and where it stopped"
-        return DiscoError(f"{where}: a NOOP dance changes nothing", hint, e.status)
-    done = [f"{j.module}: {j.step}" for j in kept.commits(state.txn)]
-    what = f"{len(done)} commit(s) were applied ({', '.join(done)})" if done else "none applied"
-    return DiscoError(
-        f"{where}: dance {kept.id} committed nothing more; {what}",
-        f"'disco rollback' undoes dance {kept.id}" if done else "'disco report' shows the steps",
-        e.status,
-    )
-
-
-def with_diffs(outcome: Outcome, diffs: list[str]) -> tuple[dict[str, str], ...]:
-    """The change records, each with the diff printed after it (for reports and --json)."""
-    changes = [dict(change) for change in outcome.changes]
-    if len(diffs) == len(changes):  # printed in the same order as recorded
-        for change, diff in zip(changes, diffs):
-            change["diff"] = diff
-    return tuple(changes)
 
 
 def dance_json(
@@ -335,13 +240,6 @@ def print_document(document: dict[str, Any]) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def exit_status(outcome: Outcome, detailed: bool) -> int:
-    failed = bool(outcome.failed or outcome.skipped)
-    if not detailed:
-        return EXIT_FAILED if failed else 0
-    return (DETAILED_CHANGES if outcome.changes else 0) + (DETAILED_FAILURES if failed else 0)
-
-
 def command(args: argparse.Namespace) -> int:
     if args.command == "report":
         return report.run(args)
@@ -349,6 +247,8 @@ def command(args: argparse.Namespace) -> int:
         return undo.run(args)
     if args.command == "timer":
         return timer_cli.run(args)
+    if args.command == "plan":
+        return plan_cli.run(args)
     detailed = getattr(args, "detailed_exitcodes", False)
     document: dict[str, Any] | None = {} if args.json else None
 

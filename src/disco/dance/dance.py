@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,36 @@ from disco.noop.asker import Asker, asking
 from disco.noop.rules import intercepted, load_rules
 from disco.noop.view import binaries, build_shims, build_view, find, real_binds, write_parameters
 from disco.report.metrics import Meter, Record
+from disco.run import run
 from disco.tree.modules import Edge, Module
+
+EXIT_DRIFTED = 5  # `disco dance --plan`: the node is no longer what the plan was made on
+
+
+class Drifted(DiscoError):
+    """A step's changes differ from the plan's: it is not committed, nothing after runs."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message, hint, EXIT_DRIFTED)
+
+
+# (module, step, its changes): a live step's changes before their commit; raises Drifted
+# to refuse them. A Watch sees every step's changes, live or NOOP, once read.
+Guard = Callable[[str, str, "list[Change]"], None]
+Watch = Callable[[str, str, "list[Change]"], None]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Where a NOOP dance's modules are cut in two (a plan's shared prefix): the layer
+    that the first `index` modules would write, as one folded directory at `below`
+    (its upper/). A dance given it to `save` copies it there before module `index`
+    runs; a dance given it to `resume` starts from it, at module `index`, with the
+    modules of `failed` failed before it."""
+
+    index: int
+    below: Path
+    failed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -55,6 +85,7 @@ class Options:
     dance: str = ""  # the dance's id in `disco history`: its commits' undo logs go there
     effects: str | None = None  # live: "run" or "intercept"; None: run on /, else intercept
     limits: Limits = field(default_factory=Limits.defaults)  # of a sandboxed step
+    state: Path | None = None  # the state to hide from steps, if not the dance's (a plan's)
 
     @property
     def config(self) -> Path:
@@ -95,7 +126,23 @@ def only(plan: Plan, wanted: list[str]) -> Plan:
 
 
 class Dance:
-    def __init__(self, state: State, plan: Plan, options: Options, sink: Sink, meter: Meter):
+    def __init__(
+        self,
+        state: State,
+        plan: Plan,
+        options: Options,
+        sink: Sink,
+        meter: Meter,
+        *,
+        guard: Guard | None = None,
+        watch: Watch | None = None,
+        save: Split | None = None,
+        resume: Split | None = None,
+    ):
+        self.guard = guard
+        self.watch = watch
+        self.save = save
+        self.resume = resume
         self.state = state
         self.plan = plan
         self.options = options
@@ -103,7 +150,7 @@ class Dance:
         self.meter = meter
         self.outcome = Outcome()
         self.announcement: str | None = None  # "Processing X", once X's first lines come
-        self.hidden = hidden_state(state.root, options.root)
+        self.hidden = hidden_state(options.state or state.root, options.root)
         self.exclude = (*DEFAULT_EXCLUDE, *self.hidden)
         self.changes = ChangeReport(
             sink, self.outcome.changes, self.exclude, load_sensitive(options.config), options.diff
@@ -143,9 +190,17 @@ class Dance:
                 parameters(self.state, self.plan.node, self.plan.modules, server=self.plan.server),
             )
             remove = templates.remove
-            self.layers = Layers(work, self.options.root, self.options.noop, remove, self.diff)
-            failed: set[str] = set()
+            seed = upper_of(self.resume.below) if self.resume is not None else None
+            self.layers = Layers(
+                work, self.options.root, self.options.noop, remove, self.diff, seed
+            )
+            failed: set[str] = set(self.resume.failed if self.resume is not None else ())
+            start = self.resume.index if self.resume is not None else 0
             for index, module in enumerate(self.plan.modules, start=1):
+                if index - 1 < start:  # a plan's shared prefix: danced once, by base
+                    continue
+                if self.save is not None and index - 1 == self.save.index:
+                    self.split(self.save)
                 self.sink.progress(module.name, index, len(self.plan.modules))
                 # Only what the module runs after can fail it; `before X` does not.
                 blocker = next(
@@ -167,7 +222,16 @@ class Dance:
                     self.outcome.failed.append(module.name)
                     failed.add(module.name)
             self.layers.fold_pending()
+            if self.save is not None and self.save.index >= len(self.plan.modules):
+                self.split(self.save)
         return self.outcome
+
+    def split(self, save: Split) -> None:
+        """Copy what the modules so far would write to `save.below` (NOOP only)."""
+        self.layers.fold_pending()
+        assert self.layers.below is not None
+        save.below.mkdir(parents=True, exist_ok=True)
+        run(["cp", "-a", "--", str(upper_of(self.layers.below)), str(upper_of(save.below))])
 
     @property
     def mode(self) -> Mode:
@@ -307,10 +371,16 @@ class Dance:
         said = len(self.outcome.changes)
         changes = self.diff(module.name, label, layer, self.layers.lowers())
         try:
+            if self.guard is not None:
+                self.guard(module.name, label, changes)
             if changes:
                 with self.meter.measure(module.name, "commit", label):
                     commit(self.state.txn, changes, self.options.root, self.options.dance,
                            module.name, label)  # fmt: skip
+        except Drifted as e:
+            for change in self.outcome.changes[said:]:
+                change["failed"] = f"not committed: {e.message}"
+            raise
         except DiscoError as e:
             self.uncommitted(module.name, label, said, e)
             return False
@@ -332,6 +402,8 @@ class Dance:
         with self.meter.measure(module, "diff", label):
             changes = self.changes.read(layer, lowers)
             self.changes.say(module, label, changes)
+        if self.watch is not None:
+            self.watch(module, label, changes)
         return changes
 
     def sandboxed(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from disco.engine.sandbox import upper_of
 from disco.engine.stack import copy_dir_meta, fold
+from disco.run import run
 
 # Reads a layer over its lowers and reports its changes: (module, label, layer, lowers).
 Reporter = Callable[[str, str, Path, "list[Path]"], object]
@@ -40,6 +41,7 @@ class Layers:
         noop: bool,
         remove: Callable[[Path], None],
         report: Reporter,
+        seed: Path | None = None,
     ) -> None:
         self.work = work
         self.root = root
@@ -52,8 +54,12 @@ class Layers:
         self.pending: Pending | None = None
         if noop:  # what the steps would have written, from the first on
             self.below = work / "layers" / "below"
-            upper_of(self.below).mkdir(parents=True)
-            copy_dir_meta(root, upper_of(self.below))
+            if seed is not None:  # what earlier modules would have written (dance.Split)
+                self.below.mkdir(parents=True)
+                run(["cp", "-a", "--", str(seed), str(upper_of(self.below))])
+            else:
+                upper_of(self.below).mkdir(parents=True)
+                copy_dir_meta(root, upper_of(self.below))
 
     def new(self) -> Path:
         """A fresh layer directory: the zygote makes its work/, disco its upper/."""

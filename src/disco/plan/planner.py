@@ -1,0 +1,260 @@
+"""`disco plan`: NOOP-dance the base tree and the head tree over the same state of the root
+and say where head ends differently (DESIGN §15).
+
+Both trees are fetched into scratch states inside the node's state (never over its own
+copies); the node's lock is held throughout, so no live dance changes the root between
+the two dances. The modules both dances start with alike are danced once (trees.py):
+base's dance copies its layer when it reaches the first module that differs, and head's
+dance starts there from that copy, with base's records for what came before.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from disco.client.fetch import Plan, fetch
+from disco.client.lock import hold
+from disco.client.state import Settings, State
+from disco.clock import utc_now
+from disco.dance.dance import Dance, Options, Split
+from disco.dance.reporting import Sink
+from disco.engine.changes import Change
+from disco.engine.sandbox import upper_of
+from disco.files import remove_tree
+from disco.plan.delta import Delta, read_delta
+from disco.plan.saved import step_entry
+from disco.plan.trees import shared_prefix, tree_hash
+from disco.report.metrics import Meter
+from disco.run import run
+
+FORMAT_VERSION = 1
+# --detailed-exitcodes of a plan: a delta, head failing where base did not.
+PLAN_DELTA, PLAN_FAILS = 2, 4
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    node: str
+    root: Path
+    base: Settings  # where the base tree is fetched from: the node's servers, or --server
+    head: Settings  # --head
+    wait: float = 0.0  # seconds to wait for the node's lock
+
+
+@dataclass
+class Side:
+    """One tree's NOOP dance: its change records (with diffs), failures, `Would execute`
+    lines and, per step, its change set (saved.py)."""
+
+    uri: str
+    hash: str = ""
+    names: tuple[str, ...] = ()
+    changes: list[dict[str, str]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    would: list[dict[str, str]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def last_record(self) -> dict[str, dict[str, str]]:
+        """Each path's last change record."""
+        return {change["path"]: change for change in self.changes}
+
+
+@dataclass
+class NodePlan:
+    node: str
+    root: str
+    created: str
+    base: Side
+    head: Side
+    delta: list[Delta]
+    shared: int  # modules danced once for both trees
+
+    @property
+    def would_added(self) -> list[str]:
+        return _missing(self.head.would, self.base.would)
+
+    @property
+    def would_removed(self) -> list[str]:
+        return _missing(self.base.would, self.head.would)
+
+    @property
+    def head_fails(self) -> list[str]:
+        """Modules that fail (or are skipped) in head and not in base."""
+        return [m for m in self.head.failed if m not in self.base.failed]
+
+    @property
+    def exit(self) -> int:
+        """0 no delta, 2 a delta, 4 head fails where base did not, 6 both."""
+        changed = bool(self.delta or self.would_added or self.would_removed)
+        return (PLAN_DELTA if changed else 0) + (PLAN_FAILS if self.head_fails else 0)
+
+
+def _missing(these: list[dict[str, str]], there: list[dict[str, str]]) -> list[str]:
+    """The `Would execute` lines of `these` that `there` has not (as many times)."""
+    left = [_would(w) for w in there]
+    out = []
+    for line in map(_would, these):
+        if line in left:
+            left.remove(line)
+        else:
+            out.append(line)
+    return out
+
+
+def _would(line: dict[str, str]) -> str:
+    return f"{line['module']}: {line['command']}" if line.get("module") else line["command"]
+
+
+class Tap:
+    """A dance's Sink inside a plan: its change lines and diffs are kept, not printed;
+    warnings, errors and progress go on to `out`, said of the tree they come from."""
+
+    def __init__(self, out: Sink, tag: str) -> None:
+        self.out = out
+        self.tag = tag
+        self.diffs: list[str] = []
+
+    def info(self, text: str) -> None:
+        if text.startswith("File: "):
+            self.diffs.append("")
+
+    def text(self, text: str) -> None:
+        if self.diffs:
+            self.diffs[-1] = text
+
+    def warning(self, text: str) -> None:
+        self.out.warning(f"{self.tag}: {text}")
+
+    def error(self, text: str) -> None:
+        self.out.error(f"{self.tag}: {text}")
+
+    def progress(self, module: str, index: int, total: int) -> None:
+        self.out.progress(f"{self.tag}/{module}", index, total)
+
+
+def plan_node(
+    state: State,
+    request: PlanRequest,
+    out: Sink,
+    would: Callable[[], list[dict[str, str]]],
+) -> NodePlan:
+    """Plan `request.node`: fetch both trees, dance them NOOP, read the delta.
+
+    `out` hears the dances' warnings, errors and progress (modules named `base/M` and
+    `head/M`); `would()` is called once both dances are over and gives every `Would
+    execute` line seen meanwhile, {"module", "command"}, modules named so (the CLI's
+    DanceOutput.finish). This is what a node calls to plan a candidate in-process."""
+    work = state.root / "plan.tmp"
+    with hold(state.lock, request.wait, out.warning):
+        if work.exists():
+            remove_tree(work)
+        try:
+            return _plan(state, request, out, would, work)
+        finally:
+            for side in ("base", "head"):
+                run(["umount", "-l", str(work / side / "txn" / "run")], check=False)
+            if work.exists():
+                remove_tree(work)
+
+
+def _plan(
+    state: State,
+    request: PlanRequest,
+    out: Sink,
+    would: Callable[[], list[dict[str, str]]],
+    work: Path,
+) -> NodePlan:
+    created = utc_now()
+    states = {"base": State(work / "base"), "head": State(work / "head")}
+    plans: dict[str, Plan] = {}
+    for side, settings in (("base", request.base), ("head", request.head)):
+        scratch = states[side]
+        scratch.create()
+        if (state.parameters / "disco").is_dir():  # the client settings steps see
+            shutil.copytree(state.parameters / "disco", scratch.parameters / "disco", symlinks=True)
+        plans[side] = fetch(scratch, request.node, settings)
+    base = Side(request.base.servers[0].uri, names=plans["base"].names)
+    head = Side(request.head.servers[0].uri, names=plans["head"].names)
+    base.hash = tree_hash(states["base"], request.node, plans["base"].modules)
+    head.hash = tree_hash(states["head"], request.node, plans["head"].modules)
+    shared = shared_prefix(
+        (states["base"], plans["base"].modules), (states["head"], plans["head"].modules),
+        request.node,
+    )  # fmt: skip
+    same = base.hash == head.hash and shared == len(plans["base"].modules)
+    split = Split(shared, work / "split")
+    taps = {"base": Tap(out, "base"), "head": Tap(out, "head")}
+    base_dance = _dance(states["base"], plans["base"], request, state, taps["base"], base,
+                        save=split if 0 < shared and not same else None)  # fmt: skip
+    head_dance = base_dance
+    prefix = set(plans["base"].names[:shared])
+    if same:
+        head.changes, head.failed, head.steps = base.changes, base.failed, base.steps
+    else:
+        for change in base.changes:  # what the shared modules said, head says too
+            if change["module"] in prefix:
+                head.changes.append(dict(change))
+        head.failed = [m for m in base.failed if m in prefix]
+        head.steps = [s for s in base.steps if s["module"] in prefix]
+        resume = Split(shared, split.below, frozenset(head.failed)) if shared else None
+        head_dance = _dance(states["head"], plans["head"], request, state, taps["head"], head,
+                            resume=resume)  # fmt: skip
+    assert base_dance.layers.below is not None and head_dance.layers.below is not None
+    delta = read_delta(
+        upper_of(base_dance.layers.below),
+        upper_of(head_dance.layers.below),
+        request.root,
+        base_dance.exclude,
+        base_dance.changes.sensitive,
+    )
+    for line in would():
+        side, _, module = line.get("module", "").partition("/")
+        entry = {**line, "module": module}
+        if side == "base":
+            base.would.append(entry)
+            if same or module in prefix:
+                head.would.append(entry)
+        elif side == "head":
+            head.would.append(entry)
+    return NodePlan(request.node, str(request.root), created, base, head, delta, shared)
+
+
+def _dance(
+    scratch: State,
+    plan: Plan,
+    request: PlanRequest,
+    node_state: State,
+    tap: Tap,
+    side: Side,
+    save: Split | None = None,
+    resume: Split | None = None,
+) -> Dance:
+    """One tree's NOOP dance on the root; its records land in `side`."""
+    settings = request.base
+    options = Options(
+        noop=True,
+        root=request.root,
+        diff="unified",
+        timeout=settings.step_timeout,
+        limits=settings.limits,
+        state=node_state.root,
+    )
+
+    def watch(module: str, step: str, changes: list[Change]) -> None:
+        side.steps.append(
+            {"module": module, "step": step, "changes": [step_entry(c) for c in changes]}
+        )
+
+    dancer = Dance(scratch, plan, options, tap, Meter(), watch=watch, save=save, resume=resume)
+    outcome = dancer.run()
+    records = [dict(change) for change in outcome.changes]
+    if len(tap.diffs) == len(records):
+        for record, diff in zip(records, tap.diffs):
+            record["diff"] = diff
+    side.changes += records
+    side.failed += [*outcome.failed, *outcome.skipped]
+    return dancer

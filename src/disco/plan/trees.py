@@ -1,0 +1,85 @@
+"""What a plan compares trees by: content hashes of a node's parameters and modules, and
+how many modules at the start of a dance two trees share (DESIGN §15)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from disco.client.state import State
+from disco.dance.environment import parameters
+from disco.tree.modules import Module
+
+
+def dir_hash(top: Path) -> str:
+    """sha256 of a directory tree: every name, type, permission bits, file content and
+    symlink target, walked in sorted order without following links. Times and owners
+    are left out: a fetch by rsync keeps neither the same everywhere."""
+    digest = hashlib.sha256()
+    if not top.is_dir():
+        return digest.hexdigest()
+    for here, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in sorted([*dirs, *files]):
+            path = os.path.join(here, name)
+            st = os.lstat(path)
+            rel = os.path.relpath(path, top)
+            digest.update(
+                f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0".encode()
+            )
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+            elif stat.S_ISLNK(st.st_mode):
+                digest.update(os.readlink(path).encode("utf-8", "surrogateescape"))
+            digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def module_hashes(modules: Sequence[Module]) -> list[tuple[str, str]]:
+    """(name, hash) of each module, in dance order."""
+    return [(module.name, dir_hash(module.path)) for module in modules]
+
+
+def tree_hash(state: State, node: str, modules: Sequence[Module]) -> str:
+    """The hash of what a node dances: its parameters tree, then each module in order."""
+    digest = hashlib.sha256()
+    digest.update(f"node {node}\n{dir_hash(state.parameters / node)}\n".encode())
+    for name, value in module_hashes(modules):
+        digest.update(f"module {name} {value}\n".encode())
+    return digest.hexdigest()
+
+
+def steps_see(state: State, node: str, modules: Sequence[Module]) -> str:
+    """A hash of the merged parameters every step of the dance reads."""
+    tree = parameters(state, node, modules)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
+
+
+def shared_prefix(
+    base: tuple[State, Sequence[Module]], head: tuple[State, Sequence[Module]], node: str
+) -> int:
+    """How many modules at the start of both dances are the same steps on the same lower
+    state, so that they give the same layers and are danced once.
+
+    A step's inputs are its module's files, templates and scripts, the merged parameters
+    and the node; its lower state is the root plus the layers of every step before it.
+    So the modules shared are the longest common run from the first one: same name, same
+    content, and the whole merged parameters alike (any module's defaults or the node's
+    own tree changing changes what every step reads, so nothing is shared then). A
+    module after the first that differs is never shared even if it is the same, since
+    its lower state may differ."""
+    (base_state, base_modules), (head_state, head_modules) = base, head
+    if steps_see(base_state, node, base_modules) != steps_see(head_state, node, head_modules):
+        return 0
+    count = 0
+    for one, other in zip(module_hashes(base_modules), module_hashes(head_modules)):
+        if one != other:
+            break
+        count += 1
+    return count
