@@ -70,6 +70,26 @@ filter = + /last.json - *
 refuse options = delete* remove-source-files links
 incoming chmod = D750,F640
 
+[candidates]
+path = {{root}}/candidates
+read only = true
+comment = candidate trees under review
+list = no
+use chroot = false
+filter = + /*/parameters/{NODE}/*** - /*/parameters/**
+
+[plans]
+path = {{root}}/plans
+read only = false
+write only = true
+comment = candidate plans of {NODE}
+list = no
+use chroot = false
+munge symlinks = yes
+filter = + /*/{NODE}.json - *
+refuse options = delete* remove-source-files links
+incoming chmod = D750,F640
+
 [other""",
 )
 
@@ -309,7 +329,8 @@ def test_sync_rewrites_every_node_config(srv: Server) -> None:
     (srv.root / "modules" / "nginx-1.0").mkdir()
     out = srv.ok("sync")
     assert out.splitlines()[1] == (
-        f"info: Wrote {conf} for node {NODE}: [parameters], [reports] and 3 modules"
+        f"info: Wrote {conf} for node {NODE}: [parameters], [reports], [candidates], [plans]"
+        " and 3 modules"
     )
     assert "[nginx-1.0]" in conf.read_text()
     assert f"filter = + /{NODE}/*** - *" in conf.read_text()

@@ -8,11 +8,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree as ET
 
 from disco.cli.common import Output, Parser, subparser
 from disco.errors import EXIT_FAILED, DiscoError
+from disco.plan import render
 from disco.server import plan_pages
-from disco.server.plans import FAILURES, FleetPlan, Group, entry_text, fleet_plan
+from disco.server.plans import FAILURES, FleetPlan, Group, entry_text, fleet_plan, without_content
 
 SHOWN = 10  # node names on one line before the middle ones are left out
 
@@ -85,6 +87,24 @@ def print_plan(out: Output, plan: FleetPlan, content: bool) -> None:
         out.warning(f"{n.node}: {n.reason}")
 
 
+def junit(plan: FleetPlan, content: bool) -> str:
+    """The planned nodes' plans as `disco plan --junit` writes them (a testsuite a node),
+    and a testsuite of the nodes not yet planned, each testcase skipped."""
+    documents = [plan.plans[node] for g in plan.groups for node in g.nodes]
+    top = ET.fromstring(render.junit([d if content else without_content(d) for d in documents]))
+    top.set("name", f"disco plan {plan.candidate}")
+    if plan.unplanned:
+        count = str(len(plan.unplanned))
+        suite = ET.SubElement(top, "testsuite", name="not yet planned", tests=count)
+        suite.attrib.update(failures="0", errors="0", skipped=count)
+        for n in plan.unplanned:
+            case = ET.SubElement(suite, "testcase", classname=n.node, name="plan", time="0")
+            ET.SubElement(case, "skipped", message=f"not yet planned: {n.reason}")
+        top.set("tests", str(int(top.get("tests", "0")) + len(plan.unplanned)))
+    ET.indent(top)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(top, "unicode") + "\n"
+
+
 def write(path: Path, text: str) -> None:
     try:
         path.write_text(text, errors="surrogateescape")
@@ -102,13 +122,13 @@ def run(args: argparse.Namespace, root: Path) -> int:
         print(json.dumps(plan.as_json(content), indent=2, sort_keys=True))
     else:
         print_plan(out, plan, content)
-    for path, render in (
-        (args.junit, plan_pages.junit),
+    for path, output in (
+        (args.junit, junit),
         (args.markdown, plan_pages.markdown),
         (args.html, plan_pages.html_page),
     ):
         if path is not None:
-            write(path, render(plan, content))
+            write(path, output(plan, content))
             out.info(f"wrote {path}")
     if args.detailed_exitcodes:
         return plan.exit

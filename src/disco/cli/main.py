@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from disco.cli import candidates, report, undo
 from disco.cli import plan as plan_cli
-from disco.cli import report, undo
 from disco.cli import timer as timer_cli
 from disco.cli.common import Parser, add_state_dir, execute, parser, subparser
 from disco.cli.dance_output import DanceOutput
@@ -181,7 +181,8 @@ def dance(args: argparse.Namespace, document: dict[str, Any] | None) -> int:
             document.update(dance_json(danced.report, danced.outcome, out.stdio.output))
 
     try:
-        return run.dance(state, request, out, done).status
+        then = candidates.after_dance(args, state, node, root)
+        return run.dance(state, request, out, done, then).status
     except DiscoError:
         if fresh and not state.reports.exists():  # refused before it began: leave no trace
             shutil.rmtree(state.root, ignore_errors=True)

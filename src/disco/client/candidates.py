@@ -12,10 +12,14 @@ the reports: a local directory or a plain rsync:// daemon has no area a node alo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from disco.client.fetch import modules_map
 from disco.client.state import Settings, State
@@ -30,6 +34,7 @@ from disco.client.transport import (
     without_quiet,
 )
 from disco.errors import DiscoError
+from disco.files import remove_tree
 from disco.tree.modules import Module, load_module
 from disco.tree.names import is_hidden, is_name
 from disco.tree.order import first_level, next_level
@@ -161,8 +166,11 @@ def fetch_candidate(
     out as a server directory, each part hard-linked to the live copy where unchanged."""
     base = f"{server.base}{CANDIDATES}/{name}/"
     params = dest / "parameters" / node
+    # By content: a file of the same size and time as ours (a line changed in the same
+    # second) would be taken for ours, and the candidate for one that changes nothing.
+    rsync = (*settings.rsync, "--checksum")
     try:
-        fetch_into(settings.rsync, server, [f"{base}parameters/{node}/"], params,
+        fetch_into(rsync, server, [f"{base}parameters/{node}/"], params,
                    state.parameters / node)  # fmt: skip
     except Missing:
         (dest / "parameters").mkdir(parents=True, exist_ok=True)
@@ -173,7 +181,7 @@ def fetch_candidate(
         # One rsync a level: every module lands in modules/<its name>, linked to ours.
         sources = [f"{base}modules/{m}" for m in sorted(level)]
         try:
-            fetch_into(settings.rsync, server, sources, dest / "modules", state.modules)
+            fetch_into(rsync, server, sources, dest / "modules", state.modules)
         except Missing:  # which one: the plan names it, as a dance would
             pass
         for m in level:
@@ -200,3 +208,53 @@ def push_plan(
             f" [{PLANS}] area), or check that candidate {name} is still open",
         )
     return None
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    """One candidate as this node's dance left it."""
+
+    name: str
+    affects: str  # how it changes this node's dance; "" if it does not (nothing planned)
+    pushed: bool  # its plan is on the server, as plans/NAME/NODE.json
+    problem: DiscoError | None  # why it could not be planned or pushed
+
+
+Planner = Callable[[str, Path], dict[str, Any]]  # (candidate, its tree) -> plan document
+
+
+def review(
+    state: State, node: str, settings: Settings, server: Server, plan: Planner
+) -> Iterator[Reviewed]:
+    """Plan each open candidate of `server` that affects `node` with `plan`, and push the
+    plan; one Reviewed a candidate, as it is done. Nothing here fails the dance: what
+    goes wrong is said in its Reviewed."""
+    try:
+        names = open_candidates(settings, server)
+    except DiscoError as e:
+        yield Reviewed("*", "", False, DiscoError(f"cannot list the candidates: {e.message}"))
+        return
+    for name in names:
+        work = Path(tempfile.mkdtemp(prefix=".candidate-", dir=state.root))
+        affects = ""
+        try:
+            fetched = fetch_candidate(state, node, settings, server, name, work / "tree")
+            affects = fetched.affects
+            if not affects:
+                yield Reviewed(name, "", False, None)
+                continue
+            if not (fetched.tree / "parameters" / node).is_dir():
+                gone = f"node '{node}' is not in it: merged, it leaves this node no parameters"
+                yield Reviewed(name, affects, False, DiscoError(gone))
+                continue
+            document = work / f"{name}.json"
+            text = json.dumps(plan(name, fetched.tree), indent=2, sort_keys=True) + "\n"
+            document.write_text(text, errors="surrogateescape")
+            problem = push_plan(settings, server, name, node, document)
+            yield Reviewed(name, affects, problem is None, problem)
+        except DiscoError as e:
+            yield Reviewed(name, affects, False, e)
+        except OSError as e:
+            yield Reviewed(name, affects, False, DiscoError(f"{e.filename}: {e.strerror}"))
+        finally:
+            remove_tree(work)

@@ -14,6 +14,7 @@ from disco.client.fetch import fetch, one_connection
 from disco.client.lock import hold
 from disco.client.push import push_report
 from disco.client.state import Settings, State
+from disco.client.transport import Server
 from disco.clock import utc_now
 from disco.dance.dance import Dance, Drifted, Guard, Options, Outcome, only
 from disco.dance.interrupt import Interrupted, interruptible
@@ -72,9 +73,12 @@ def dance(
     request: Request,
     out: Console,
     done: Callable[[Danced], None] = lambda _danced: None,
+    then: Callable[[Settings, Server], None] | None = None,
 ) -> Danced:
     """Take the lock, fetch, dance, keep the report and push it. `done` is called with
-    the dance as far as it went, even when it was cut short by an error or a signal."""
+    the dance as far as it went, even when it was cut short by an error or a signal.
+    `then`: called after a dance that ran to its end, still under the lock and over its
+    connection to the server it danced from (a node plans the candidates there)."""
     meter = Meter()
     out.meter = meter
     started = utc_now()
@@ -139,6 +143,8 @@ def dance(
             problem = push_report(settings, plan.server, last)
             if problem is not None:
                 out.warning(str(problem))
+        if then is not None:
+            then(settings, plan.server)
     return danced
 
 

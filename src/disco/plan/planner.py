@@ -10,6 +10,7 @@ dance starts there from that copy, with base's records for what came before.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,15 +142,17 @@ def plan_node(
     request: PlanRequest,
     out: Sink,
     would: Callable[[], list[dict[str, str]]],
+    held: bool = False,
 ) -> NodePlan:
     """Plan `request.node`: fetch both trees, dance them NOOP, read the delta.
+    `held`: the caller holds the node's lock already (a dance planning candidates).
 
     `out` hears the dances' warnings, errors and progress (modules named `base/M` and
     `head/M`); `would()` is called once both dances are over and gives every `Would
     execute` line seen meanwhile, {"module", "command"}, modules named so (the CLI's
     DanceOutput.finish). This is what a node calls to plan a candidate in-process."""
     work = state.root / "plan.tmp"
-    with hold(state.lock, request.wait, out.warning):
+    with contextlib.nullcontext() if held else hold(state.lock, request.wait, out.warning):
         if work.exists():
             remove_tree(work)
         try:

@@ -76,7 +76,7 @@ def propose(root: Path, name: str, source: Path, replace: bool) -> Proposed:
             f"replace it (its plans are dropped): disco-server propose --replace {name}"
             f" {shlex.quote(str(source))}; or 'disco-server withdraw {name}' first",
         )
-    problems = tuple(tree_problems(source)[0])
+    problems = tuple(tree_problems(source))
     new, old = root / f".{CANDIDATES}.{name}.new", root / f".{CANDIDATES}.{name}.old"
     for leftover in (new, old):  # of a propose cut short
         if os.path.lexists(leftover):

@@ -1,61 +1,16 @@
-"""A candidate's fleet plan as files for a CI job (DESIGN §15): JUnit XML (a testsuite per
-node, a testcase per module its delta touches, a failure where head fails), a Markdown
-summary for a pull request (under GitHub's 65,536 characters: what it leaves out, it
-says), and an HTML page. `content` False: no diff in any of them."""
+"""A candidate's fleet plan as files for a CI job (DESIGN §15): a Markdown summary for a
+pull request, a group of nodes a section (under GitHub's 65,536 characters: what it
+leaves out, it says), and an HTML page. `content` False: no diff in them. (JUnit is the
+nodes' own plans, rendered as `disco plan` does: cli/fleet_plan.py.)"""
 
 from __future__ import annotations
 
 import html
-from xml.etree import ElementTree as ET
 
 from disco.server.plans import FAILURES, FleetPlan, Group, entry_text
 
 MARKDOWN_MAX = 60_000  # characters; a PR comment or job summary holds 65,536
 FENCE = "````"  # a diff holding ``` stays inside
-
-
-def junit(plan: FleetPlan, content: bool) -> str:
-    suites = ET.Element("testsuites", name=f"disco plan {plan.candidate}")
-    failures = 0
-    for g in plan.groups:
-        for node in g.nodes:
-            document = plan.plans.get(node, {})
-            suite = ET.SubElement(suites, "testsuite", name=node)
-            props = ET.SubElement(suite, "properties")
-            for side in ("base", "head"):
-                value = document.get(side, {})
-                uri = value.get("uri", "") if isinstance(value, dict) else ""
-                ET.SubElement(props, "property", name=side, value=str(uri))
-            ET.SubElement(props, "property", name="node", value=node)
-            ET.SubElement(props, "property", name="candidate", value=plan.candidate)
-            modules = sorted({str(e.get("module", "")) for e in document.get("delta", [])}
-                             | set(g.failed))  # fmt: skip
-            for module in modules or [""]:
-                case = ET.SubElement(suite, "testcase", classname=node, name=module or "no delta")
-                lines = [
-                    entry_text(e) for e in document.get("delta", []) if e.get("module") == module
-                ]
-                if content:
-                    lines += [e["diff"] for e in document.get("delta", [])
-                              if e.get("module") == module and e.get("diff")]  # fmt: skip
-                if lines:
-                    ET.SubElement(case, "system-out").text = "\n".join(lines)
-                if module in g.failed:
-                    ET.SubElement(case, "failure", message=f"head fails in module {module}")
-            bad = sum(1 for m in modules if m in g.failed)
-            failures += bad
-            suite.set("tests", str(len(modules) or 1))
-            suite.set("failures", str(bad))
-    if plan.unplanned:
-        suite = ET.SubElement(suites, "testsuite", name="not yet planned")
-        for n in plan.unplanned:
-            case = ET.SubElement(suite, "testcase", classname=n.node, name="plan")
-            ET.SubElement(case, "skipped", message=f"not yet planned: {n.reason}")
-        suite.set("tests", str(len(plan.unplanned)))
-        suite.set("skipped", str(len(plan.unplanned)))
-    suites.set("failures", str(failures))
-    ET.indent(suites)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"
 
 
 def title(g: Group) -> str:

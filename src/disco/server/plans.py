@@ -98,22 +98,48 @@ def read_plan(path: Path) -> dict[str, Any]:
 
 
 def check_document(document: Any) -> None:
-    """Raise ValueError unless `document` has the plan format's fields this reads."""
+    """Raise ValueError unless `document` has the plan format's fields, of their types:
+    what the grouping and the renderers read."""
     if not isinstance(document, dict) or document.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"format_version is not {FORMAT_VERSION}")
-    if not isinstance(document.get("node"), str):
-        raise ValueError("no node")
-    if not isinstance(document.get("delta"), list) or not isinstance(document.get("exit"), int):
-        raise ValueError("no delta or no exit")
+    for key, kind in (("node", str), ("created", str), ("delta", list), ("exit", int)):
+        if not isinstance(document.get(key), kind):
+            raise ValueError(f"no {key}")
+    for side in ("base", "head"):
+        value = document.get(side)
+        if not isinstance(value, dict) or not all(
+            isinstance(value.get(k), str) for k in ("uri", "hash")
+        ):
+            raise ValueError(f"{side} has no uri and hash")
+    failed = document.get("failed")
+    if not isinstance(failed, dict) or not all(strings(failed.get(k)) for k in ("base", "head")):
+        raise ValueError("failed is not base and head lists of modules")
+    if not strings(document.get("modules", [])):
+        raise ValueError("modules is not a list of modules")
     for entry in document["delta"]:
-        for key, kind in (("path", str), ("kind", str), ("what", list), ("summary", str)):
-            if not isinstance(entry.get(key), kind):
+        if not isinstance(entry, dict):
+            raise ValueError("a delta entry is not an object")
+        for key in ("path", "kind", "summary", "module"):
+            if not isinstance(entry.get(key), str):
                 raise ValueError(f"a delta entry without {key}")
-        if not isinstance(entry.get("diff", ""), str):
-            raise ValueError("a delta entry's diff is not text")
-    failed = document.get("failed", {}).get("head", [])
-    if not isinstance(failed, list) or not all(isinstance(m, str) for m in failed):
-        raise ValueError("failed.head is not a list of modules")
+        if not strings(entry.get("what")) or not isinstance(entry.get("diff", ""), str):
+            raise ValueError("a delta entry's what is not a list, or its diff not text")
+
+
+def strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def without_content(document: dict[str, Any]) -> dict[str, Any]:
+    """The document with no file content: diffs out of its delta, drift and records."""
+
+    def strip(record: Any) -> Any:
+        return (
+            {k: v for k, v in record.items() if k != "diff"} if isinstance(record, dict) else record
+        )
+
+    delta = [{k: strip(v) for k, v in strip(e).items()} for e in document["delta"]]
+    return {**document, "delta": delta, "drift": [strip(c) for c in document.get("drift", [])]}
 
 
 def key_entry(entry: dict[str, Any]) -> dict[str, Any]:

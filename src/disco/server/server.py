@@ -389,18 +389,24 @@ def check(root: Path | None, config: Path) -> list[Problem]:
     """Everything wrong with the server tree and its daemon configs, as data."""
     config = Path(os.path.abspath(config))
     root = locate(root, config)
-    found, modules = tree_problems(root)
+    found, modules = module_problems(root)
     main = read_config(config) or Config(config, None, None, {})
     for cfg in [main, *node_configs(config).values()]:
         found += config_problems(cfg, root, sorted(modules), config)
         if (n := cfg.node) and not (root / PARAMETERS / n).is_dir():
             hint = "create it, or remove the node's key from authorized_keys"
             found.append(Problem(f"node '{n}' has a key but no parameters/{n}/", hint))
-    return found
+    return found + node_problems(root, modules)
 
 
-def tree_problems(root: Path) -> tuple[list[Problem], dict[str, Module]]:
-    """What is wrong with a server tree (names, modules, requires), and its modules."""
+def tree_problems(root: Path) -> list[Problem]:
+    """What is wrong with a server tree (names, modules, requires), configs aside."""
+    found, modules = module_problems(root)
+    return found + node_problems(root, modules)
+
+
+def module_problems(root: Path) -> tuple[list[Problem], dict[str, Module]]:
+    """What is wrong with the modules of a server tree, and the modules."""
     names = listing(root / "modules")
     found = [p for p in (name_problem(n, "module name") for n in names) if p]
     modules: dict[str, Module] = {}
@@ -410,6 +416,12 @@ def tree_problems(root: Path) -> tuple[list[Problem], dict[str, Module]]:
         except DiscoError as e:
             found.append(Problem(e.message, e.hint))
             modules[name] = Module(name, root / "modules" / name, ())
+    return found, modules
+
+
+def node_problems(root: Path, modules: dict[str, Module]) -> list[Problem]:
+    """What is wrong with the nodes of a server tree, and the requires between modules."""
+    found: list[Problem] = []
     for node in listing(root / PARAMETERS):
         bad = name_problem(node, "node name")
         wanted = [] if bad else listing(root / PARAMETERS / node / "modules", dirs=False)
@@ -427,7 +439,7 @@ def tree_problems(root: Path) -> tuple[list[Problem], dict[str, Module]]:
     if len(circuits) > CYCLES_SHOWN:
         found.append(Problem(f"more requires cycles than these {CYCLES_SHOWN}",
                              "break these, then check again"))  # fmt: skip
-    return found, modules
+    return found
 
 
 CYCLES_SHOWN = 20  # a tangle of modules has more cycles than anyone reads
