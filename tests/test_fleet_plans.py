@@ -221,14 +221,14 @@ def test_a_nodes_key_reads_only_its_own_candidate_parameters_and_writes_only_its
         own = tmp_path / "web01.json"
         own.write_text('{"mine": true}\n')
         assert fleet.rsync("web01", str(own), "::plans/pr-2/web01.json").returncode == 0
-        for source, dest in (
+        for payload, dest in (
             (forged, "::plans/pr-2/web02.json"),
             (own, "::plans/pr-3/web01.json"),  # no such candidate: no directory made
             (own, "::plans/web01.json"),
             (own, "::plans/pr-2/../web01.json"),
             (own, "::candidates/pr-2/web01.json"),
         ):
-            assert fleet.rsync("web01", str(source), dest).returncode != 0, dest
+            assert fleet.rsync("web01", str(payload), dest).returncode != 0, dest
         tree = tmp_path / "tree" / "pr-9"
         tree.mkdir(parents=True)
         shutil.copy(own, tree / "web01.json")
