@@ -225,9 +225,10 @@ def test_a_seed_dance_over_ssh_opens_one_connection_for_all_its_rsyncs(
         result = dance(cmd, state, noop=True, debug=True)
         assert result.returncode == 0, result.stderr
         rsyncs = sum(line.startswith("debug: run: rsync ") for line in result.stderr.splitlines())
-        # The node's parameters, each of the two modules, then the report's push (which
-        # the seed's rsyncd.conf, without [reports], declines): all over one connection.
-        assert rsyncs == 4
+        # The node's parameters, each of the two modules, then the report's push and the
+        # candidates' listing (which the seed's rsyncd.conf, without [reports] nor
+        # [candidates], declines): all over one connection.
+        assert rsyncs == 5
         assert sshd_server.sessions() - before == SESSIONS_PER_SEED_DANCE, result.stderr
     # The shared connection is closed when the dance ends: its socket is gone.
     control = Path(re.findall(r"ControlPath=(\S+)/%C", result.stderr)[-1])
