@@ -90,9 +90,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 def dance(
-    cmd: Run, tmp_path: Path, fleet: Fleet, node: str, root: Path, *extra: str
+    cmd: Run,
+    tmp_path: Path,
+    fleet: Fleet,
+    node: str,
+    root: Path,
+    *extra: str,
+    flags: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """A NOOP dance of `node` with its own key and state, on the scratch root."""
+    """A NOOP dance of `node` with its own key and state, on the scratch root; `extra`:
+    settings and their values; `flags`: more of `disco dance`'s."""
     state = tmp_path / f"state-{node}"
     for key, value in (
         ("disco/server/uri", fleet.server.uri),
@@ -102,7 +109,7 @@ def dance(
         result = cmd("disco-param", "--state-dir", str(state), "set", key, value)
         assert result.returncode == 0, result.stderr
     return cmd("disco", "--state-dir", str(state), "dance", "--node", node, "--noop",
-               "--root", str(root))  # fmt: skip
+               "--root", str(root), *flags)  # fmt: skip
 
 
 def propose(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
