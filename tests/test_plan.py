@@ -13,7 +13,7 @@ from plans import BASE, NODE, Spec, by_path, exact_state, make_server, plan, pla
 
 def head_spec() -> Spec:
     """BASE with one change of each kind, a new Would-execute line and a failing module."""
-    spec = json.loads(json.dumps(BASE))
+    spec: Spec = json.loads(json.dumps(BASE))
     spec["alpha"]["files/etc/alpha.conf"] = "alpha 2\n"  # content
     spec["alpha"]["files/etc/alpha-new.conf"] = "new\n"  # added
     del spec["gamma"]["files/etc/gamma-gone"]  # removed
