@@ -20,10 +20,12 @@ from disco.cli.stdio import DanceStdio
 from disco.client.state import State, default_node, load_settings
 from disco.client.transport import with_ssh_port
 from disco.dance import run
-from disco.dance.dance import Options, Outcome
+from disco.dance.dance import Drifted, Options, Outcome
 from disco.dance.run import Danced, Request
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
 from disco.live import history
+from disco.plan.saved import Guard, check_age, check_head, load, max_age
+from disco.plan.trees import tree_hash
 from disco.report.metrics import DanceReport
 from disco.tree.names import check_node
 
@@ -106,6 +108,11 @@ def build() -> argparse.ArgumentParser:
         action="store_true",
         help="print the changes and the outcome as one JSON document; other lines to stderr",
     )
+    s.add_argument(
+        "--plan",
+        metavar="FILE",
+        help="apply exactly the plan 'disco plan --out FILE' saved, or refuse (exit 5)",
+    )
     undo.add_wait(s)
     report.add_parser(subs)
     plan_cli.add_parser(subs)
@@ -149,9 +156,13 @@ def dance(args: argparse.Namespace, document: dict[str, Any] | None) -> int:
             "--effects run: a NOOP dance never runs outside effects",
             "drop --effects run, or dance live",
         )
+    saved = applying(args, node, root, noop) if args.plan else None
     # Settings are read (and checked) before the lock is taken: a bad URI or a missing
     # server setting leaves a machine without state as it was.
-    settings = load_settings(state.params(), args.server, args.timeout)
+    servers = [saved["plan"]["head"]["uri"]] if saved else args.server
+    settings = load_settings(state.params(), servers, args.timeout)
+    if saved is not None:
+        check_age(saved, max_age(state.params()))
     limit = history.max_bytes(state.params())
     if args.port is not None:
         servers = tuple(with_ssh_port(s, args.port, "--port") for s in settings.servers)
@@ -174,6 +185,10 @@ def dance(args: argparse.Namespace, document: dict[str, Any] | None) -> int:
         diff=args.diff,
         effects=args.effects,
         detailed=args.detailed_exitcodes,
+        guard=None if saved is None else Guard(saved),
+        fetched=None
+        if saved is None
+        else lambda s, p: check_head(saved, tree_hash(s, node, p.modules)),
     )
 
     def done(danced: Danced) -> None:
@@ -189,6 +204,29 @@ def dance(args: argparse.Namespace, document: dict[str, Any] | None) -> int:
         raise
     finally:
         out.finish()
+
+
+def applying(args: argparse.Namespace, node: str, root: Path, noop: bool) -> dict[str, Any]:
+    """The saved plan of `--plan FILE`, for this node and root, with no flag against it."""
+    saved = load(Path(args.plan))
+    for flag, given in (("--server", args.server), ("--module", args.module), ("--noop", noop)):
+        if given:
+            raise UsageError(
+                f"--plan with {flag}: a plan names its head tree and applies all of it, live",
+                f"drop {flag}" + (" (and NOOP)" if flag == "--noop" else ""),
+            )
+    plan = saved["plan"]
+    if plan.get("node") != node:
+        raise UsageError(
+            f"--plan {args.plan} was made for node '{plan.get('node')}', not '{node}'",
+            f"apply it on that node, or give --node {plan.get('node')}",
+        )
+    if plan.get("root") != str(root):
+        raise UsageError(
+            f"--plan {args.plan} was made for root {plan.get('root')}, not {root}",
+            f"give --root {plan.get('root')}",
+        )
+    return saved
 
 
 def dance_json(
@@ -261,7 +299,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         status = dance(args, document)
     except DiscoError as e:
-        if detailed:  # Puppet's meaning: 1, the dance could not run
+        if detailed and not isinstance(e, Drifted):  # Puppet's 1: the dance could not run
             e.status = EXIT_FAILED
         refused(e)
         raise

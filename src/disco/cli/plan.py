@@ -125,6 +125,7 @@ def write_outputs(args: argparse.Namespace, result: NodePlan) -> None:
     say = Output()
     for kind, text in text_lines(document):
         getattr(say, kind)(text)
+    say.info(f"{result.shared} of {len(result.head.names)} module(s) danced once for both trees")
 
 
 def print_json(document: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from disco.client.fetch import fetch, one_connection
+from disco.client.fetch import Plan, fetch, one_connection
 from disco.client.lock import hold
 from disco.client.push import push_report
 from disco.client.state import Settings, State
@@ -56,6 +56,7 @@ class Request:
     effects: str | None = None
     detailed: bool = False  # --detailed-exitcodes
     guard: Guard | None = None  # live: checks each step's changes before its commit
+    fetched: Callable[[State, Plan], None] | None = None  # checks what was fetched
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ def dance(
     with hold(state.lock, request.wait, out.warning), one_connection(state, settings) as settings:
         with meter.measure("_internal", "fetch_params"):  # the seed's name; modules too
             plan = fetch(state, request.node, settings)
+        if request.fetched is not None:
+            request.fetched(state, plan)
         for failure in plan.passed_over:
             out.warning(f"{failure.message}; passed over")
         if len(settings.servers) > 1:  # with failover, say which one it was

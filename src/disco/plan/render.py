@@ -54,7 +54,7 @@ def text_lines(document: Document) -> list[tuple[str, str]]:
         out.append(
             (
                 "warning",
-                f"Drift (base changes it too): {change['module']}: {change['step']}:"
+                f"Drift (base alone would change it): {change['module']}: {change['step']}:"
                 f" {change['path']} : {change['kind']}",
             )
         )
