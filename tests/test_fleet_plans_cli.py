@@ -15,6 +15,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
+from junitparser import Failure, JUnitXml, Skipped
 
 from conftest import Run, assert_one_error
 from test_server import make_key
@@ -211,6 +212,26 @@ def test_plan_splits_groups_on_any_difference_and_exits_for_failures(srv: Server
     assert "report:   head fails: module ntp" in text.stdout
     assert "report: no change on 1 node: web05" in text.stdout
     assert srv.run("plan", "pr-1").returncode == 1  # head fails somewhere
+
+
+def test_plan_junit_is_read_by_a_junit_consumer(srv: Server, tmp_path: Path) -> None:
+    srv.ok("propose", "pr-1", str(srv.checkout))
+    srv.push("web01", plan("web01", [ntp()]))
+    srv.push("web04", plan("web04", [ntp()], head_fails=("ntp",)))
+    out = tmp_path / "plan.xml"
+    assert srv.run("plan", "pr-1", "--junit", str(out)).returncode == 1
+    suites = {suite.name: suite for suite in JUnitXml.fromfile(str(out))}
+    assert sorted(suites) == ["disco plan web01", "disco plan web04", "not yet planned"]
+    props = {p.name: p.value for p in suites["disco plan web04"].properties()}  # type: ignore[no-untyped-call]
+    assert props == {"node": "web04", "base": f"disco@server {'a' * 64}",
+                     "head": f"disco@server candidate pr-1 {'b' * 64}"}  # fmt: skip
+    cases = {case.name: case for case in suites["disco plan web04"]}
+    assert [type(r) for r in cases["ntp"].result] == [Failure]
+    assert not cases["motd"].result
+    assert "/etc/ntp.conf changed" in (cases["ntp"].system_out or "")
+    waiting = list(suites["not yet planned"])
+    assert len(waiting) == 10 and all(type(c.result[0]) is Skipped for c in waiting)
+    assert waiting[0].classname == "web02" and suites["not yet planned"].skipped == 10
 
 
 def test_plan_lists_damaged_and_foreign_plans_as_problems(srv: Server) -> None:
