@@ -148,6 +148,13 @@ def test_a_fleet_plans_a_candidate_and_the_server_groups_the_nodes_by_delta(
                 planned = f"info: Planned candidate pr-1 ({why}): pushed to plans/pr-1/{node}.json"
                 assert f"{planned} on {fleet.server.uri}" in result.stdout.splitlines()
         assert sorted(os.listdir(fleet.plans())) == ["web01.json", "web02.json"]
+        # A node plans a candidate once: again only when one of its trees changes.
+        first = (fleet.plans() / "web01.json").read_bytes()
+        again = dance(cmd, tmp_path, fleet, "web01", scratch_root)
+        assert (
+            "info: Candidate pr-1: planned already, and neither tree changed since" in again.stdout
+        )
+        assert (fleet.plans() / "web01.json").read_bytes() == first
         pushed = json.loads((fleet.plans() / "web01.json").read_text())
         assert pushed["node"] == "web01" and pushed["format_version"] == 1
         assert [d["path"] for d in pushed["delta"]] == ["/etc/ntp.conf"]

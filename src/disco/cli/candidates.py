@@ -32,6 +32,12 @@ def after_dance(
                 hint = f"; {done.problem.hint}" if done.problem.hint else ""
                 what = "candidates" if done.name == "*" else f"candidate {done.name}"
                 say.warning(f"{what}: not planned: {done.problem.message}{hint}")
+            elif not done.again:
+                if not args.quiet:
+                    say.info(
+                        f"Candidate {done.name}: planned already, and neither tree changed"
+                        f" since (plans/{done.name}/{node}.json on {server.uri})"
+                    )
             elif done.pushed:
                 say.info(
                     f"Planned candidate {done.name} ({done.affects}):"

@@ -11,11 +11,13 @@ the reports: a local directory or a plain rsync:// daemon has no area a node alo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from disco.client.transport import (
     without_quiet,
 )
 from disco.errors import DiscoError
-from disco.files import remove_tree
+from disco.files import remove_tree, write_atomic
 from disco.tree.modules import Module, load_module
 from disco.tree.names import is_hidden, is_name
 from disco.tree.order import first_level, next_level
@@ -59,23 +61,24 @@ def enabled(store: ParamStore) -> bool:
     return value not in OFF
 
 
-def open_candidates(settings: Settings, server: Server) -> list[str]:
-    """The candidates `server` shows this node's key: none from a server without them."""
+def open_candidates(settings: Settings, server: Server) -> dict[str, str]:
+    """The candidates `server` shows this node's key, each with the time it was proposed:
+    none from a server without them."""
     if server.kind is not Kind.SSH:
-        return []
+        return {}
     rsync = with_port(without_quiet(settings.rsync), server.port)  # -q hides the list
     argv = [*rsync, "--list-only", "--no-recursive", "--dirs"]
     argv += [] if has_rsh(rsync) else ["--rsh=ssh"]
     try:
         listed = rpc([*argv, f"{server.base}{CANDIDATES}/"], server)
     except Missing:  # a server older than candidates, or set up by hand: none
-        return []
-    names = []
+        return {}
+    names = {}
     for line in listed.splitlines():  # `drwxr-x---  4,096 2026/12/06 21:00:00 NAME`
         words = line.split(None, 4)
         if len(words) == 5 and words[0].startswith("d") and is_name(words[4]):
-            names.append(words[4])
-    return sorted(set(names) - {"."})
+            names[words[4]] = f"{words[2]} {words[3]}"
+    return dict(sorted(names.items()))
 
 
 def digest(path: Path) -> str:
@@ -218,6 +221,7 @@ class Reviewed:
     affects: str  # how it changes this node's dance; "" if it does not (nothing planned)
     pushed: bool  # its plan is on the server, as plans/NAME/NODE.json
     problem: DiscoError | None  # why it could not be planned or pushed
+    again: bool = True  # planned by this dance; False: pushed before, neither tree changed
 
 
 Planner = Callable[[str, Path], dict[str, Any]]  # (candidate, its tree) -> plan document
@@ -234,7 +238,8 @@ def review(
     except DiscoError as e:
         yield Reviewed("*", "", False, DiscoError(f"cannot list the candidates: {e.message}"))
         return
-    for name in names:
+    forget(state, set(names))
+    for name, proposed in names.items():
         work = Path(tempfile.mkdtemp(prefix=".candidate-", dir=state.root))
         affects = ""
         try:
@@ -247,10 +252,16 @@ def review(
                 gone = f"node '{node}' is not in it: merged, it leaves this node no parameters"
                 yield Reviewed(name, affects, False, DiscoError(gone))
                 continue
+            key = memo_key(state.root, fetched.tree, node, proposed)
+            if recalled(state, name) == key:
+                yield Reviewed(name, affects, True, None, again=False)
+                continue
             document = work / f"{name}.json"
             text = json.dumps(plan(name, fetched.tree), indent=2, sort_keys=True) + "\n"
             document.write_text(text, errors="surrogateescape")
             problem = push_plan(settings, server, name, node, document)
+            if problem is None:
+                remember(state, name, key)
             yield Reviewed(name, affects, problem is None, problem)
         except DiscoError as e:
             yield Reviewed(name, affects, False, e)
@@ -258,3 +269,45 @@ def review(
             yield Reviewed(name, affects, False, DiscoError(f"{e.filename}: {e.strerror}"))
         finally:
             remove_tree(work)
+
+
+# A plan is made again only when a tree changed, or a day after the last: a node plans a
+# candidate once, not at every dance, and its plan stays fresh all the same.
+MEMO = "candidates"  # STATE/candidates/NAME: the trees of the last plan pushed of NAME
+REFRESH = 24 * 3600.0  # seconds
+
+
+def memo_key(live: Path, candidate: Path, node: str, proposed: str) -> str:
+    """The node's two trees (its parameters and modules in each) and when the candidate
+    was proposed (a candidate replaced by the same tree has lost its plans)."""
+    h = hashlib.sha256(f"{proposed}\n".encode())
+    for tree in (live, candidate):
+        h.update(digest(tree / "parameters" / node).encode())
+        for name, module in sorted(closure(tree, node).items()):
+            h.update(f"{name} {digest(module.path)}\n".encode())
+    return h.hexdigest()
+
+
+def recalled(state: State, name: str) -> str:
+    """The key of the last plan of `name` pushed, if recent enough; "" if none."""
+    memo = state.root / MEMO / name
+    try:
+        if time.time() - memo.stat().st_mtime < REFRESH:
+            return memo.read_text().strip()
+    except OSError:
+        pass
+    return ""
+
+
+def remember(state: State, name: str, key: str) -> None:
+    (state.root / MEMO).mkdir(mode=0o700, exist_ok=True)
+    write_atomic(state.root / MEMO / name, f"{key}\n".encode(), 0o600)
+
+
+def forget(state: State, open_names: set[str]) -> None:
+    """Drop what is remembered of candidates no longer open."""
+    where = state.root / MEMO
+    for name in os.listdir(where) if where.is_dir() else ():
+        if name not in open_names:
+            with contextlib.suppress(OSError):
+                os.unlink(where / name)
