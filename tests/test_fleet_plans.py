@@ -169,7 +169,7 @@ def test_a_fleet_plans_a_candidate_and_the_server_groups_the_nodes_by_delta(
                             " planned, 1 unaffected")  # fmt: skip
         assert "report: /etc/ntp.conf -1 +1 on 2 nodes: web01 web02" in lines
         assert "-server 10.0.0.1 iburst" in lines and "+server 10.0.0.2 iburst" in lines
-        assert "warning: web03: not yet planned (module ntp differs)" in lines
+        assert "warning: not yet planned on 1 node(s): web03 (module ntp differs)" in lines
         assert (
             "info: unaffected: db01 (its modules and parameters are identical in both trees)"
             in lines

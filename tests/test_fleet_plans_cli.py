@@ -182,7 +182,7 @@ def test_plan_groups_nodes_by_identical_delta(srv: Server) -> None:
     nine = " ".join(srv.webs[:9])
     assert lines[1] == f"report: /etc/ntp.conf -1 +1 on 11 nodes: {nine} ... web11"
     assert lines[2:6] == ["1c1", "< server 10.0.0.1", "---", "> server 10.0.0.2"]
-    assert "warning: web12: not yet planned (module ntp differs)" in lines
+    assert "warning: not yet planned on 1 node(s): web12 (module ntp differs)" in lines
     assert (
         "info: unaffected: db01 db02 (its modules and parameters are identical in both trees)"
         in lines
@@ -232,6 +232,9 @@ def test_plan_junit_is_read_by_a_junit_consumer(srv: Server, tmp_path: Path) -> 
     waiting = list(suites["not yet planned"])
     assert len(waiting) == 10 and all(type(c.result[0]) is Skipped for c in waiting)
     assert waiting[0].classname == "web02" and suites["not yet planned"].skipped == 10
+    ten = " ".join(n for n in srv.webs if n not in ("web01", "web04"))
+    said = srv.run("plan", "pr-1").stdout  # the waiting nodes, one line a reason
+    assert f"warning: not yet planned on 10 node(s): {ten} (module ntp differs)\n" in said
 
 
 def test_plan_lists_damaged_and_foreign_plans_as_problems(srv: Server) -> None:

@@ -78,8 +78,11 @@ def print_plan(out: Output, plan: FleetPlan, content: bool) -> None:
     )
     for g in plan.groups:
         print_group(out, g, content)
-    for n in plan.unplanned:
-        out.warning(f"{n.node}: not yet planned ({n.reason})")
+    waiting: dict[str, list[str]] = {}
+    for n in plan.unplanned:  # one line a reason: a fleet of a thousand is read at a glance
+        waiting.setdefault(n.reason, []).append(n.node)
+    for reason, nodes in waiting.items():
+        out.warning(f"not yet planned on {len(nodes)} node(s): {names(tuple(nodes))} ({reason})")
     if plan.unaffected:
         nodes = tuple(n.node for n in plan.unaffected)
         out.info(f"unaffected: {names(nodes)} ({plan.unaffected[0].reason})")

@@ -110,42 +110,57 @@ def content_hash(path: Path) -> bytes:
     return h.digest()
 
 
-def closure(tree: Path, node: str) -> dict[str, Module]:
+Loaded = dict[tuple[str, str], "Module | None"]  # (tree, module name): None if it lacks it
+
+
+def closure(tree: Path, node: str, loaded: Loaded | None = None) -> dict[str, Module]:
     """The modules `node` dances from server tree `tree` (its modules map and all they
-    require, transitively); a module the tree lacks is left out: the dance names it."""
+    require, transitively); a module the tree lacks is left out: the dance names it.
+    `loaded`: modules read already (a fleet's nodes share most)."""
+    loaded = {} if loaded is None else loaded
     where = tree / "parameters" / node / "modules"
     roots = (
         [n for n in os.listdir(where) if not is_hidden(n) and is_name(n)] if where.is_dir() else []
     )
     found: dict[str, Module] = {}
     level = first_level(roots)
+    top = str(tree)
     while level:
         for name in level:
-            path = tree / "modules" / name
-            found[name] = load_module(path, name) if path.is_dir() else Module(name, path, ())
+            if (top, name) not in loaded:
+                path = tree / "modules" / name
+                loaded[top, name] = load_module(path, name) if path.is_dir() else None
+            found[name] = loaded[top, name] or Module(name, tree / "modules" / name, ())
         level = next_level(level, found)
-    return {name: m for name, m in found.items() if m.path.is_dir()}
+    return {name: m for name, m in found.items() if loaded[top, name] is not None}
 
 
-def difference(live: Path, candidate: Path, node: str) -> str:
+def difference(
+    live: Path,
+    candidate: Path,
+    node: str,
+    hash_of: Callable[[Path], str] = digest,
+    loaded: Loaded | None = None,
+) -> str:
     """How `node`'s dance of server tree `candidate` differs from its dance of `live`
-    (its parameters, its modules); "" if it does not."""
+    (its parameters, its modules); "" if it does not. `hash_of` (`digest`, or one that
+    remembers) and `loaded` (modules read) serve a whole fleet."""
     mine = Path("parameters") / node
     if not (candidate / mine).is_dir():
         return "not in the candidate (no parameters there)"
     if not (live / mine).is_dir():
         return "new in the candidate"
-    why = ["its parameters differ"] if digest(live / mine) != digest(candidate / mine) else []
+    why = ["its parameters differ"] if hash_of(live / mine) != hash_of(candidate / mine) else []
     try:
-        before, after = closure(live, node), closure(candidate, node)
+        before, after = closure(live, node, loaded), closure(candidate, node, loaded)
     except DiscoError as e:
-        return f"{'; '.join(why)}{'; ' if why else ''}a module cannot be read ({e.message})"
+        return "; ".join([*why, f"a module cannot be read ({e.message})"])
     added = sorted(set(after) - set(before))
     dropped = sorted(set(before) - set(after))
     changed = [
         name
         for name in sorted(set(before) & set(after))
-        if digest(before[name].path) != digest(after[name].path)
+        if hash_of(before[name].path) != hash_of(after[name].path)
     ]
     why += (
         [f"module {' '.join(changed)} differ{'s' if len(changed) == 1 else ''}"] if changed else []

@@ -9,12 +9,13 @@ change afterwards without changing what the nodes plan. `withdraw NAME` removes 
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from disco.client.candidates import difference
+from disco.client.candidates import Loaded, difference, digest
 from disco.errors import CommandError, DiscoError, UsageError
 from disco.files import remove_tree
 from disco.run import run
@@ -145,4 +146,6 @@ def reach(root: Path, name: str) -> list[Reach]:
     if not candidate.is_dir():
         raise unknown(root, name)
     nodes = sorted(set(listing(root / PARAMETERS)) | set(listing(candidate / PARAMETERS)))
-    return [Reach(node, difference(root, candidate, node)) for node in nodes]
+    hash_of = functools.lru_cache(maxsize=None)(digest)  # each module once, not once a node
+    loaded: Loaded = {}
+    return [Reach(node, difference(root, candidate, node, hash_of, loaded)) for node in nodes]
