@@ -81,8 +81,8 @@ def print_plan(out: Output, plan: FleetPlan, content: bool) -> None:
     waiting: dict[str, list[str]] = {}
     for n in plan.unplanned:  # one line a reason: a fleet of a thousand is read at a glance
         waiting.setdefault(n.reason, []).append(n.node)
-    for reason, nodes in waiting.items():
-        out.warning(f"not yet planned on {len(nodes)} node(s): {names(tuple(nodes))} ({reason})")
+    for reason, these in waiting.items():
+        out.warning(f"not yet planned on {len(these)} node(s): {names(tuple(these))} ({reason})")
     if plan.unaffected:
         nodes = tuple(n.node for n in plan.unaffected)
         out.info(f"unaffected: {names(nodes)} ({plan.unaffected[0].reason})")
