@@ -150,7 +150,11 @@ def test_a_fleet_plans_a_candidate_and_the_server_groups_the_nodes_by_delta(
         assert sorted(os.listdir(fleet.plans())) == ["web01.json", "web02.json"]
         # A node plans a candidate once: again only when one of its trees changes.
         first = (fleet.plans() / "web01.json").read_bytes()
+        stale = tmp_path / "state-web01" / ".candidate-killed"  # a dance killed mid-plan left it
+        (stale / "tree").mkdir(parents=True)
         again = dance(cmd, tmp_path, fleet, "web01", scratch_root)
+        assert not stale.exists()
+        assert not list((tmp_path / "state-web01").glob(".candidate-*"))
         assert (
             "info: Candidate pr-1: planned already, and neither tree changed since" in again.stdout
         )

@@ -150,6 +150,15 @@ def test_propose_without_an_initialised_server_says_how(cmd: Run, tmp_path: Path
     assert_one_error(result, 1, "no server directory given", "disco-server init DIR")
 
 
+def test_propose_copies_a_symlinked_part_as_a_directory(srv: Server, tmp_path: Path) -> None:
+    shutil.move(str(srv.checkout / "modules"), tmp_path / "modules-elsewhere")
+    (srv.checkout / "modules").symlink_to(tmp_path / "modules-elsewhere")
+    srv.ok("propose", "pr-1", str(srv.checkout))
+    modules = srv.root / "candidates" / "pr-1" / "modules"
+    assert modules.is_dir() and not modules.is_symlink()
+    assert sorted(os.listdir(modules)) == ["motd", "ntp"]
+
+
 def test_propose_replace_drops_the_old_plans(srv: Server) -> None:
     srv.ok("propose", "pr-1", str(srv.checkout))
     srv.push("web01", plan("web01", [ntp()]))

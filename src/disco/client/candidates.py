@@ -254,6 +254,8 @@ def review(
         yield Reviewed("*", "", False, DiscoError(f"cannot list the candidates: {e.message}"))
         return
     forget(state, set(names))
+    for left in state.root.glob(".candidate-*"):  # of a dance killed while it planned
+        remove_tree(left)
     for name, proposed in names.items():
         work = Path(tempfile.mkdtemp(prefix=".candidate-", dir=state.root))
         affects = ""

@@ -87,8 +87,9 @@ def propose(root: Path, name: str, source: Path, replace: bool) -> Proposed:
         (root / PLANS).mkdir(mode=0o750, exist_ok=True)
         new.mkdir(mode=0o750)
         # -a without owners: the server's user owns the copy, as it owns the live tree.
-        argv = ["rsync", "-rlptD", "--delete", *(f"{source}/{p}" for p in TREE), f"{new}/"]
-        run(argv)
+        # Each part by its content ('/'): a symlinked parameters/ becomes a directory.
+        for part in TREE:
+            run(["rsync", "-rlptD", "--delete", f"{source}/{part}/", f"{new}/{part}/"])
         replaced = target.exists()
         if replaced:
             os.rename(target, old)
