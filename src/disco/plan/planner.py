@@ -1,9 +1,10 @@
 """`disco plan`: NOOP-dance the base tree and the head tree over the same state of the root
 and say where head ends differently (DESIGN §15).
 
-Both trees are fetched into scratch states inside the node's state (never over its own
-copies); the node's lock is held throughout, so no live dance changes the root between
-the two dances. The modules both dances start with alike are danced once (trees.py):
+Both trees are fetched into states of their own inside the node's state, `plans/base`
+and `plans/head` (never over its own copies; kept from one plan to the next). The
+node's lock is held throughout, so no live dance changes the root between the two
+dances. The modules both dances start with alike are danced once (trees.py):
 base's dance copies its layer when it reaches the first module that differs, and head's
 dance starts there from that copy, with base's records for what came before.
 """
@@ -28,7 +29,7 @@ from disco.engine.sandbox import upper_of
 from disco.files import remove_tree
 from disco.plan.delta import Delta, read_delta
 from disco.plan.saved import step_entry
-from disco.plan.trees import shared_prefix, tree_hash
+from disco.plan.trees import module_hashes, shared_prefix, tree_hash
 from disco.report.metrics import Meter
 from disco.run import run
 
@@ -151,17 +152,13 @@ def plan_node(
     `head/M`); `would()` is called once both dances are over and gives every `Would
     execute` line seen meanwhile, {"module", "command"}, modules named so (the CLI's
     DanceOutput.finish). This is what a node calls to plan a candidate in-process."""
-    work = state.root / "plan.tmp"
+    work = state.root / "plans"
     with contextlib.nullcontext() if held else hold(state.lock, request.wait, out.warning):
-        if work.exists():
-            remove_tree(work)
         try:
             return _plan(state, request, out, would, work)
         finally:
-            for side in ("base", "head"):
+            for side in ("base", "head"):  # the dances' tmpfs, in our mount namespace
                 run(["umount", "-l", str(work / side / "txn" / "run")], check=False)
-            if work.exists():
-                remove_tree(work)
 
 
 def _plan(
@@ -172,24 +169,29 @@ def _plan(
     work: Path,
 ) -> NodePlan:
     created = utc_now()
+    # The trees' copies are kept from one plan to the next, as the node keeps its own:
+    # a fetch then brings only what changed.
     states = {"base": State(work / "base"), "head": State(work / "head")}
     plans: dict[str, Plan] = {}
     for side, settings in (("base", request.base), ("head", request.head)):
         scratch = states[side]
         scratch.create()
+        if (scratch.parameters / "disco").exists():
+            remove_tree(scratch.parameters / "disco")
         if (state.parameters / "disco").is_dir():  # the client settings steps see
             shutil.copytree(state.parameters / "disco", scratch.parameters / "disco", symlinks=True)
         plans[side] = fetch(scratch, request.node, settings)
     base = Side(request.base.servers[0].uri, names=plans["base"].names)
     head = Side(request.head.servers[0].uri, names=plans["head"].names)
-    base.hash = tree_hash(states["base"], request.node, plans["base"].modules)
-    head.hash = tree_hash(states["head"], request.node, plans["head"].modules)
+    hashes = (module_hashes(plans["base"].modules), module_hashes(plans["head"].modules))
+    base.hash = tree_hash(states["base"], request.node, plans["base"].modules, hashes[0])
+    head.hash = tree_hash(states["head"], request.node, plans["head"].modules, hashes[1])
     shared = shared_prefix(
         (states["base"], plans["base"].modules), (states["head"], plans["head"].modules),
-        request.node,
+        request.node, hashes,
     )  # fmt: skip
     same = base.hash == head.hash and shared == len(plans["base"].modules)
-    split = Split(shared, work / "split")
+    split = Split(shared, states["base"].txn / "run" / "split")  # on base's tmpfs
     taps = {"base": Tap(out, "base"), "head": Tap(out, "head")}
     base_dance = _dance(states["base"], plans["base"], request, state, taps["base"], base,
                         save=split if 0 < shared and not same else None)  # fmt: skip

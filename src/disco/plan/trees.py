@@ -46,11 +46,14 @@ def module_hashes(modules: Sequence[Module]) -> list[tuple[str, str]]:
     return [(module.name, dir_hash(module.path)) for module in modules]
 
 
-def tree_hash(state: State, node: str, modules: Sequence[Module]) -> str:
-    """The hash of what a node dances: its parameters tree, then each module in order."""
+def tree_hash(
+    state: State, node: str, modules: Sequence[Module], hashes: list[tuple[str, str]] | None = None
+) -> str:
+    """The hash of what a node dances: its parameters tree, then each module in order
+    (`hashes`: module_hashes(modules), if known)."""
     digest = hashlib.sha256()
     digest.update(f"node {node}\n{dir_hash(state.parameters / node)}\n".encode())
-    for name, value in module_hashes(modules):
+    for name, value in module_hashes(modules) if hashes is None else hashes:
         digest.update(f"module {name} {value}\n".encode())
     return digest.hexdigest()
 
@@ -62,7 +65,10 @@ def steps_see(state: State, node: str, modules: Sequence[Module]) -> str:
 
 
 def shared_prefix(
-    base: tuple[State, Sequence[Module]], head: tuple[State, Sequence[Module]], node: str
+    base: tuple[State, Sequence[Module]],
+    head: tuple[State, Sequence[Module]],
+    node: str,
+    hashes: tuple[list[tuple[str, str]], list[tuple[str, str]]] | None = None,
 ) -> int:
     """How many modules at the start of both dances are the same steps on the same lower
     state, so that they give the same layers and are danced once.
@@ -77,8 +83,9 @@ def shared_prefix(
     (base_state, base_modules), (head_state, head_modules) = base, head
     if steps_see(base_state, node, base_modules) != steps_see(head_state, node, head_modules):
         return 0
+    ones, others = hashes or (module_hashes(base_modules), module_hashes(head_modules))
     count = 0
-    for one, other in zip(module_hashes(base_modules), module_hashes(head_modules)):
+    for one, other in zip(ones, others):
         if one != other:
             break
         count += 1
