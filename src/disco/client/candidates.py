@@ -46,7 +46,6 @@ CANDIDATES = "candidates"  # the rsync modules, as disco-server writes them
 PLANS = "plans"
 SETTING = ("disco", "client", "plan", "candidates")
 OFF = ("false", "no", "off", "0")
-UNAFFECTED = "its modules and parameters are identical in both trees"
 
 
 def enabled(store: ParamStore) -> bool:
