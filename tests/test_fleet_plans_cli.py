@@ -18,6 +18,8 @@ import pytest
 from junitparser import Failure, JUnitXml, Skipped
 
 from conftest import Run, assert_one_error
+from disco.server import plan_pages
+from disco.server.plans import FleetPlan, Node, group
 from test_server import make_key
 
 NTP_DIFF = "1c1\n< server 10.0.0.1\n---\n> server 10.0.0.2\n"
@@ -334,3 +336,14 @@ def test_check_names_a_node_config_written_before_candidates(srv: Server) -> Non
         )
     srv.ok("sync")
     assert srv.ok("check").startswith("info: server")
+
+
+def test_markdown_keeps_what_a_node_wrote_inside_its_code_and_counts_long_lists() -> None:
+    hostile = {**ntp("````` not the end\n"), "path": "/etc/a`b"}
+    many = tuple(Node(f"n{i:04}", "module ntp differs") for i in range(1000))
+    fleet = FleetPlan("pr-1", group({"web01": plan("web01", [hostile])}), many, (), ())
+    text = plan_pages.markdown(fleet, content=True)
+    assert "`/etc/a'b -1 +1`" in text
+    assert "``````diff\n````` not the end\n``````" in text
+    assert "- module ntp differs: `n0000`" in text and ", `n0029` and 970 more" in text
+    assert len(text) < 5000

@@ -6,11 +6,31 @@ nodes' own plans, rendered as `disco plan` does: cli/fleet_plan.py.)"""
 from __future__ import annotations
 
 import html
+import re
 
-from disco.server.plans import FAILURES, FleetPlan, Group, entry_text
+from disco.server.plans import FAILURES, FleetPlan, Group, Node, entry_text
 
 MARKDOWN_MAX = 60_000  # characters; a PR comment or job summary holds 65,536
-FENCE = "````"  # a diff holding ``` stays inside
+
+
+NAMES = 30  # node names listed in one place; the others counted
+LINES = 50  # reasons or problems listed; the others counted
+
+
+def code(text: str) -> str:
+    """`text` as inline code; what a node wrote cannot close it."""
+    return "`" + text.replace("`", "'").replace("\n", " ") + "`"
+
+
+def fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(4, longest + 1)
+
+
+def listed(nodes: list[str] | tuple[str, ...]) -> str:
+    shown = ", ".join(code(n) for n in nodes[:NAMES])
+    return shown + (f" and {len(nodes) - NAMES} more" if len(nodes) > NAMES else "")
 
 
 def title(g: Group) -> str:
@@ -18,15 +38,25 @@ def title(g: Group) -> str:
     if not g.delta and not g.failed:
         return f"no change on {count}"
     if len(g.delta) == 1 and not g.failed:
-        return f"`{entry_text(g.delta[0])}` on {count}"
-    fails = f", head fails in {', '.join(g.failed)}" if g.failed else ""
+        return f"{code(entry_text(g.delta[0]))} on {count}"
+    fails = f", head fails in {', '.join(code(m) for m in g.failed)}" if g.failed else ""
     return f"{len(g.delta)} path(s){fails} on {count}"
+
+
+def by_reason(nodes: tuple[Node, ...]) -> list[str]:
+    """`- reason: node, node and N more`, a line a reason."""
+    reasons: dict[str, list[str]] = {}
+    for n in nodes:
+        reasons.setdefault(n.reason, []).append(n.node)
+    lines = [f"- {reason}: {listed(these)}" for reason, these in list(reasons.items())[:LINES]]
+    more = len(reasons) - LINES
+    return lines + ([f"- and {more} more reason(s)"] if more > 0 else [])
 
 
 def markdown(plan: FleetPlan, content: bool) -> str:
     planned = sum(len(g.nodes) for g in plan.groups)
     head = [
-        f"## disco plan of candidate `{plan.candidate}`",
+        f"## disco plan of candidate {code(plan.candidate)}",
         "",
         f"{planned} node(s) planned in {len(plan.groups)} group(s) ·"
         f" {len(plan.unplanned)} not yet planned · {len(plan.unaffected)} unaffected ·"
@@ -35,26 +65,25 @@ def markdown(plan: FleetPlan, content: bool) -> str:
     ]
     tail = []
     if plan.unplanned:
-        tail += ["### Not yet planned", ""]
-        tail += [f"- `{n.node}`: {n.reason}" for n in plan.unplanned] + [""]
+        tail += ["### Not yet planned", "", *by_reason(plan.unplanned), ""]
     if plan.unaffected:
-        nodes = ", ".join(f"`{n.node}`" for n in plan.unaffected)
-        tail += ["### Unaffected", "", f"{nodes}: {plan.unaffected[0].reason}", ""]
+        tail += ["### Unaffected", "", *by_reason(plan.unaffected), ""]
     if plan.problems:
-        tail += ["### Problems", ""]
-        tail += [f"- `{n.node}`: {n.reason}" for n in plan.problems] + [""]
+        problems = [f"- {code(n.node)}: {code(n.reason)}" for n in plan.problems]
+        more = len(problems) - LINES
+        tail += ["### Problems", "", *problems[:LINES]]
+        tail += [f"- and {more} more", ""] if more > 0 else [""]
     budget = MARKDOWN_MAX - len("\n".join(head + tail)) - 200
     body: list[str] = []
     left_out = 0
     for g in plan.groups:
-        part = [f"### {title(g)}", "", ", ".join(f"`{n}`" for n in g.nodes), ""]
-        part += [f"- `{entry_text(e)}`" for e in g.delta] + [""] if len(g.delta) > 1 else []
-        for module in g.failed:
-            part += [f"- head fails in module `{module}`"]
+        part = [f"### {title(g)}", "", listed(g.nodes), ""]
+        part += [f"- {code(entry_text(e))}" for e in g.delta] + [""] if len(g.delta) > 1 else []
         for e in g.delta if content else ():
             if e.get("diff"):
                 summary = f"<details><summary>{html.escape(e['path'])}</summary>"
-                part += [summary, "", f"{FENCE}diff", e["diff"].rstrip("\n"), FENCE, ""]
+                fenced = fence(e["diff"])
+                part += [summary, "", f"{fenced}diff", e["diff"].rstrip("\n"), fenced, ""]
                 part += ["</details>", ""]
         text = "\n".join(part)
         if len(text) > budget:
