@@ -85,6 +85,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             server.tmp / "pr-1", "server 10.0.0.2 iburst\ndriftfile /var/lib/ntp/drift\n"
         )
         (candidate / "parameters" / "web02" / "parameters" / "secret").write_text(SECRET)
+        # A link a change could slip in, to lead a key's reads past the daemon's filter.
+        (candidate / "modules" / "ntp" / "peek").symlink_to("../../parameters/web02")
         subprocess.run(["chmod", "-R", "a+rX", str(candidate)], check=True)
         yield Fleet(server, keys, candidate)
 
@@ -219,13 +221,21 @@ def test_a_nodes_key_reads_only_its_own_candidate_parameters_and_writes_only_its
             (down / part).mkdir(parents=True)
         mine = fleet.rsync("web01", "-r", "::candidates/pr-2/parameters/web01/", f"{down}/mine/")
         assert mine.returncode == 0, mine.stderr
-        modules = fleet.rsync("web01", "-r", "::candidates/pr-2/modules/ntp/", f"{down}/ntp/")
+        modules = fleet.rsync("web01", "-rl", "::candidates/pr-2/modules/ntp/", f"{down}/ntp/")
         assert modules.returncode == 0 and (down / "ntp" / "files" / "etc" / "ntp.conf").exists()
+        assert os.readlink(down / "ntp" / "peek") == "../../parameters/web02"  # as it was
+        for how in ("-rL", "-rk", "--copy-unsafe-links"):  # a link followed by the daemon
+            followed = fleet.rsync(
+                "web01", "-r", how, "::candidates/pr-2/modules/ntp/", f"{down}/theirs/"
+            )
+            assert followed.returncode != 0 and "refuse" in followed.stderr, how
         for source in (
             "::candidates/pr-2/parameters/web02/",
             "::candidates/pr-2/parameters/web02/parameters/secret",
             "::candidates/pr-2/parameters/web01/../web02/parameters/secret",
             "::parameters/web02/",
+            "::candidates/pr-2/modules/ntp/peek/parameters/secret",
+            "::candidates/pr-2/modules/ntp/peek/",
         ):
             got = fleet.rsync("web01", "-r", source, f"{down}/theirs/")
             assert got.returncode != 0, source

@@ -152,6 +152,19 @@ def test_propose_without_an_initialised_server_says_how(cmd: Run, tmp_path: Path
     assert_one_error(result, 1, "no server directory given", "disco-server init DIR")
 
 
+def test_propose_keeps_the_candidates_links_munged(srv: Server, tmp_path: Path) -> None:
+    same = tmp_path / "same"  # the live tree, as a checkout of it
+    shutil.copytree(srv.root / "parameters", same / "parameters")
+    shutil.copytree(srv.root / "modules", same / "modules")
+    for top in (srv.root, same):
+        (top / "modules" / "ntp" / "peek").symlink_to("../../parameters/web01")
+    out = srv.ok("propose", "pr-1", str(same))
+    link = srv.root / "candidates" / "pr-1" / "modules" / "ntp" / "peek"
+    assert os.readlink(link) == "/rsyncd-munged/../../parameters/web01"
+    assert not link.exists()  # it leads nowhere on the server
+    assert "info: it affects 0 node(s): -\n" in out  # the link, as a node gets it: unchanged
+
+
 def test_propose_copies_a_symlinked_part_as_a_directory(srv: Server, tmp_path: Path) -> None:
     shutil.move(str(srv.checkout / "modules"), tmp_path / "modules-elsewhere")
     (srv.checkout / "modules").symlink_to(tmp_path / "modules-elsewhere")

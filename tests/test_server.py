@@ -77,6 +77,8 @@ comment = candidate trees under review
 list = no
 use chroot = false
 filter = + /*/parameters/{NODE}/*** - /*/parameters/**
+munge symlinks = yes
+refuse options = copy-links copy-dirlinks copy-unsafe-links
 
 [plans]
 path = {{root}}/plans

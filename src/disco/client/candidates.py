@@ -44,6 +44,7 @@ from disco.tree.params import ParamStore
 
 CANDIDATES = "candidates"  # the rsync modules, as disco-server writes them
 PLANS = "plans"
+MUNGED = "/rsyncd-munged/"  # how the server keeps a candidate's symlinks (rsync's prefix)
 SETTING = ("disco", "client", "plan", "candidates")
 OFF = ("false", "no", "off", "0")
 
@@ -93,8 +94,8 @@ def digest(path: Path) -> str:
             st = os.lstat(full)
             rel = os.path.relpath(full, path)
             h.update(f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0".encode())
-            if stat.S_ISLNK(st.st_mode):
-                h.update(os.fsencode(os.readlink(full)))
+            if stat.S_ISLNK(st.st_mode):  # as a node gets it: the server keeps it munged
+                h.update(os.fsencode(os.readlink(full).removeprefix(MUNGED)))
             elif stat.S_ISREG(st.st_mode):
                 h.update(content_hash(Path(full)))
             h.update(b"\n")

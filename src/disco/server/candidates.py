@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from disco.client.candidates import Loaded, difference, digest
+from disco.client.candidates import MUNGED, Loaded, difference, digest
 from disco.errors import CommandError, DiscoError, UsageError
 from disco.files import remove_tree
 from disco.run import run
@@ -90,6 +90,7 @@ def propose(root: Path, name: str, source: Path, replace: bool) -> Proposed:
         # Each part by its content ('/'): a symlinked parameters/ becomes a directory.
         for part in TREE:
             run(["rsync", "-rlptD", "--delete", f"{source}/{part}/", f"{new}/{part}/"])
+        munge(new)
         replaced = target.exists()
         if replaced:
             os.rename(target, old)
@@ -110,6 +111,20 @@ def propose(root: Path, name: str, source: Path, replace: bool) -> Proposed:
             f"cannot publish candidate {name}: {e.filename}: {e.strerror}", "check the server"
         ) from None
     return Proposed(name, target, replaced, problems)
+
+
+def munge(tree: Path) -> None:
+    """Every symlink under `tree` made to point into /rsyncd-munged/, as an rsync daemon
+    with `munge symlinks` stores them: the daemon sends them back as they were, and never
+    follows one (a link into candidates/NAME/parameters/OTHER/ would lead a node's key
+    there, past the daemon filter, which reads names, not where links lead)."""
+    for top, dirs, files in os.walk(tree):
+        for name in [*dirs, *files]:
+            path = os.path.join(top, name)
+            if os.path.islink(path):
+                beside = os.path.join(top, f".{name}.munged")
+                os.symlink(MUNGED + os.readlink(path), beside)
+                os.rename(beside, path)
 
 
 def withdraw(root: Path, name: str) -> None:

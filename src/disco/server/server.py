@@ -189,9 +189,14 @@ def plans_filter(node: str) -> str:
 
 
 def candidates_section(root: Path, node: str) -> str:
-    """`[candidates]` for one node: the proposed trees, read only, its own parameters only."""
-    return section(CANDIDATES, root / CANDIDATES, "candidate trees under review",
+    """`[candidates]` for one node: the proposed trees, read only, its own parameters only.
+    Their symlinks are kept munged on disk (propose): no path through one leads the daemon
+    to another node's parameters, and nodes get them back as they were."""
+    text = section(CANDIDATES, root / CANDIDATES, "candidate trees under review",
                    candidates_filter(node)).replace("list = yes", "list = no")  # fmt: skip
+    return (
+        text + "munge symlinks = yes\nrefuse options = copy-links copy-dirlinks copy-unsafe-links\n"
+    )
 
 
 def plans_section(root: Path, node: str) -> str:
