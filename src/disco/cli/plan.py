@@ -13,6 +13,7 @@ from typing import Any
 from disco.cli.common import Output, Parser, subparser
 from disco.cli.dance_output import DanceOutput
 from disco.cli.stdio import DanceStdio
+from disco.cli.undo import seconds
 from disco.client.state import State, default_node, load_settings
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
 from disco.files import write_atomic
@@ -59,7 +60,7 @@ def add_parser(subs: argparse._SubParsersAction[Parser]) -> None:
         help="exit 0 no delta, 1 could not plan, 2 a delta, 4 head fails, 6 both",
     )
     s.add_argument(
-        "--wait", type=float, default=0.0, metavar="SECONDS", help="wait for the node's lock"
+        "--wait", type=seconds, default=0.0, metavar="SECONDS", help="wait for the node's lock"
     )
 
 
