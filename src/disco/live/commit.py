@@ -7,12 +7,21 @@ journal.json; a regular file's content under saved/). The saved content never sh
 inode with a file of the root: it is a hard link of the original only where the commit
 takes that inode out of the root (a rename over its one name, an unlink), else a copy
 (holes kept). A link to a file that stays would make the "original" follow every later
-edit of it, and give it one more name each dance. The
-journal is built in txn/journal.new and renamed to txn/journal once its files and
-directories are fsynced; only then does the first operation run. When the last one is
-done and the directories it touched are fsynced, the journal is renamed into the dance's
-history (txn/history/ID/commits/N): that rename is the end of the commit, and the saved
-originals become the undo log `disco rollback` uses.
+edit of it, and give it one more name each dance.
+
+Three flushes a commit, in this order, whatever its number of paths (as a write-ahead
+log: the log durable before the data, the data durable before the log is retired):
+1. the journal is built in txn/journal.new, unsynced; one syncfs(2) of txn's filesystem
+   puts all of it on disk; it is renamed to txn/journal and txn/ is fsynced. Only then
+   does the first operation run: whatever of the root reaches the disk after this point
+   has a durable journal to undo it. A crash before leaves journal.new, never in force.
+2. the operations write beside and rename over, with no fsync of their own; when the
+   last is done one syncfs of the root's filesystem puts them all on disk.
+3. the journal is renamed into the dance's history (txn/history/ID/commits/N): the end
+   of the commit. That rename is not flushed by itself: the next commit's first syncfs
+   (or the end of the dance, history.finish) flushes it. Lost in a power cut, the journal is
+   back in txn/journal and the next dance undoes that last commit whole: old, not half.
+The saved originals become the undo log `disco rollback` uses.
 
 SIGINT and SIGTERM are blocked while a commit runs: a commit in progress finishes, and
 the signal arrives right after it.
@@ -47,9 +56,8 @@ from disco.live.journal import (
     point,
     read_xattrs,
     signals_held,
-    sync_dirs,
+    syncfs,
     times_data,
-    write_synced,
 )
 from disco.live.ops import Op, Remove, SetMeta, parent
 from disco.live.recovery import undo
@@ -86,7 +94,7 @@ def commit_ops(
                 undo(journal)  # if this fails too, the next dance's recovery tries again
                 discard(journal.where)
             raise
-        sync_dirs(root, {os.path.dirname(e.path) for e in journal.entries})
+        syncfs(root)  # the commit on disk before its journal leaves txn/
         point()
         journal = replace(journal, dirs_after=dir_times(root, [d for d, _ in journal.dirs]))
         (journal.where / AFTER).write_bytes(times_data(journal.dirs_after or ()))
@@ -153,14 +161,10 @@ def _write_journal(
     data = {"format": FORMAT, "dance": dance, "module": module, "step": step,
             "root": str(root), "entries": [entry_data(e) for e in entries],
             "dirs": [list(d) for d in dirs]}  # fmt: skip
-    write_synced(new / "journal.json", json.dumps(data, separators=(",", ":")).encode())
-    for copy in copies:
-        fsync(copy)
-    if any(e.before and e.before.file for e in entries):
-        fsync(new / "saved")  # the links and copies in it
-    fsync(new)
+    (new / "journal.json").write_bytes(json.dumps(data, separators=(",", ":")).encode())
+    syncfs(txn)  # journal.new whole on disk: its json, links, copies and directories
     os.rename(new, final)
-    fsync(txn)
+    fsync(txn)  # the rename on disk before any operation can reach it
     return Journal(dance, module, step, root, tuple(entries), final, dirs)
 
 
@@ -247,8 +251,6 @@ def _archive(txn: Path, journal: Journal) -> Journal:
     commits.mkdir(parents=True, exist_ok=True)
     number = _next_number(commits)
     os.rename(journal.where, commits / str(number))
-    fsync(commits)
-    fsync(txn)
     return replace(journal, where=commits / str(number))
 
 

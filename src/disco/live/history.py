@@ -33,7 +33,7 @@ from disco.errors import DiscoError
 from disco.files import open_regular, write_atomic
 from disco.live.changeset import plan_commit
 from disco.live.commit import commit_ops, dir_times
-from disco.live.journal import Expect, Journal, Times, load, read_xattrs
+from disco.live.journal import Expect, Journal, Times, load, read_xattrs, syncfs
 from disco.live.recovery import Desired, restore_dir_times, restore_times, undo_changes
 from disco.tree.params import ParamStore
 
@@ -97,6 +97,8 @@ def finish(
     done = replace(kept, changes=changes, failures=failures, exit=exit,
                    uncommitted=tuple(uncommitted))  # fmt: skip
     _write(txn, done)
+    if kept.mode != "noop":  # the last commit's move into the history, on disk (commit.py)
+        syncfs(txn)
     return done
 
 

@@ -20,7 +20,7 @@ from disco.engine.changes import DEFAULT_SENSITIVE, Change, read_changes
 from disco.errors import DiscoError
 from disco.files import copy_file
 from disco.live.changeset import apply, plan_commit
-from disco.live.journal import Journal, Saved, Times, discard, load, read_xattrs, sync_dirs
+from disco.live.journal import Journal, Saved, Times, discard, load, read_xattrs, syncfs
 from disco.live.ops import parent, temp_name  # parent never follows a symlink
 
 
@@ -68,7 +68,7 @@ def restore(root: Path, desired: Desired, work: Path, dirs: Times = ()) -> int:
         apply(plan_commit(changes, root))
         restore_times(root, desired)
         restore_dir_times(root, dirs)
-        sync_dirs(root, {os.path.dirname(p) for p in desired})
+        syncfs(root)  # put back on disk before the journal is discarded
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return len(changes)
