@@ -12,8 +12,9 @@ COMMANDS := disco disco-param disco-ball disco-fs-mount disco-fs-init disco-fs-d
 APT_PACKAGES := bash coreutils diffutils util-linux rsync openssh-client python3 python3-venv \
 	openssh-server
 
-# What the tests need besides: a real browser for the HTML report's test.
-TEST_APT_PACKAGES := chromium
+# What the tests need besides: a real browser for the HTML report's test, strace for the
+# order of a commit's flushes (test_durability.py).
+TEST_APT_PACKAGES := chromium strace
 
 .PHONY: demo test lint bench bench-deps install system-deps test-deps venv clean
 
