@@ -6,6 +6,7 @@ or a write not yet on disk), built on disk as the cut would leave it, undone by 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from disco.engine.changes import read_changes
 from disco.live.commit import commit
 from disco.live.recovery import recover
-from test_journal import CHILD, build, snapshot
+from test_journal import CHILD, Snapshot, build, commit_in_child, snapshot
 
 # The calls that make, replace or remove a name, and the flushes.
 TRACED = "trace=syncfs,fsync,fdatasync,sync,rename,renameat,renameat2,link,linkat,unlink,"
@@ -55,28 +56,25 @@ def traced_commit(tmp: Path) -> tuple[Path, Path, list[tuple[str, str]]]:
     return root, txn, events
 
 
-def test_a_commit_flushes_three_times_the_journal_first_and_the_root_before_the_history(
+def test_a_commit_flushes_twice_the_journal_first_and_the_root_before_the_history(
     tmp_path: Path,
 ) -> None:
     root, txn, events = traced_commit(tmp_path)
     flushes = [(call, path) for call, path in events if "sync" in call]
-    # One syncfs of txn's filesystem, one fsync of txn/ after the rename, one syncfs of the
-    # root's: nothing per file, nothing per directory.
-    assert flushes == [("syncfs", str(txn)), ("fsync", str(txn)),
-                       ("syncfs", str(root))]  # fmt: skip
-    at = {e: i for i, e in enumerate(events)}
+    # One syncfs of txn's filesystem, one of the root's: nothing per file or directory.
+    assert flushes == [("syncfs", str(txn)), ("syncfs", str(root))]
+    journal_flushed, root_flushed = (events.index(f) for f in flushes)
     in_root = [i for i, (call, path) in enumerate(events)
                if path.startswith(f"{root}/") and "sync" not in call]  # fmt: skip
-    made_durable = at[("syncfs", str(txn))]
-    in_force = next(i for i, (c, p) in enumerate(events) if c.startswith("rename")
-                    and p == str(txn / "journal"))  # fmt: skip
+    in_txn = [i for i, (call, path) in enumerate(events)
+              if path.startswith(f"{txn}/journal.new/")]  # fmt: skip
     archived = next(i for i, (c, p) in enumerate(events) if c.startswith("rename")
                     and p.startswith(str(txn / "history/1/commits/")))  # fmt: skip
-    assert in_root, events
-    # The journal whole on disk, then in force, that on disk, then the root touched.
-    assert made_durable < in_force < at[("fsync", str(txn))] < min(in_root)
+    assert in_root and in_txn, events
+    # The journal whole, then on disk, then the root touched.
+    assert max(in_txn) < journal_flushed < min(in_root)
     # Every change to the root on disk before the journal leaves txn/.
-    assert max(in_root) < at[("syncfs", str(root))] < archived
+    assert max(in_root) < root_flushed < archived
 
 
 def test_a_commit_whose_move_into_the_history_was_lost_is_undone_whole(
@@ -99,17 +97,50 @@ def test_a_commit_whose_move_into_the_history_was_lost_is_undone_whole(
     assert not (txn / "journal").exists()
 
 
-@pytest.mark.parametrize("leftover", ["", "{half a jour", '{"format": 1, "entries": []}'])
-def test_a_journal_cut_before_its_flush_is_dropped_and_the_root_left_alone(
-    tmp_path: Path, leftover: str
-) -> None:
-    """A power cut before the journal's syncfs returned: journal.new holds anything (or
-    nothing) and no operation ran, so the root is as it was; recovery drops it silently."""
-    _upper, root, txn = build(tmp_path)
+def journal_new(tmp: Path) -> tuple[Path, Path, Snapshot]:
+    """(root, txn, the root's snapshot before): the commit of build() killed right after
+    its journal.new was flushed, before its rename and any operation; the journal left
+    as journal.new, as a power cut that lost the rename would leave it."""
+    upper, root, txn = build(tmp)
     before = snapshot(root)
-    (txn / "journal.new/saved").mkdir(parents=True)
-    (txn / "journal.new/journal.json").write_text(leftover)
+    assert commit_in_child(upper, root, txn, "1:KILL") == -9
+    assert (txn / "journal.new").is_dir() and not (txn / "journal").exists()
+    return root, txn, before
+
+
+def test_a_whole_journal_new_is_undone(tmp_path: Path) -> None:
+    """Flushed: its operations may have run before the cut (its rename lost), so it is
+    undone like txn/journal; here the root was not touched and stays as it was."""
+    root, txn, before = journal_new(tmp_path)
+    (root / "etc/.new").write_bytes(b"as an operation left it\n")
+    os.replace(root / "etc/.new", root / "etc/modified")  # as the first operation does
     warnings: list[str] = []
     recover(txn, warnings.append)
-    assert not (txn / "journal.new").exists()
-    assert snapshot(root) == before and warnings == []
+    assert snapshot(root) == before
+    assert len(warnings) == 1 and "undone" in warnings[0]
+    assert sorted(os.listdir(txn)) == []
+
+
+@pytest.mark.parametrize("cut", ["json empty", "json torn", "a link lost", "a copy torn"])
+def test_a_journal_new_cut_before_its_flush_is_dropped_and_the_root_left_alone(
+    tmp_path: Path, cut: str
+) -> None:
+    """A power cut before the journal's syncfs returned: part of journal.new may be
+    missing, and no operation ran; recovery drops it silently, the root as it was."""
+    root, txn, before = journal_new(tmp_path)
+    new = txn / "journal.new"
+    data = json.loads((new / "journal.json").read_bytes())
+    by_path = {e["path"]: e["before"] for e in data["entries"]}
+    if cut == "json empty":
+        (new / "journal.json").write_bytes(b"")
+    elif cut == "json torn":
+        (new / "journal.json").write_bytes(json.dumps(data).encode()[:200])
+    elif cut == "a link lost":
+        (new / "saved" / by_path["/etc/modified"]["file"]).unlink()
+    else:  # chmodded keeps its inode: its original is a copy, with its md5 in the json
+        copy = new / "saved" / by_path["/etc/chmodded"]["file"]
+        assert copy.name in data["copies"]
+        copy.write_bytes(b"sa")
+    recover(txn, print)
+    assert not new.exists()
+    assert snapshot(root) == before

@@ -115,12 +115,13 @@ def test_a_finished_commit_is_in_the_history_with_its_originals(tmp_path: Path) 
 
 
 def points(tmp: Path) -> int:
-    """How many commit points the commit of build() has: one per operation, and three."""
+    """How many commit points the commit of build() has: one per operation, and four
+    (journal.new flushed, renamed to journal; the root flushed; the journal archived)."""
     upper, root, _txn = build(tmp)
-    return len(plan_commit(read_changes(upper, [root], exclude=()), root)) + 3
+    return len(plan_commit(read_changes(upper, [root], exclude=()), root)) + 4
 
 
-POINTS = 23  # 20 operations
+POINTS = 24  # 20 operations
 
 
 def test_every_commit_point_is_tried(tmp_path: Path) -> None:
@@ -217,7 +218,7 @@ def test_names_that_are_one_file_in_the_layer_are_one_file_in_the_target(
 
 def test_the_journal_names_every_path_with_its_state_before(tmp_path: Path) -> None:
     upper, root, txn = build(tmp_path)
-    assert commit_in_child(upper, root, txn, "1:KILL") == -9  # durable, nothing applied
+    assert commit_in_child(upper, root, txn, "2:KILL") == -9  # in force, nothing applied
     data = json.loads((txn / "journal/journal.json").read_text())
     by_path = {e["path"]: e for e in data["entries"]}
     assert by_path["/etc/deleted"]["before"]["uid"] == 9
@@ -230,7 +231,7 @@ def test_the_journal_names_every_path_with_its_state_before(tmp_path: Path) -> N
 
 def test_recovery_never_follows_a_symlink_out_of_the_root(tmp_path: Path) -> None:
     upper, root, txn = build(tmp_path)
-    assert commit_in_child(upper, root, txn, "3:KILL") == -9  # two operations done
+    assert commit_in_child(upper, root, txn, "4:KILL") == -9  # two operations done
     outside = tmp_path / "outside"
     os.rename(root / "etc", outside)
     os.symlink(str(outside), root / "etc")  # the target changed under the journal

@@ -9,18 +9,22 @@ takes that inode out of the root (a rename over its one name, an unlink), else a
 (holes kept). A link to a file that stays would make the "original" follow every later
 edit of it, and give it one more name each dance.
 
-Three flushes a commit, in this order, whatever its number of paths (as a write-ahead
-log: the log durable before the data, the data durable before the log is retired):
+Two flushes a commit, whatever its number of paths, in the order of a write-ahead log
+(the log on disk before the data, the data on disk before the log is retired):
 1. the journal is built in txn/journal.new, unsynced; one syncfs(2) of txn's filesystem
-   puts all of it on disk; it is renamed to txn/journal and txn/ is fsynced. Only then
-   does the first operation run: whatever of the root reaches the disk after this point
-   has a durable journal to undo it. A crash before leaves journal.new, never in force.
+   puts all of it on disk. Only then does the first operation run: whatever of the root
+   reaches the disk from then on has a journal on disk to undo it. It is renamed to
+   txn/journal unflushed: a power cut can leave it as journal.new, which recovery undoes
+   if it is whole (it was flushed, operations may have run) and drops if it is not (the
+   flush never returned, no operation ran). Whole: its json reads and every saved
+   original is there (the copies with the md5 the json gives them).
 2. the operations write beside and rename over, with no fsync of their own; when the
-   last is done one syncfs of the root's filesystem puts them all on disk.
+   last is done one syncfs of the root's filesystem puts them all on disk (and the
+   rename of step 1).
 3. the journal is renamed into the dance's history (txn/history/ID/commits/N): the end
    of the commit. That rename is not flushed by itself: the next commit's first syncfs
-   (or the end of the dance, history.finish) flushes it. Lost in a power cut, the journal is
-   back in txn/journal and the next dance undoes that last commit whole: old, not half.
+   (or the end of the dance, history.finish) flushes it. Lost in a power cut, the journal
+   is back in txn/journal and the next dance undoes that last commit whole: old, not half.
 The saved originals become the undo log `disco rollback` uses.
 
 SIGINT and SIGTERM are blocked while a commit runs: a commit in progress finishes, and
@@ -44,6 +48,7 @@ from disco.files import copy_file
 from disco.live.changeset import apply, keep_links, plan_commit
 from disco.live.journal import (
     AFTER,
+    COPIES,
     FORMAT,
     Entry,
     Expect,
@@ -52,12 +57,13 @@ from disco.live.journal import (
     Times,
     discard,
     entry_data,
-    fsync,
+    md5_of,
     point,
     read_xattrs,
     signals_held,
     syncfs,
     times_data,
+    whole,
 )
 from disco.live.ops import Op, Remove, SetMeta, parent
 from disco.live.recovery import undo
@@ -114,10 +120,11 @@ def _prepare(
 ) -> Journal:
     """Write the journal of `ops` durably to txn/journal; nothing in the root changes."""
     final = txn / "journal"
-    if final.exists():
-        raise DiscoError(
-            f"an unfinished commit is in {final}", "run 'disco dance' or 'disco rollback' first"
-        )
+    for left in (final, txn / "journal.new"):
+        if left.exists() and (left == final or whole(left) is not None):
+            raise DiscoError(
+                f"an unfinished commit is in {left}", "run 'disco dance' or 'disco rollback' first"
+            )
     try:
         return _write_journal(txn, ops, root, afters, dance, module, step)
     except OSError as e:
@@ -160,11 +167,12 @@ def _write_journal(
     dirs = dir_times(root, sorted({os.path.dirname(p) for p in named} - named))
     data = {"format": FORMAT, "dance": dance, "module": module, "step": step,
             "root": str(root), "entries": [entry_data(e) for e in entries],
-            "dirs": [list(d) for d in dirs]}  # fmt: skip
+            "dirs": [list(d) for d in dirs],
+            COPIES: {c.name: md5_of(c) for c in copies}}  # fmt: skip
     (new / "journal.json").write_bytes(json.dumps(data, separators=(",", ":")).encode())
     syncfs(txn)  # journal.new whole on disk: its json, links, copies and directories
-    os.rename(new, final)
-    fsync(txn)  # the rename on disk before any operation can reach it
+    point()
+    os.rename(new, final)  # flushed by the root's syncfs, or found as journal.new (recovery.py)
     return Journal(dance, module, step, root, tuple(entries), final, dirs)
 
 

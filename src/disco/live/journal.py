@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import itertools
 import json
 import os
@@ -24,8 +25,8 @@ from disco.errors import DiscoError
 FORMAT = 1
 _OVERLAY = "trusted.overlay."
 # Test-only: "K:SIG" sends SIG (KILL, TERM, INT) to disco at the K-th commit point of the
-# process: 1 when the journal is durable, then one after each operation, one after the
-# touched directories are fsynced, one after the journal is in the history.
+# process: 1 when journal.new is flushed, 2 when it is renamed to journal, then one after
+# each operation, one after the root is flushed, one after the journal is in the history.
 KILL_AT = "DISCO_TEST_KILL_AT"
 _points = itertools.count(1)
 Xattrs = tuple[tuple[str, bytes], ...]
@@ -145,7 +146,38 @@ def load(where: Path) -> Journal:
         raise DiscoError(f"the commit journal {path} is damaged ({e!r})", hint) from None
 
 
+COPIES = "copies"  # in journal.json: the md5 of each saved copy, to tell a whole journal.new
+
 AFTER = "dirs-after.json"  # written when the commit is done, just before it is archived
+
+
+def whole(where: Path) -> Journal | None:
+    """The journal in `where` if it is whole: its json reads, and every saved original is
+    there, each copy with its md5 (a journal.new a power cut left before its flush
+    returned is not, and no operation of it ran)."""
+    try:
+        journal = load(where)
+        copies = json.loads((where / "journal.json").read_bytes()).get(COPIES, {})
+        for entry in journal.entries:
+            saved = journal.saved(entry)
+            if saved is None:
+                continue
+            if saved.name in copies:
+                if md5_of(saved) != copies[saved.name]:
+                    return None
+            elif not saved.is_file():
+                return None
+    except (DiscoError, OSError, ValueError, AttributeError):
+        return None
+    return journal
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def times_data(times: Times) -> bytes:

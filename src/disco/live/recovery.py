@@ -20,18 +20,35 @@ from disco.engine.changes import DEFAULT_SENSITIVE, Change, read_changes
 from disco.errors import DiscoError
 from disco.files import copy_file
 from disco.live.changeset import apply, plan_commit
-from disco.live.journal import Journal, Saved, Times, discard, load, read_xattrs, syncfs
+from disco.live.journal import (
+    Journal,
+    Saved,
+    Times,
+    discard,
+    load,
+    read_xattrs,
+    syncfs,
+    whole,
+)
 from disco.live.ops import parent, temp_name  # parent never follows a symlink
 
 
 def recover(txn: Path, warn: Callable[[str], None]) -> None:
     """Undo the commit a crash cut short, if any, saying so in one warning."""
-    for leftover in (txn / "journal.new", txn / "journal.old"):
-        if leftover.exists():  # never in force: the root was not touched by it
-            shutil.rmtree(leftover)
-    if not (txn / "journal").exists():
-        return
-    journal = load(txn / "journal")
+    for old in (txn / "journal.old", txn / "journal.new.old"):
+        if old.exists():  # a discarded journal: its commit is undone or done
+            shutil.rmtree(old)
+    new = txn / "journal.new"
+    if new.exists():
+        if whole(new) is None:  # cut before its flush returned: no operation ran
+            shutil.rmtree(new)
+        else:  # flushed, its rename to journal lost in a power cut: operations may have run
+            _recover(load(new), warn)
+    if (txn / "journal").exists():
+        _recover(load(txn / "journal"), warn)
+
+
+def _recover(journal: Journal, warn: Callable[[str], None]) -> None:
     if not journal.root.is_dir():
         raise DiscoError(
             f"an unfinished commit of dance {journal.dance} in {journal.root} cannot be undone:"
