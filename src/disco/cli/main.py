@@ -28,6 +28,7 @@ from disco.dance.dance import Dance, Options, Outcome, only
 from disco.engine.sandbox import Usage
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
 from disco.live import history
+from disco.live.journal import seal
 from disco.report.metrics import INTERNAL, USAGE_FIELDS, DanceReport, Meter, Record, save
 from disco.tree.names import check_node
 
@@ -267,6 +268,7 @@ def interrupted(
     if noop:
         hint = "'disco report' shows the steps that ran, and where it stopped"
         return DiscoError(f"{where}: a NOOP dance changes nothing", hint, e.status)
+    seal(state.txn)  # the last commit on disk, in the history
     done = [f"{j.module}: {j.step}" for j in kept.commits(state.txn)]
     what = f"{len(done)} commit(s) were applied ({', '.join(done)})" if done else "none applied"
     return DiscoError(

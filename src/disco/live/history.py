@@ -33,7 +33,7 @@ from disco.errors import DiscoError
 from disco.files import open_regular, write_atomic
 from disco.live.changeset import plan_commit
 from disco.live.commit import commit_ops, dir_times
-from disco.live.journal import Expect, Journal, Times, load, read_xattrs, syncfs
+from disco.live.journal import Expect, Journal, Times, load, read_xattrs, seal
 from disco.live.recovery import Desired, restore_dir_times, restore_times, undo_changes
 from disco.tree.params import ParamStore
 
@@ -96,9 +96,9 @@ def finish(
     """`changes`: those committed; `uncommitted`: the paths of commits that failed."""
     done = replace(kept, changes=changes, failures=failures, exit=exit,
                    uncommitted=tuple(uncommitted))  # fmt: skip
+    if kept.mode != "noop":  # the last commit on disk, in the history (commit.py)
+        seal(txn)
     _write(txn, done)
-    if kept.mode != "noop":  # the last commit's move into the history, on disk (commit.py)
-        syncfs(txn)
     return done
 
 

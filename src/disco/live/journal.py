@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,69 @@ def read_xattrs(path: Path) -> Xattrs:
     )
 
 
+def archive(txn: Path, journal: Journal) -> Journal:
+    """A finished commit's journal moved into its dance's history (or dropped), unflushed."""
+    if not journal.dance:
+        discard(journal.where)
+        return journal
+    commits = txn / "history" / journal.dance / "commits"
+    commits.mkdir(parents=True, exist_ok=True)
+    number = _next_number(commits)
+    os.rename(journal.where, commits / str(number))
+    return replace(journal, where=commits / str(number))
+
+
+def _next_number(commits: Path) -> int:
+    """The number of a dance's next commit: counted on from the last one this process
+    made, the directory listed only when that is taken or unknown (listing it for every
+    commit made a long dance's commits cost more and more: 3.9 ms to 7.5 ms a commit
+    over 4000)."""
+    number = _NEXT.get(commits)
+    if number is None or os.path.lexists(commits / str(number)):
+        number = 1 + max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=0)
+    _NEXT[commits] = number + 1
+    return number
+
+
+_NEXT: dict[Path, int] = {}
+
+
+def seal(txn: Path) -> None:
+    """The last commit (txn/done) put on disk and its journal moved into the history, on
+    disk too: at the end of a dance or a rollback, and by recovery in the same boot."""
+    done = txn / DONE
+    if not done.exists():
+        return
+    journal = load(done)
+    if journal.root.is_dir() and os.stat(journal.root).st_dev != os.stat(txn).st_dev:
+        syncfs(journal.root)
+    syncfs(txn)
+    archive(txn, journal)
+    syncfs(txn)
+
+
+def same_boot(where: Path) -> bool:
+    """Whether the journal in `where` was written since this machine last booted: then
+    what its commit did is all there, on disk or in the page cache, whatever killed it."""
+    try:
+        return bool(json.loads((where / "journal.json").read_bytes()).get(BOOT) == boot_id())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def boot_id() -> str:
+    global _BOOT
+    if _BOOT is None:
+        try:
+            _BOOT = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            _BOOT = ""  # never the same: a done commit is undone after any crash
+    return _BOOT
+
+
+_BOOT: str | None = None
+
+
 def discard(where: Path) -> None:
     trash = where.with_name(where.name + ".old")
     os.rename(where, trash)
@@ -147,6 +210,8 @@ def load(where: Path) -> Journal:
 
 
 COPIES = "copies"  # in journal.json: the md5 of each saved copy, to tell a whole journal.new
+BOOT = "boot"  # in journal.json: the boot it was written in (/proc/sys/kernel/random/boot_id)
+DONE = "done"  # txn/done: the last commit, done, not yet known to be on disk (commit.py)
 
 AFTER = "dirs-after.json"  # written when the commit is done, just before it is archived
 

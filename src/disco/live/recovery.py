@@ -21,12 +21,15 @@ from disco.errors import DiscoError
 from disco.files import copy_file
 from disco.live.changeset import apply, plan_commit
 from disco.live.journal import (
+    DONE,
     Journal,
     Saved,
     Times,
     discard,
     load,
     read_xattrs,
+    same_boot,
+    seal,
     syncfs,
     whole,
 )
@@ -46,9 +49,17 @@ def recover(txn: Path, warn: Callable[[str], None]) -> None:
             _recover(load(new), warn)
     if (txn / "journal").exists():
         _recover(load(txn / "journal"), warn)
+    done = txn / DONE
+    if done.exists():
+        if same_boot(done):  # killed after the commit: all of it is there
+            seal(txn)
+        else:  # the machine went down before it was on disk: part of it may be lost
+            _recover(load(done), warn, "went down before its commit of {} was on disk")
 
 
-def _recover(journal: Journal, warn: Callable[[str], None]) -> None:
+def _recover(
+    journal: Journal, warn: Callable[[str], None], what: str = "was cut short while committing {}"
+) -> None:
     if not journal.root.is_dir():
         raise DiscoError(
             f"an unfinished commit of dance {journal.dance} in {journal.root} cannot be undone:"
@@ -58,8 +69,8 @@ def _recover(journal: Journal, warn: Callable[[str], None]) -> None:
     changed = undo(journal)
     discard(journal.where)
     warn(
-        f"dance {journal.dance or '?'} was cut short while committing {journal.module}:"
-        f" {journal.step}; undone, {changed} path(s) of {journal.root} put back as they were"
+        f"dance {journal.dance or '?'} {what.format(f'{journal.module}: {journal.step}')};"
+        f" undone, {changed} path(s) of {journal.root} put back as they were"
     )
 
 
