@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from disco.engine.changes import read_changes
+from disco.live import history
 from disco.live.commit import commit
 from disco.live.journal import load, seal
 from disco.live.recovery import recover
@@ -255,3 +256,13 @@ def test_a_power_cut_in_the_next_commit_undoes_it_and_the_last_one_if_not_on_dis
         assert snapshot(root) == first and len(warnings) == 1
         assert (txn / "history/1/commits/1").is_dir()
     assert sorted(os.listdir(txn)) == ["history"]
+
+
+def test_a_dance_counts_its_last_commit_while_it_waits_in_done(tmp_path: Path) -> None:
+    upper, root, txn = build(tmp_path)
+    kept = history.begin(txn, "live", root, "node")
+    other = history.begin(txn, "live", root, "node")
+    commit(txn, read_changes(upper, [root], exclude=()), root, kept.id, "mod", "exec")
+    assert [j.step for j in kept.commits(txn)] == ["exec"] and other.commits(txn) == []
+    seal(txn)
+    assert [j.step for j in kept.commits(txn)] == ["exec"] and not (txn / "done").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -268,7 +269,8 @@ def interrupted(
     if noop:
         hint = "'disco report' shows the steps that ran, and where it stopped"
         return DiscoError(f"{where}: a NOOP dance changes nothing", hint, e.status)
-    seal(state.txn)  # the last commit on disk, in the history
+    with contextlib.suppress(OSError, DiscoError):  # else the next dance's recovery does it
+        seal(state.txn)  # the last commit on disk, in the history
     done = [f"{j.module}: {j.step}" for j in kept.commits(state.txn)]
     what = f"{len(done)} commit(s) were applied ({', '.join(done)})" if done else "none applied"
     return DiscoError(
