@@ -12,8 +12,9 @@ COMMANDS := disco disco-param disco-ball disco-fs-mount disco-fs-init disco-fs-d
 APT_PACKAGES := bash coreutils diffutils util-linux rsync openssh-client python3 python3-venv \
 	openssh-server
 
-# What the tests need besides: a real browser for the HTML report's test.
-TEST_APT_PACKAGES := chromium
+# What the tests need besides: a real browser for the HTML report's test, strace for the
+# order of a commit's flushes (test_durability.py).
+TEST_APT_PACKAGES := chromium strace
 
 .PHONY: demo test lint bench bench-deps install system-deps test-deps venv clean
 
@@ -33,22 +34,28 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# CFEngine 3 is the peer the engine bench measures against (bench/bench_engine.py).
-# Installing it must not start its daemons (cf-serverd listens on the network): a
-# policy-rc.d that refuses every start is in place for the install, as in a chroot.
+# CFEngine 3 and Puppet 7 are the peers the engine bench measures against
+# (bench/bench_engine.py). Installing them must not start their daemons (cf-serverd
+# listens on the network, the puppet agent calls its server): a policy-rc.d that refuses
+# every start is in place for the install, as in a chroot.
 # Byte-compiled first, as `pip install` leaves an installed disco: an editable one under
 # PYTHONDONTWRITEBYTECODE would compile every module at every start (~0.2 s).
+BENCH_APT_PACKAGES := cfengine3 puppet
+
 bench: venv bench-deps
 	@$(BIN)/python -m compileall -q src/disco
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 bench-deps:
-	@command -v cf-agent >/dev/null && exit 0; \
-	command -v apt-get >/dev/null || { echo "no apt-get: install cfengine3 for bench_engine"; exit 0; }; \
-	[ "$$(id -u)" = 0 ] || { echo "error: installing cfengine3 needs root"; exit 1; }; \
+	@missing=$$(for p in $(BENCH_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	[ -z "$$missing" ] && exit 0; \
+	command -v apt-get >/dev/null || { echo "no apt-get: install $$missing for bench_engine"; exit 0; }; \
+	[ "$$(id -u)" = 0 ] || { echo "error: installing $$missing needs root"; exit 1; }; \
 	made=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
 	  chmod 755 /usr/sbin/policy-rc.d; made=1; }; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cfengine3 >/dev/null; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  -o DPkg::Lock::Timeout=600 $$missing >/dev/null; \
 	rc=$$?; [ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc
 
 # disco for the whole system: its own virtual environment, commands linked into PREFIX.

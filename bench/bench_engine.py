@@ -1,22 +1,30 @@
-"""The engine side by side with its floor and with CFEngine 3 (issue 8, DESIGN §12).
+"""The engine side by side with its floor, CFEngine 3 and Puppet 7 (issues 8, 26; DESIGN §12).
 
 The peers' workload: N chained modules, each a 1 KB static file, a template of hostname
 + one node parameter and a guarded script. The same workload is written as CFEngine 3
 policy (files: copy_from, a mustache template, a commands: bash script, bundlesequence
-in chain order) and run as `cf-agent --no-lock -f promises.cf`. Printed, measured in one
-run with the runs alternated, medians of RUNS:
+in chain order), run as `cf-agent --no-lock -f promises.cf`, and as a Puppet manifest
+(file source, an inline EPP template, an exec of the script, in manifest order), run as
+`puppet apply`. Printed, measured in one run with the runs alternated, medians of RUNS:
 
 - NOOP on this machine's root (left unchanged) vs the bash-fork floor: each template
   and script run once by bash, with nothing around them;
-- live into a fresh scratch root, and again converged, vs cf-agent into a fresh
-  directory and again converged; peak RSS of both;
+- live into a fresh scratch root, and again converged, vs the floor, and vs cf-agent
+  and puppet into a fresh directory and again converged; peak RSS;
 - a module whose script creates 5000 files: what its changes and commit cost per file;
 - the mean wall time per kind of step from disco's own report, NOOP and live: template
   and exec are sandboxed steps (sandbox build included), fetch the staged delivery, diff
   the reading of a layer's changes, commit the journaled commit.
 
+Where: the server, the scratch roots, the state dirs and the floor's files are in a
+directory under BENCH_DIR (default /var/tmp: this machine's disk, where a commit's
+flushes cost what they cost on a node; its filesystem type is printed), or on a tmpfs
+mounted there with BENCH_TMPFS=1 (where a flush is free).
+
 Usage: python bench/bench_engine.py [N ...] (default 20 200 2000; RUNS=3 in the environment).
-`make bench` installs cfengine3 first; without cf-agent its rows say so.
+DISCO_SRCS="a=/path/src,b=/other/src" measures each of those trees of disco in the same
+run (alternated, the floor shared) instead of the installed one: a before/after.
+`make bench` installs cfengine3 and puppet first; without them their rows say so.
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ from disco.engine.syscalls import CLONE_NEWNS, unshare
 BIN = Path(sys.executable).parent
 RUNS = int(os.environ.get("RUNS", "3"))
 CF_AGENT = shutil.which("cf-agent")
+PUPPET = shutil.which("puppet")
+# The template as a Puppet double-quoted string: \$ a dollar for EPP, \n a newline.
+EPP = "<%= \\$facts['networking']['hostname'] %> <%= \\$something %>\\n"
 TEMPLATE = 'echo "$(hostname) $(disco-param get bench/parameters/something)"\n'
 SCRIPT = "#!/bin/bash\n[ -f /etc/bench/{0}.stamp ] || echo done > /etc/bench/{0}.stamp\n"
 
@@ -109,6 +120,35 @@ body perms mode644
     return policy
 
 
+def build_puppet(server: Path, top: Path, n: int) -> Path:
+    """The same modules as a Puppet manifest writing under `top`, in manifest order."""
+    out = []
+    for i in range(n):
+        name = f"m{i:04d}"
+        module = server / "modules" / name
+        script = module / "pp-run.sh"
+        script.write_text(SCRIPT.format(name).replace("/etc/bench", f"{top}/etc/bench"))
+        out.append(f"""
+file {{ '{top}/etc/bench/{name}':
+  source => '{module}/files/etc/bench/{name}', mode => '0644',
+}}
+file {{ '{top}/etc/bench/{name}.cfg':
+  content => inline_epp("{EPP}", {{ 'something' => 'value' }}),
+}}
+exec {{ '{name}': command => '/bin/bash {script}' }}
+""")
+    (top / "etc" / "bench").mkdir(parents=True, exist_ok=True)
+    manifest = server / "site.pp"
+    manifest.write_text("".join(out))
+    return manifest
+
+
+def puppet_apply(manifest: Path, var: Path) -> list[str]:
+    """`puppet apply` with its state, config and logs in `var`, not the machine's."""
+    dirs = [f"--{d}={var / d}" for d in ("vardir", "confdir", "codedir", "logdir", "rundir")]
+    return [str(PUPPET), "apply", "--color=false", *dirs, str(manifest)]
+
+
 def timed(argv: list[str], **kw: object) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of the command's whole process tree."""
     start = time.perf_counter()
@@ -152,9 +192,20 @@ def floor(server: Path, n: int, tmp: Path) -> float:
     return wall
 
 
-def disco(server: Path, state: Path, *args: str) -> tuple[float, int]:
+def codes() -> list[tuple[str, str | None]]:
+    """The trees of disco to measure: (label, src dir), or the installed one."""
+    spec = os.environ.get("DISCO_SRCS", "")
+    return [tuple(c.split("=", 1)) for c in spec.split(",") if c] or [("", None)]  # type: ignore[misc]
+
+
+def disco(server: Path, state: Path, *args: str, src: str | None = None) -> tuple[float, int]:
     argv = [str(BIN / "disco"), "dance", "--server", str(server), "--node", "bench"]
-    return timed([*argv, "--state-dir", str(state), *args])
+    env = None
+    if src is not None:  # that tree first on the path, for the dance and its zygotes
+        run = "import sys; from disco.cli.main import main; sys.exit(main())"
+        argv = [str(BIN / "python"), "-c", run, *argv[1:]]
+        env = {**os.environ, "PYTHONPATH": src}
+    return timed([*argv, "--state-dir", str(state), *args], env=env)
 
 
 def scratch_root(path: Path) -> None:
@@ -193,32 +244,39 @@ def median(xs: list[float]) -> float:
 def workload(n: int, tmp: Path) -> None:
     server = tmp / f"server{n}"
     build_server(server, n)
-    cf_top = tmp / f"cf{n}"
+    cf_top, pp_top = tmp / f"cf{n}", tmp / f"pp{n}"
     policy = build_cfengine(server, cf_top, n) if CF_AGENT else None
     if (
         policy is not None
     ):  # an invalid policy would run CFEngine's failsafe, which starts cf-serverd
         subprocess.run([str(Path(str(CF_AGENT)).with_name("cf-promises")), "-f", str(policy)],
                        check=True)  # fmt: skip
+    manifest = build_puppet(server, pp_top, n) if PUPPET else None
     rows: dict[str, list[float]] = {}
     rss: dict[str, list[int]] = {}
-    live_steps: dict[str, float] = {}
-    state_noop = tmp / f"noop{n}"
-    disco(server, state_noop, "--noop")  # fetch once: the runs below measure the dance
+    live_steps: dict[str, dict[str, float]] = {}
+    noop_states = {label: tmp / f"noop{n}{label}" for label, _ in codes()}
+    for label, src in codes():  # fetch once: the runs below measure the dance
+        disco(server, noop_states[label], "--noop", src=src)
     for run in range(RUNS):
         rows.setdefault("floor", []).append(floor(server, n, tmp))
-        wall, peak = disco(server, state_noop, "--noop")
-        rows.setdefault("noop", []).append(wall)
-        rss.setdefault("disco", []).append(peak)
-        root, state = tmp / f"root{n}-{run}", tmp / f"live{n}-{run}"
-        scratch_root(root)
-        try:
-            shutil.copytree(state_noop, state, symlinks=True)
-            rows.setdefault("live", []).append(disco(server, state, "--root", str(root))[0])
-            live_steps = steps(state)
-            rows.setdefault("converged", []).append(disco(server, state, "--root", str(root))[0])
-        finally:
-            unmount_under(root)
+        for label, src in codes():
+            wall, peak = disco(server, noop_states[label], "--noop", src=src)
+            rows.setdefault(f"noop{label}", []).append(wall)
+            rss.setdefault(f"disco{label}", []).append(peak)
+            root, state = tmp / f"root{n}-{run}{label}", tmp / f"live{n}-{run}{label}"
+            scratch_root(root)
+            try:
+                shutil.copytree(noop_states[label], state, symlinks=True)
+                wall = disco(server, state, "--root", str(root), src=src)[0]
+                rows.setdefault(f"live{label}", []).append(wall)
+                live_steps[label] = steps(state)
+                wall = disco(server, state, "--root", str(root), src=src)[0]
+                rows.setdefault(f"converged{label}", []).append(wall)
+            finally:
+                unmount_under(root)
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(state, ignore_errors=True)
         if policy is not None:
             shutil.rmtree(cf_top / "etc" / "bench", ignore_errors=True)
             (cf_top / "etc" / "bench").mkdir(parents=True)
@@ -227,31 +285,60 @@ def workload(n: int, tmp: Path) -> None:
             rows.setdefault("cf", []).append(wall)
             rss.setdefault("cf", []).append(peak)
             rows.setdefault("cf-converged", []).append(timed(agent)[0])
-    m = {k: median(v) for k, v in rows.items()}
+        if manifest is not None:
+            shutil.rmtree(pp_top / "etc" / "bench", ignore_errors=True)
+            (pp_top / "etc" / "bench").mkdir(parents=True)
+            var = tmp / f"pp-var{n}-{run}"
+            wall, peak = timed(puppet_apply(manifest, var))
+            rows.setdefault("pp", []).append(wall)
+            rss.setdefault("pp", []).append(peak)
+            rows.setdefault("pp-converged", []).append(timed(puppet_apply(manifest, var))[0])
+    report(n, {k: median(v) for k, v in rows.items()}, rss, live_steps, noop_states)
+
+
+def report(
+    n: int,
+    m: dict[str, float],
+    rss: dict[str, list[int]],
+    live_steps: dict[str, dict[str, float]],
+    noop_states: dict[str, Path],
+) -> None:
     print(f"N={n} (medians of {RUNS}, runs alternated)")
     print(f"  bash-fork floor            {m['floor']:7.2f} s")
-    print(f"  NOOP on /                  {m['noop']:7.2f} s   {m['noop'] / m['floor']:5.2f}x floor"
-          "   (goal <= 1.35x)")  # fmt: skip
-    cf, cfc = m.get("cf"), m.get("cf-converged")
-    for label, key, peer, goal in (("live, fresh", "live", cf, "0.8"),
-                                   ("live, converged", "converged", cfc, "1.0")):  # fmt: skip
-        ratio = f"{m[key] / peer:5.2f}x CFEngine (goal <= {goal}x)" if peer else "(no cf-agent)"
-        print(f"  {label:<26} {m[key]:7.2f} s   {ratio}")
-    if cf and cfc:
-        print(f"  CFEngine fresh, converged  {cf:7.2f} s, {cfc:.2f} s")
-    print(f"  converged / fresh (disco)  {m['converged'] / m['live']:7.2f}")
-    peaks = f"{median([float(x) for x in rss['disco']]) / 1024:.1f} MB"
-    if "cf" in rss:
-        peaks += f", CFEngine {median([float(x) for x in rss['cf']]) / 1024:.1f} MB"
-    print(f"  peak RSS: disco {peaks}")
-    for label, per in (("NOOP", steps(state_noop)), ("live, fresh", live_steps)):
-        print(
-            f"  {label} per step (ms, mean wall; template and exec are sandboxed steps,"
-            " fetch the staged delivery, diff reading a layer's changes, commit"
-            " the journaled commit): " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items()))
-        )
-    per_module = (m["noop"] - m["floor"]) / n * 1000
-    print(f"  NOOP cost above the floor: {per_module:.1f} ms per module")
+    for label, _src in codes():
+        said = f" [{label}]" if label else ""
+        for what, key, goal in (("NOOP on /", "noop", "1.35"), ("live, fresh", "live", "1.35"),
+                                ("live, converged", "converged", "1.25")):  # fmt: skip
+            wall = m[key + label]
+            print(f"  {what + said:<26} {wall:7.2f} s   {wall / m['floor']:5.2f}x floor"
+                  f"   (goal <= {goal}x)")  # fmt: skip
+        for peer, name in (("cf", "CFEngine"), ("pp", "Puppet")):
+            if peer in m:
+                fresh, conv = (
+                    m["live" + label] / m[peer],
+                    m["converged" + label] / m[peer + "-converged"],
+                )
+                print(f"  live{said} vs {name:<15} {fresh:7.2f}x fresh, {conv:.2f}x converged")
+        peak = median([float(x) for x in rss["disco" + label]]) / 1024
+        print(f"  peak RSS{said}: disco {peak:.1f} MB")
+        for what, per in (("NOOP", steps(noop_states[label])),
+                          ("live, fresh", live_steps[label])):  # fmt: skip
+            print(
+                f"  {what}{said} per step (ms, mean wall; template and exec are sandboxed"
+                " steps, fetch the staged delivery, diff reading a layer's changes, commit"
+                " the journaled commit): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items()))
+            )
+        per_module = (m["noop" + label] - m["floor"]) / n * 1000
+        print(f"  NOOP{said} cost above the floor: {per_module:.1f} ms per module")
+    for peer, name, where in (("cf", "CFEngine", CF_AGENT), ("pp", "Puppet", PUPPET)):
+        if peer not in m:
+            print(f"  {name:<26} not installed")
+            continue
+        peak = median([float(x) for x in rss[peer]]) / 1024
+        walls = f"{m[peer]:7.2f} s, {m[peer + '-converged']:.2f} s"
+        print(f"  {name} fresh, converged {walls}   ({m[peer] / m['floor']:.2f}x floor);"
+              f" peak RSS {peak:.1f} MB ({where})")  # fmt: skip
 
 
 def many_files(tmp: Path) -> None:
@@ -292,23 +379,31 @@ def many_files(tmp: Path) -> None:
 
 def main() -> None:
     sizes = [int(a) for a in sys.argv[1:]] or [20, 200, 2000]
-    print(
-        f"{time.strftime('%Y-%m-%d')}, {os.uname().nodename}, {os.cpu_count()} cores,"
-        f" load {os.getloadavg()[0]:.2f}; cf-agent: {CF_AGENT or 'not installed'}"
-    )
+    base = Path(os.environ.get("BENCH_DIR", "/var/tmp"))
+    on_tmpfs = os.environ.get("BENCH_TMPFS") == "1"
     # A mount namespace of our own: what we mount is gone with us, even if we are killed.
     unshare(CLONE_NEWNS)
     Mount("/", flags=MS_REC | MS_PRIVATE).do()
-    with tempfile.TemporaryDirectory(prefix="disco-bench-") as name:
+    with tempfile.TemporaryDirectory(prefix="disco-bench-", dir=base) as name:
         tmp = Path(name)
-        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(tmp)], check=True)
+        if on_tmpfs:
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(tmp)], check=True)
+        fs = subprocess.run(["stat", "-f", "-c", "%T", str(tmp)], capture_output=True,
+                            text=True, check=True).stdout.strip()  # fmt: skip
+        print(
+            f"{time.strftime('%Y-%m-%d %H:%M')} UTC, {os.uname().nodename},"
+            f" {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; in {tmp} ({fs});"
+            f" cf-agent: {CF_AGENT or 'not installed'}; puppet: {PUPPET or 'not installed'}"
+        )
         try:
             for n in sizes:
                 workload(n, tmp)
             many_files(tmp)
         finally:
             unmount_under(tmp)
-            subprocess.run(["umount", "-l", str(tmp)], check=False)
+            if on_tmpfs:
+                subprocess.run(["umount", "-l", str(tmp)], check=False)
+        print(f"load {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

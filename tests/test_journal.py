@@ -17,7 +17,7 @@ from disco.engine.changes import read_changes
 from disco.errors import DiscoError
 from disco.live.changeset import keep_links, plan_commit
 from disco.live.commit import commit
-from disco.live.journal import KILL_AT, load
+from disco.live.journal import KILL_AT, load, seal
 from disco.live.ops import HardLink
 from disco.live.recovery import recover
 from test_commit import T, whiteout, write
@@ -98,11 +98,13 @@ def test_a_finished_commit_is_in_the_history_with_its_originals(tmp_path: Path) 
     (txn / "history/1").mkdir(parents=True)
     changes = read_changes(upper, [root], exclude=())
     journal = commit(txn, changes, root, "1", "mod", "exec 10-all")
-    assert journal.where == txn / "history/1/commits/1"
+    assert journal.where == txn / "done"  # on disk with the next commit, or sealed
     assert not (txn / "journal").exists()
+    seal(txn)
+    assert not (txn / "done").exists()
     assert (root / "etc/modified").read_bytes() == b"new\n"
     assert not (root / "etc/tree").exists()
-    kept = load(journal.where)
+    kept = load(txn / "history/1/commits/1")
     assert (kept.dance, kept.module, kept.step, kept.root) == ("1", "mod", "exec 10-all", root)
     by_path = {e.path: e for e in kept.entries}
     saved = kept.saved(by_path["/etc/modified"])
@@ -115,7 +117,8 @@ def test_a_finished_commit_is_in_the_history_with_its_originals(tmp_path: Path) 
 
 
 def points(tmp: Path) -> int:
-    """How many commit points the commit of build() has: one per operation, and three."""
+    """How many commit points the commit of build() has: one per operation, and three
+    (journal.new flushed, renamed to journal; the journal moved to txn/done)."""
     upper, root, _txn = build(tmp)
     return len(plan_commit(read_changes(upper, [root], exclude=()), root)) + 3
 
@@ -146,7 +149,7 @@ def test_a_commit_killed_at_any_point_is_undone_byte_for_byte(tmp_path: Path, k:
         assert commit_in_child(done_upper, done_root, done_txn, None) == 0
         assert snapshot(root) == snapshot(done_root)
         assert warnings == []
-    assert not (txn / "journal").exists() and not (txn / "journal.new").exists()
+    assert sorted(os.listdir(txn)) == (["history"] if k == last else [])
     assert sorted(os.listdir(root / "etc")) == sorted(
         n for n in os.listdir(root / "etc") if not n.endswith(".disco-new")
     )
@@ -217,7 +220,7 @@ def test_names_that_are_one_file_in_the_layer_are_one_file_in_the_target(
 
 def test_the_journal_names_every_path_with_its_state_before(tmp_path: Path) -> None:
     upper, root, txn = build(tmp_path)
-    assert commit_in_child(upper, root, txn, "1:KILL") == -9  # durable, nothing applied
+    assert commit_in_child(upper, root, txn, "2:KILL") == -9  # in force, nothing applied
     data = json.loads((txn / "journal/journal.json").read_text())
     by_path = {e["path"]: e for e in data["entries"]}
     assert by_path["/etc/deleted"]["before"]["uid"] == 9
@@ -230,7 +233,7 @@ def test_the_journal_names_every_path_with_its_state_before(tmp_path: Path) -> N
 
 def test_recovery_never_follows_a_symlink_out_of_the_root(tmp_path: Path) -> None:
     upper, root, txn = build(tmp_path)
-    assert commit_in_child(upper, root, txn, "3:KILL") == -9  # two operations done
+    assert commit_in_child(upper, root, txn, "4:KILL") == -9  # two operations done
     outside = tmp_path / "outside"
     os.rename(root / "etc", outside)
     os.symlink(str(outside), root / "etc")  # the target changed under the journal

@@ -197,7 +197,7 @@ def test_a_dance_killed_at_any_commit_point_is_undone_by_the_next(
             assert lines == [] and not (scratch_root / "etc/gone").exists()
             assert rollback(cmd, scratch_root).returncode == 0
         assert state_of(scratch_root) == before, k
-    assert k - 1 >= 12  # every operation of the commit (9 or more), and 3 of the journal
+    assert k - 1 >= 13  # every operation of the commit (9 or more), and 4 of the journal
 
 
 def test_sigterm_during_a_commit_finishes_it_and_commits_nothing_more(
@@ -207,7 +207,7 @@ def test_sigterm_during_a_commit_finishes_it_and_commits_nothing_more(
         "10-a.sh": "echo a > /etc/a\necho b > /etc/b\necho c > /etc/c\n",
         "20-b.sh": "echo later > /etc/later\n",
     })  # fmt: skip
-    env = {"NOOP": "", "DISCO_TEST_KILL_AT": "2:TERM"}  # after the first operation
+    env = {"NOOP": "", "DISCO_TEST_KILL_AT": "3:TERM"}  # after the first operation
     result = cmd("disco", "dance", "--server", str(server), "--node", NODE,
                  "--root", str(scratch_root), env=env)  # fmt: skip
     assert result.returncode == 128 + signal.SIGTERM, result.stderr

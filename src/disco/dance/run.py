@@ -4,6 +4,7 @@ console the caller gives it, and it returns the dance's outcome and records."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from disco.dance.reporting import Sink
 from disco.engine.sandbox import Usage
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
 from disco.live import history
+from disco.live.journal import seal
 from disco.report.metrics import INTERNAL, USAGE_FIELDS, DanceReport, Meter, Record, save
 
 # --detailed-exitcodes (Puppet's meaning)
@@ -166,6 +168,8 @@ def interrupted(
     if noop:
         hint = "'disco report' shows the steps that ran, and where it stopped"
         return DiscoError(f"{where}: a NOOP dance changes nothing", hint, e.status)
+    with contextlib.suppress(OSError, DiscoError):  # else the next dance's recovery does it
+        seal(state.txn)  # the last commit on disk, in the history
     done = [f"{j.module}: {j.step}" for j in kept.commits(state.txn)]
     what = f"{len(done)} commit(s) were applied ({', '.join(done)})" if done else "none applied"
     return DiscoError(

@@ -7,12 +7,25 @@ journal.json; a regular file's content under saved/). The saved content never sh
 inode with a file of the root: it is a hard link of the original only where the commit
 takes that inode out of the root (a rename over its one name, an unlink), else a copy
 (holes kept). A link to a file that stays would make the "original" follow every later
-edit of it, and give it one more name each dance. The
-journal is built in txn/journal.new and renamed to txn/journal once its files and
-directories are fsynced; only then does the first operation run. When the last one is
-done and the directories it touched are fsynced, the journal is renamed into the dance's
-history (txn/history/ID/commits/N): that rename is the end of the commit, and the saved
-originals become the undo log `disco rollback` uses.
+edit of it, and give it one more name each dance.
+
+Two flushes a commit, whatever its number of paths, in the order of a write-ahead log
+(the log on disk before the data, the data on disk before the log is retired):
+1. the journal is built in txn/journal.new, unsynced; one syncfs(2) of txn's filesystem
+   puts all of it on disk. Only then does the first operation run: whatever of the root
+   reaches the disk from then on has a journal on disk to undo it. It is renamed to
+   txn/journal unflushed: a power cut can leave it as journal.new, which recovery undoes
+   if it is whole (it was flushed, operations may have run) and drops if it is not (the
+   flush never returned, no operation ran). Whole: its json reads and every saved
+   original is there (the copies with the md5 the json gives them).
+2. the operations write beside and rename over, with no fsync of their own; when the
+   last is done one syncfs of the root's filesystem puts them all on disk (and the
+   rename of step 1).
+3. the journal is renamed into the dance's history (txn/history/ID/commits/N): the end
+   of the commit. That rename is not flushed by itself: the next commit's first syncfs
+   (or the end of the dance, history.finish) flushes it. Lost in a power cut, the journal
+   is back in txn/journal and the next dance undoes that last commit whole: old, not half.
+The saved originals become the undo log `disco rollback` uses.
 
 SIGINT and SIGTERM are blocked while a commit runs: a commit in progress finishes, and
 the signal arrives right after it.
@@ -35,21 +48,27 @@ from disco.files import copy_file
 from disco.live.changeset import apply, keep_links, plan_commit
 from disco.live.journal import (
     AFTER,
+    BOOT,
+    COPIES,
+    DONE,
     FORMAT,
     Entry,
     Expect,
     Journal,
     Saved,
     Times,
+    archive,
+    boot_id,
     discard,
     entry_data,
-    fsync,
+    load,
+    md5_of,
     point,
     read_xattrs,
     signals_held,
-    sync_dirs,
+    syncfs,
     times_data,
-    write_synced,
+    whole,
 )
 from disco.live.ops import Op, Remove, SetMeta, parent
 from disco.live.recovery import undo
@@ -86,13 +105,11 @@ def commit_ops(
                 undo(journal)  # if this fails too, the next dance's recovery tries again
                 discard(journal.where)
             raise
-        sync_dirs(root, {os.path.dirname(e.path) for e in journal.entries})
-        point()
         journal = replace(journal, dirs_after=dir_times(root, [d for d, _ in journal.dirs]))
         (journal.where / AFTER).write_bytes(times_data(journal.dirs_after or ()))
-        kept = _archive(txn, journal)
+        os.rename(journal.where, txn / DONE)  # on disk with the next commit's flush
         point()
-        return kept
+        return replace(journal, where=txn / DONE)
 
 
 def _prepare(
@@ -106,10 +123,11 @@ def _prepare(
 ) -> Journal:
     """Write the journal of `ops` durably to txn/journal; nothing in the root changes."""
     final = txn / "journal"
-    if final.exists():
-        raise DiscoError(
-            f"an unfinished commit is in {final}", "run 'disco dance' or 'disco rollback' first"
-        )
+    for left in (final, txn / "journal.new"):
+        if left.exists() and (left == final or whole(left) is not None):
+            raise DiscoError(
+                f"an unfinished commit is in {left}", "run 'disco dance' or 'disco rollback' first"
+            )
     try:
         return _write_journal(txn, ops, root, afters, dance, module, step)
     except OSError as e:
@@ -152,15 +170,17 @@ def _write_journal(
     dirs = dir_times(root, sorted({os.path.dirname(p) for p in named} - named))
     data = {"format": FORMAT, "dance": dance, "module": module, "step": step,
             "root": str(root), "entries": [entry_data(e) for e in entries],
-            "dirs": [list(d) for d in dirs]}  # fmt: skip
-    write_synced(new / "journal.json", json.dumps(data, separators=(",", ":")).encode())
-    for copy in copies:
-        fsync(copy)
-    if any(e.before and e.before.file for e in entries):
-        fsync(new / "saved")  # the links and copies in it
-    fsync(new)
-    os.rename(new, final)
-    fsync(txn)
+            "dirs": [list(d) for d in dirs], BOOT: boot_id(),
+            COPIES: {c.name: md5_of(c) for c in copies}}  # fmt: skip
+    (new / "journal.json").write_bytes(json.dumps(data, separators=(",", ":")).encode())
+    done = txn / DONE
+    if done.exists() and os.stat(root).st_dev != os.stat(txn).st_dev:
+        syncfs(root)  # the last commit's operations, where the flush of txn/ does not reach
+    syncfs(txn)  # journal.new whole on disk, and with it the last commit's operations
+    point()
+    if done.exists():  # the last commit: on disk now, its journal retired
+        archive(txn, load(done))
+    os.rename(new, final)  # unflushed: a whole journal.new is undone just the same
     return Journal(dance, module, step, root, tuple(entries), final, dirs)
 
 
@@ -236,32 +256,3 @@ def _linked(target: Path, link: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def _archive(txn: Path, journal: Journal) -> Journal:
-    """The commit's end: its journal moved into the dance's history (or dropped)."""
-    if not journal.dance:
-        discard(journal.where)
-        return journal
-    commits = txn / "history" / journal.dance / "commits"
-    commits.mkdir(parents=True, exist_ok=True)
-    number = _next_number(commits)
-    os.rename(journal.where, commits / str(number))
-    fsync(commits)
-    fsync(txn)
-    return replace(journal, where=commits / str(number))
-
-
-def _next_number(commits: Path) -> int:
-    """The number of a dance's next commit: counted on from the last one this process
-    made, the directory listed only when that is taken or unknown (listing it for every
-    commit made a long dance's commits cost more and more: 3.9 ms to 7.5 ms a commit
-    over 4000)."""
-    number = _NEXT.get(commits)
-    if number is None or os.path.lexists(commits / str(number)):
-        number = 1 + max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=0)
-    _NEXT[commits] = number + 1
-    return number
-
-
-_NEXT: dict[Path, int] = {}

@@ -33,7 +33,7 @@ from disco.errors import DiscoError
 from disco.files import open_regular, write_atomic
 from disco.live.changeset import plan_commit
 from disco.live.commit import commit_ops, dir_times
-from disco.live.journal import Expect, Journal, Times, load, read_xattrs
+from disco.live.journal import DONE, Expect, Journal, Times, load, read_xattrs, seal
 from disco.live.recovery import Desired, restore_dir_times, restore_times, undo_changes
 from disco.tree.params import ParamStore
 
@@ -59,11 +59,18 @@ class Kept:
     uncommitted: tuple[tuple[str, str, str], ...] = ()  # (module, step, path) of failed commits
 
     def commits(self, txn: Path) -> list[Journal]:
+        """Its finished commits, the last one too while it waits in txn/done (commit.py)."""
         where = txn / "history" / self.id / "commits"
-        if not where.is_dir():
-            return []
-        numbers = sorted(int(p.name) for p in where.iterdir() if p.name.isdigit())
-        return [load(where / str(n)) for n in numbers]
+        numbers = (
+            sorted(int(p.name) for p in where.iterdir() if p.name.isdigit())
+            if where.is_dir()
+            else []
+        )
+        kept = [load(where / str(n)) for n in numbers]
+        if (txn / DONE).is_dir():
+            last = load(txn / DONE)
+            kept += [last] if last.dance == self.id else []
+        return kept
 
     def done(self, txn: Path) -> bool:
         """Whether a rollback took effect (its commit finished, or it had none)."""
@@ -96,6 +103,8 @@ def finish(
     """`changes`: those committed; `uncommitted`: the paths of commits that failed."""
     done = replace(kept, changes=changes, failures=failures, exit=exit,
                    uncommitted=tuple(uncommitted))  # fmt: skip
+    if kept.mode != "noop":  # the last commit on disk, in the history (commit.py)
+        seal(txn)
     _write(txn, done)
     return done
 
@@ -290,7 +299,7 @@ def not_committed(kept: Kept) -> list[str]:
 
 def _committed(txn: Path, kept: Kept) -> bool:
     where = txn / "history" / kept.id / "commits"
-    return kept.pruned or (where.is_dir() and any(where.iterdir()))
+    return kept.pruned or (where.is_dir() and any(where.iterdir())) or bool(kept.commits(txn))
 
 
 def prepare(txn: Path, root: Path, wanted: str | None, force: bool) -> Rollback:

@@ -6,14 +6,16 @@ undoes one that a crash left in txn/journal.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import hashlib
 import itertools
 import json
 import os
 import shutil
 import signal
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,8 @@ from disco.errors import DiscoError
 FORMAT = 1
 _OVERLAY = "trusted.overlay."
 # Test-only: "K:SIG" sends SIG (KILL, TERM, INT) to disco at the K-th commit point of the
-# process: 1 when the journal is durable, then one after each operation, one after the
-# touched directories are fsynced, one after the journal is in the history.
+# process: 1 when journal.new is flushed, 2 when it is renamed to journal, then one after
+# each operation, one after the root is flushed, one after the journal is in the history.
 KILL_AT = "DISCO_TEST_KILL_AT"
 _points = itertools.count(1)
 Xattrs = tuple[tuple[str, bytes], ...]
@@ -109,6 +111,69 @@ def read_xattrs(path: Path) -> Xattrs:
     )
 
 
+def archive(txn: Path, journal: Journal) -> Journal:
+    """A finished commit's journal moved into its dance's history (or dropped), unflushed."""
+    if not journal.dance:
+        discard(journal.where)
+        return journal
+    commits = txn / "history" / journal.dance / "commits"
+    commits.mkdir(parents=True, exist_ok=True)
+    number = _next_number(commits)
+    os.rename(journal.where, commits / str(number))
+    return replace(journal, where=commits / str(number))
+
+
+def _next_number(commits: Path) -> int:
+    """The number of a dance's next commit: counted on from the last one this process
+    made, the directory listed only when that is taken or unknown (listing it for every
+    commit made a long dance's commits cost more and more: 3.9 ms to 7.5 ms a commit
+    over 4000)."""
+    number = _NEXT.get(commits)
+    if number is None or os.path.lexists(commits / str(number)):
+        number = 1 + max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=0)
+    _NEXT[commits] = number + 1
+    return number
+
+
+_NEXT: dict[Path, int] = {}
+
+
+def seal(txn: Path) -> None:
+    """The last commit (txn/done) put on disk and its journal moved into the history, on
+    disk too: at the end of a dance or a rollback, and by recovery in the same boot."""
+    done = txn / DONE
+    if not done.exists():
+        return
+    journal = load(done)
+    if journal.root.is_dir() and os.stat(journal.root).st_dev != os.stat(txn).st_dev:
+        syncfs(journal.root)
+    syncfs(txn)
+    archive(txn, journal)
+    syncfs(txn)
+
+
+def same_boot(where: Path) -> bool:
+    """Whether the journal in `where` was written since this machine last booted: then
+    what its commit did is all there, on disk or in the page cache, whatever killed it."""
+    try:
+        return bool(json.loads((where / "journal.json").read_bytes()).get(BOOT) == boot_id())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def boot_id() -> str:
+    global _BOOT
+    if _BOOT is None:
+        try:
+            _BOOT = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            _BOOT = ""  # never the same: a done commit is undone after any crash
+    return _BOOT
+
+
+_BOOT: str | None = None
+
+
 def discard(where: Path) -> None:
     trash = where.with_name(where.name + ".old")
     os.rename(where, trash)
@@ -144,7 +209,40 @@ def load(where: Path) -> Journal:
         raise DiscoError(f"the commit journal {path} is damaged ({e!r})", hint) from None
 
 
+COPIES = "copies"  # in journal.json: the md5 of each saved copy, to tell a whole journal.new
+BOOT = "boot"  # in journal.json: the boot it was written in (/proc/sys/kernel/random/boot_id)
+DONE = "done"  # txn/done: the last commit, done, not yet known to be on disk (commit.py)
+
 AFTER = "dirs-after.json"  # written when the commit is done, just before it is archived
+
+
+def whole(where: Path) -> Journal | None:
+    """The journal in `where` if it is whole: its json reads, and every saved original is
+    there, each copy with its md5 (a journal.new a power cut left before its flush
+    returned is not, and no operation of it ran)."""
+    try:
+        journal = load(where)
+        copies = json.loads((where / "journal.json").read_bytes()).get(COPIES, {})
+        for entry in journal.entries:
+            saved = journal.saved(entry)
+            if saved is None:
+                continue
+            if saved.name in copies:
+                if md5_of(saved) != copies[saved.name]:
+                    return None
+            elif not saved.is_file():
+                return None
+    except (DiscoError, OSError, ValueError, AttributeError):
+        return None
+    return journal
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def times_data(times: Times) -> bytes:
@@ -196,13 +294,6 @@ def _entry(data: dict[str, Any]) -> Entry:
 # -- durability, signals, the test hook -----------------------------------------------------
 
 
-def write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -211,11 +302,20 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def sync_dirs(root: Path, dirs: set[str]) -> None:
-    """fsync the directories whose entries changed, so the renames are on disk."""
-    for d in sorted(dirs):
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            fsync(root / d.lstrip("/"))
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(path: Path) -> None:
+    """Everything written to `path`'s filesystem made durable: data, inodes, directory
+    entries, renames (syncfs(2): one flush of that filesystem, where an fsync of each file
+    and directory a commit touched was one each; since Linux 5.8 it reports write errors)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ operation is a frozen dataclass that does and describes itself (a shell line) an
 the target paths it replaces or deletes (`paths()`), for a journal to save first.
 
 The boring way (STYLE 6): a regular file is copied from the upper to `.NAME.disco-new`
-beside its target, given owner, mode, xattrs and times, fsynced and renamed over it, so
+beside its target, given owner, mode, xattrs and times and renamed over it, so
 a reader sees the old file or the new one, never half of one. Replacing breaks hard
 links (the other names keep the old content), as the overlay did inside the step.
 Symlinks and special files are made beside and renamed over too. A changed directory,
@@ -15,8 +15,9 @@ A removal takes a directory with everything below it, within one filesystem.
 
 Every target is reached from the root one component at a time, never following a
 symlink: a change below a symlink in the target (`etc -> /etc`) is refused, since a
-layer holds real directories. `trusted.overlay.*` xattrs never reach the target. No
-directory is fsynced after a rename: durability across a crash is the journal's job.
+layer holds real directories. `trusted.overlay.*` xattrs never reach the target. Nothing
+is fsynced here: durability across a crash is the journal's job (one syncfs of the root
+when a commit's operations are done, commit.py).
 """
 
 from __future__ import annotations
@@ -278,7 +279,7 @@ def parent(root: Path, path: str) -> Iterator[tuple[int, str]]:
 def _beside(
     d: int, name: str, make: Callable[[str], int | None], attrs: Attrs, atime_ns: int | None = None
 ) -> None:
-    """Make an entry under the temp name (`make` may return a descriptor to fsync), give it
+    """Make an entry under the temp name (`make` may return a descriptor to close), give it
     its attributes, rename it over `name`. A failure leaves no temp entry behind."""
     tmp = temp_name(name)
     _unlink_quiet(d, tmp)
@@ -286,8 +287,6 @@ def _beside(
         fd = make(tmp)
         try:
             _set_attrs(d, tmp, attrs, (), atime_ns)
-            if fd is not None:
-                os.fsync(fd)
         finally:
             if fd is not None:
                 os.close(fd)

@@ -20,18 +20,46 @@ from disco.engine.changes import DEFAULT_SENSITIVE, Change, read_changes
 from disco.errors import DiscoError
 from disco.files import copy_file
 from disco.live.changeset import apply, plan_commit
-from disco.live.journal import Journal, Saved, Times, discard, load, read_xattrs, sync_dirs
+from disco.live.journal import (
+    DONE,
+    Journal,
+    Saved,
+    Times,
+    discard,
+    load,
+    read_xattrs,
+    same_boot,
+    seal,
+    syncfs,
+    whole,
+)
 from disco.live.ops import parent, temp_name  # parent never follows a symlink
 
 
 def recover(txn: Path, warn: Callable[[str], None]) -> None:
     """Undo the commit a crash cut short, if any, saying so in one warning."""
-    for leftover in (txn / "journal.new", txn / "journal.old"):
-        if leftover.exists():  # never in force: the root was not touched by it
-            shutil.rmtree(leftover)
-    if not (txn / "journal").exists():
-        return
-    journal = load(txn / "journal")
+    for old in (txn / "journal.old", txn / "journal.new.old"):
+        if old.exists():  # a discarded journal: its commit is undone or done
+            shutil.rmtree(old)
+    new = txn / "journal.new"
+    if new.exists():
+        if whole(new) is None:  # cut before its flush returned: no operation ran
+            shutil.rmtree(new)
+        else:  # flushed, its rename to journal lost in a power cut: operations may have run
+            _recover(load(new), warn)
+    if (txn / "journal").exists():
+        _recover(load(txn / "journal"), warn)
+    done = txn / DONE
+    if done.exists():
+        if same_boot(done):  # killed after the commit: all of it is there
+            seal(txn)
+        else:  # the machine went down before it was on disk: part of it may be lost
+            _recover(load(done), warn, "went down before its commit of {} was on disk")
+
+
+def _recover(
+    journal: Journal, warn: Callable[[str], None], what: str = "was cut short while committing {}"
+) -> None:
     if not journal.root.is_dir():
         raise DiscoError(
             f"an unfinished commit of dance {journal.dance} in {journal.root} cannot be undone:"
@@ -41,8 +69,8 @@ def recover(txn: Path, warn: Callable[[str], None]) -> None:
     changed = undo(journal)
     discard(journal.where)
     warn(
-        f"dance {journal.dance or '?'} was cut short while committing {journal.module}:"
-        f" {journal.step}; undone, {changed} path(s) of {journal.root} put back as they were"
+        f"dance {journal.dance or '?'} {what.format(f'{journal.module}: {journal.step}')};"
+        f" undone, {changed} path(s) of {journal.root} put back as they were"
     )
 
 
@@ -68,7 +96,7 @@ def restore(root: Path, desired: Desired, work: Path, dirs: Times = ()) -> int:
         apply(plan_commit(changes, root))
         restore_times(root, desired)
         restore_dir_times(root, dirs)
-        sync_dirs(root, {os.path.dirname(p) for p in desired})
+        syncfs(root)  # put back on disk before the journal is discarded
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return len(changes)
