@@ -220,6 +220,7 @@ def dance_locked(
             timeout=settings.step_timeout,
             limits=settings.limits,
             effects=args.effects,
+            packages=settings.packages,
         )
         dancer = Dance(state, plan, options, out, meter)
         status = EXIT_FAILED
