@@ -61,8 +61,7 @@ def test_setcap_on_a_copied_up_file_names_the_capability(tmp_path: Path) -> None
         subprocess.run(["setcap", "cap_net_raw+ep", str(upper / "usr/bin" / name)], check=True)
     changes = {c.path: header(c) for c in read_changes(upper, [lower])}
     assert changes["/usr/bin/ping"] == (
-        "File: file: /usr/bin/ping : Modified :"
-        " xattrs=[none => security.capability=cap_net_raw=ep]"
+        "File: file: /usr/bin/ping : Modified : xattrs=[none => security.capability=cap_net_raw=ep]"
     )
     assert changes["/usr/bin/new"].endswith(" xattrs=[security.capability=cap_net_raw=ep]")
 
