@@ -16,8 +16,12 @@ command -v dpkg-scanpackages >/dev/null || apt-get install -y -qq dpkg-dev >/dev
 mkdir -p "$dir"
 cd "$dir"
 apt-get update -qq
-# What an install of them would fetch here: each NAME_VERSION_ARCH.deb, as NAME=VERSION.
-apt-get install --print-uris -qq -y --no-install-recommends "$@" |
+# What an install of them would fetch here (apt's own cache aside, whose files it would
+# not fetch): each NAME_VERSION_ARCH.deb, as NAME=VERSION.
+empty=$(mktemp -d)
+trap 'rm -rf "$empty"' EXIT
+mkdir "$empty/partial"
+apt-get install --print-uris -qq -y --no-install-recommends -o Dir::Cache::archives="$empty/" "$@" |
     awk '{print $2}' | sed -e 's/%3a/:/' -e 's/\.deb$//' |
     awk -F_ '{print $1 "=" $2}' >wanted.txt
 missing=()

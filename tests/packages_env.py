@@ -147,5 +147,7 @@ def owners(listing: Path) -> dict[str, str]:
 def by_package(paths: list[str], own: dict[str, str]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = defaultdict(list)
     for path in paths:
-        grouped[own.get(path, "(no package)")].append(path)
+        info = re.match(r"^/var/lib/dpkg/info/([^/:]+)(:[^/.]+)?\.[a-z]+$", path)
+        package = own.get(path) or (info.group(1) if info else "(maintainer scripts, apt, dpkg)")
+        grouped[package].append(path)
     return grouped
