@@ -50,17 +50,19 @@ def install_script(packages: list[str]) -> str:
     )
 
 
-# $SOURCE: "serve" (the repository on loopback), "none" (the node has a source nobody
-# serves). Each DANCE is NAME:FLAGS (FLAGS with + for spaces), run in turn; "&" between
-# two runs them side by side.
+# $SOURCE: "serve" (the repository on loopback), "gone" (served for apt-get update, then
+# no more), "none" (never served: no lists). Each DANCE is NAME:FLAGS[:KEY=VALUE] (FLAGS
+# with + for spaces; KEY=VALUE a parameter set in its state first), run in turn; "&"
+# between two runs them side by side.
 DRIVER = """set -e
 T=$1 SERVER=$2 DISCO=$3 OUT=$4 PYTHON=$5 DEBS=$6 PORT=$7 SOURCE=$8
 shift 8
 ip link set lo up
 mount -t tmpfs tmpfs "$T"
 mount -t tmpfs -o mode=755 tmpfs /run
-if [ "$SOURCE" = serve ]; then
+if [ "$SOURCE" != none ]; then
   "$PYTHON" -m http.server --bind 127.0.0.1 "$PORT" --directory "$DEBS" >/dev/null 2>&1 &
+  server=$!
   for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
 fi
 mkdir -p "$T/snap/var"
@@ -76,10 +78,11 @@ rm -f "$T/snap/etc/apt/sources.list.d/"*
 echo "deb [trusted=yes] http://127.0.0.1:$PORT/ ./" > "$T/snap/etc/apt/sources.list"
 rm -rf "$T/snap/var/lib/apt/lists"
 mkdir -p "$T/snap/var/lib/apt/lists/partial"
-if [ "$SOURCE" = serve ]; then
+if [ "$SOURCE" != none ]; then
   apt-get -qq -o Dir="$T/snap/" -o Dir::State::status="$T/snap/var/lib/dpkg/status" \\
     -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= update
 fi
+if [ "$SOURCE" = gone ]; then kill "$server"; wait "$server" || true; fi
 printf '#!/bin/sh\\nexit 101\\n' > "$T/snap/policy-rc.d"
 chmod 755 "$T/snap/policy-rc.d"
 clone() {
@@ -88,7 +91,12 @@ clone() {
   mount -t overlay overlay -o "lowerdir=$T/snap:/,upperdir=$T/$1/up,workdir=$T/$1/wk" "$T/$1/root"
 }
 dance() {
-  name=${1%%:*} flags=${1#*:}
+  name=${1%%:*} flags=${1#*:} setting=
+  case $flags in *:*) setting=${flags#*:} flags=${flags%%:*} ;; esac
+  if [ -n "$setting" ]; then
+    echo "${setting#*=}" | DISCO_STATE=$T/state-$name "$(dirname "$DISCO")/disco-param" \
+      set "${setting%%=*}"
+  fi
   DISCO_STATE=$T/state-$name NO_COLOR=1 NOOP= "$DISCO" dance ${flags//+/ } \\
     --server "$SERVER" --node pkgs.example.com --root "$T/$name/root" \\
     > "$OUT/$name.out" 2>&1 || true
@@ -116,9 +124,9 @@ done
 def dance(tmp: Path, server: Path, dances: list[str], source: str = "serve") -> Path:
     """Run the dances ("noop:--noop", "live:--effects+run", "&" between two run side by
     side) on clones; their reports and outputs are in the returned directory."""
-    (tmp / "t").mkdir()
+    (tmp / "t").mkdir(exist_ok=True)
     out = tmp / "out"
-    out.mkdir()
+    out.mkdir(exist_ok=True)
     subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
          "--net", "bash", "-c", DRIVER, "driver", str(tmp / "t"), str(server),
