@@ -94,13 +94,15 @@ dance() {
   name=${1%%:*} flags=${1#*:} setting=
   case $flags in *:*) setting=${flags#*:} flags=${flags%%:*} ;; esac
   if [ -n "$setting" ]; then
-    echo "${setting#*=}" | DISCO_STATE=$T/state-$name "$(dirname "$DISCO")/disco-param" \
+    echo "${setting#*=}" | DISCO_STATE=$T/state-${name%%.*} "$(dirname "$DISCO")/disco-param" \
       set "${setting%%=*}"
   fi
-  DISCO_STATE=$T/state-$name NO_COLOR=1 NOOP= "$DISCO" dance ${flags//+/ } \\
+  state=$T/state-${name%%.*}  # NAME.2 dances with NAME's state (its cache) again
+  DISCO_STATE=$state NO_COLOR=1 NOOP= "$DISCO" dance ${flags//+/ } \\
     --server "$SERVER" --node pkgs.example.com --root "$T/$name/root" \\
     > "$OUT/$name.out" 2>&1 || true
-  cp "$T/state-$name/reports/last.json" "$OUT/$name.json" 2>/dev/null || true
+  cp "$state/reports/last.json" "$OUT/$name.json" 2>/dev/null || true
+  ls -i "$state/cache/debs" > "$OUT/$name.cache" 2>/dev/null || true
 }
 for d in "$@"; do [ "$d" = "&" ] || clone "${d%%:*}"; done
 pending= pids=
