@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -41,6 +42,51 @@ def make_server(where: Path, script: str, module: str = "pkgs") -> Path:
     (where / "parameters" / NODE / "modules").mkdir(parents=True)
     (where / "parameters" / NODE / "modules" / module).touch()
     return where
+
+
+BALLS = Path(__file__).resolve().parent.parent / "src" / "disco" / "balls"
+
+
+def make_ball_server(where: Path, ball: str, params: dict[str, str]) -> Path:
+    """A server whose one module is disco's ball `ball`, with `params` (path -> value)
+    under the node's parameters."""
+    shutil.copytree(BALLS / ball / "scripts", where / "modules" / ball / "scripts")
+    (where / "parameters" / NODE / "modules").mkdir(parents=True)
+    (where / "parameters" / NODE / "modules" / ball).touch()
+    for rel, value in params.items():
+        path = where / "parameters" / NODE / "parameters" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value + "\n")
+    return where
+
+
+# Paths whose content holds the time of the run, or what depends on it: compared
+# without their md5 (each of them differs between two runs of live itself).
+TIMED = {
+    "/var/log/apt/history.log": "Start-Date and End-Date of the install",
+    "/var/log/apt/term.log": "'Log started' and 'Log ended' times",
+    "/var/log/dpkg.log": "each line starts with the time",
+    "/var/log/alternatives.log": "each line starts with the time",
+    "/var/cache/ldconfig/aux-cache": "the inode numbers and ctimes of the libraries seen",
+}
+
+
+def without_md5(header: str) -> str:
+    return re.sub(r" md5=\[[^]]*\]", " md5=[of the run]", header)
+
+
+def compare(noop: dict[str, str], live: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The paths whose records differ, and those of TIMED that are equal only without
+    their md5."""
+    mismatches, relaxed = [], []
+    for path in sorted(set(noop) | set(live)):
+        shown, made = noop.get(path), live.get(path)
+        if path in TIMED and shown and made and shown != made:
+            relaxed.append(path)
+            shown, made = without_md5(shown), without_md5(made)
+        if shown != made:
+            mismatches.append(path)
+    return mismatches, relaxed
 
 
 def install_script(packages: list[str]) -> str:

@@ -13,7 +13,16 @@ import pytest
 
 from conftest import Run, assert_one_error
 from disco.noop.packages import Fetcher, Refused, fetch, host_command
-from packages_env import corpus, dance, install_script, make_server
+from disco.noop.rules import Kind, load_rules
+from packages_env import (
+    compare,
+    corpus,
+    dance,
+    install_script,
+    make_ball_server,
+    make_server,
+    records,
+)
 from test_dance_steps import make_server as make_plain_server
 
 PACKAGES = ["lzip", "iputils-arping"]  # alternatives; a file capability (setcap)
@@ -119,6 +128,7 @@ def test_a_node_with_no_package_lists_gets_a_warning_not_a_failed_noop(
         (["apt-get", "-y"], "no install or upgrade verb"),
         (["dpkg", "-i", "x.deb"], "'dpkg' is not a command disco fetches for"),
         (["apt-get", "-t", "$(id)", "install", "lzip"], "cannot use the release"),
+        (["apt-get", "install", "--", "-oDir=/x"], "'-oDir=/x' is not a package name"),
     ],
 )
 def test_the_host_refuses_what_is_not_a_plain_install(argv: list[str], why: str) -> None:
@@ -130,6 +140,7 @@ def test_the_host_refuses_what_is_not_a_plain_install(argv: list[str], why: str)
 
 def test_the_host_runs_apt_with_the_step_s_package_words_only() -> None:
     assert host_command(["apt", "-y", "-q", "upgrade"]) == ["--with-new-pkgs", "upgrade"]
+    assert host_command(["apt-get", "install", "-y", "--", "a", "b"]) == ["install", "a", "b"]
     assert host_command(["apt-get", "--no-install-recommends", "-qq", "install", "a", "b=1.0"]) == [
         "--no-install-recommends", "install", "a", "b=1.0"]  # fmt: skip
     assert host_command(["apt-get", "full-upgrade", "-t", "bookworm"]) == [
@@ -153,3 +164,26 @@ def test_a_bad_packages_setting_is_an_error_naming_it(cmd: Run, tmp_path: Path) 
     assert set_.returncode == 0, set_.stderr
     result = cmd("disco", "dance", "--noop", "--server", str(server), "--node", "node1.example.com")
     assert_one_error(result, 1, "disco/client/noop/packages", "'maybe'")
+
+
+def test_the_intercept_setting_makes_a_package_install_an_outside_effect(tmp_path: Path) -> None:
+    fetching = load_rules(tmp_path)
+    intercepting = load_rules(tmp_path, "intercept")
+    assert any(r.command == "apt-get" and r.kind is Kind.FETCH for r in fetching)
+    assert not any(r.kind is Kind.FETCH for r in intercepting)
+    assert [r.words for r in intercepting] == [r.words for r in fetching]
+
+
+def test_the_packages_ball_shows_in_noop_the_records_of_its_live_dance(
+    tmp_path: Path, packages: list[str]
+) -> None:
+    server = make_ball_server(
+        tmp_path / "srv", "packages", {"packages/install": " ".join(packages)}
+    )
+    out = dance(tmp_path, server, ["noop:--noop", "&", "live:--effects+run"])
+    noop, live = records(out / "noop.json"), records(out / "live.json")
+    assert "/usr/bin/lzip.lzip" in live and "/usr/bin/arping" in live
+    assert "security.capability=cap_net_raw" in live["/usr/bin/arping"]
+    mismatches, _ = compare(noop, live)
+    assert not mismatches, [(p, noop.get(p), live.get(p)) for p in mismatches]
+    assert "Would execute" not in (out / "noop.out").read_text()

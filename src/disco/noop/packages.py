@@ -96,6 +96,12 @@ def host_command(argv: Sequence[str]) -> list[str]:
     while i < len(args):
         arg = args[i]
         i += 1
+        if arg == "--" and verb is not None:  # the rest are package names
+            bad = [a for a in args[i:] if not _PACKAGE.match(a) or a.endswith(".deb")]
+            if bad:
+                raise Refused(f"'{bad[0]}' is not a package name")
+            names += args[i:]
+            break
         if verb is None and arg in _VERBS[command]:
             verb = _VERBS[command][arg]
             if arg == "reinstall":
