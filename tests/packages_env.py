@@ -161,6 +161,7 @@ for p in $pids; do wait "$p"; done
 for d in "$@"; do
   [ "$d" = "&" ] && continue
   r=${d%%:*}
+  (cd "$T/$r/up" && find . | sort) > "$OUT/$r.up"  # what the dance changed in its clone
   cat "$T/$r/root"/var/lib/dpkg/info/*.list > "$OUT/$r.lists" 2>/dev/null || true
   for f in "$T/$r/root"/var/lib/dpkg/info/*.list; do
     p=${f##*/}; p=${p%.list}; sed "s|^|$p |" "$f"

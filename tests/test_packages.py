@@ -65,6 +65,9 @@ def test_noop_installs_for_real_from_disco_s_cache_and_says_a_line_per_package(
     [arping] = [line for line in lines if " /usr/bin/arping : " in line]
     assert "xattrs=[security.capability=cap_net_raw=" in arping
     assert "cache: read-only" in said
+    # Neither the step nor the host's apt changed the clone NOOP danced on.
+    untouched = ". ./usr ./usr/sbin ./usr/sbin/policy-rc.d".split()
+    assert (out / "noop.up").read_text().split() == untouched
     # --json and the report keep every file's full record, with its diff and package.
     first = report(out, "noop")
     by_path = {c["path"]: c for c in first["changes"]}

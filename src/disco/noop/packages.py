@@ -133,10 +133,15 @@ def host_command(argv: Sequence[str]) -> list[str]:
     return [*options, verb, *names]
 
 
-def _apt(root: Path) -> list[str]:
-    """apt's options that read the target root's sources, lists and dpkg status."""
+def _apt(root: Path, fetcher: Fetcher) -> list[str]:
+    """apt's options that read the target root's sources, lists and dpkg status, and
+    write nothing there: its binary caches go to disco's own (STATE/cache/apt), no lock
+    is taken (a NOOP reads the node, never locks it)."""
     r = os.path.realpath(root).rstrip("/")
+    caches = fetcher.cache.parent / "apt"
+    caches.mkdir(parents=True, exist_ok=True, mode=0o755)
     return [f"-oDir={r}/", f"-oDir::State::status={r}/var/lib/dpkg/status",
+            f"-oDir::Cache={caches}/", f"-oDir::Cache::archives={r}/var/cache/apt/archives/",
             "-oAPT::Sandbox::User=root", "-oDebug::NoLocking=1"]  # fmt: skip
 
 
@@ -144,9 +149,9 @@ def _env() -> dict[str, str]:
     return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 
-def sources(root: Path) -> set[str]:
+def sources(fetcher: Fetcher) -> set[str]:
     """The base URIs of the root's configured package sources, as apt reads them."""
-    out = run([APT_GET, *_apt(root), "indextargets", "--format", "$(REPO_URI)"],
+    out = run([APT_GET, *_apt(fetcher.root, fetcher), "indextargets", "--format", "$(REPO_URI)"],
               env=_env(), check=False, timeout=60).stdout  # fmt: skip
     return {line.strip() for line in out.decode(errors="replace").splitlines() if line.strip()}
 
@@ -159,10 +164,11 @@ class Wanted:
     sha256: str
 
 
-def wanted(root: Path, args: list[str]) -> list[Wanted]:
+def wanted(fetcher: Fetcher, args: list[str]) -> list[Wanted]:
     """The files `apt-get ARGS` would download for the root, with the repository's
     SHA256 of each (from the root's lists: apt-cache show)."""
-    result = run([APT_GET, *_apt(root), "--print-uris", "-qq", "-y", *args],
+    apt = _apt(fetcher.root, fetcher)
+    result = run([APT_GET, *apt, "--print-uris", "-qq", "-y", *args],
                  env=_env(), check=False, timeout=120)  # fmt: skip
     if result.returncode != 0:
         err = result.stderr.decode(errors="replace").strip().splitlines()
@@ -178,7 +184,7 @@ def wanted(root: Path, args: list[str]) -> list[Wanted]:
     if not found:
         return []
     names = [_version_of(name) for _, name, _ in found]
-    shown = run([APT_CACHE, *_apt(root), "show", "--no-all-versions", *names],
+    shown = run([APT_CACHE, *apt, "show", "--no-all-versions", *names],
                 env=_env(), check=False, timeout=120).stdout  # fmt: skip
     hashes: dict[str, str] = {}
     for stanza in shown.decode(errors="replace").split("\n\n"):
@@ -267,10 +273,10 @@ def fetch(fetcher: Fetcher, argv: Sequence[str]) -> tuple[int, bytes, bytes]:
         inside = {u for u in argv[2 : 2 + count]}
         command = list(argv[2 + count :])
         args = host_command(command)
-        allowed = inside & sources(fetcher.root)
+        allowed = inside & sources(fetcher)
         if not allowed:
             raise Refused("the node has no package source that disco can reach")
-        files = wanted(fetcher.root, args)
+        files = wanted(fetcher, args)
         for want in files:
             if not any(want.uri.startswith(base) for base in allowed):
                 raise Refused(f"{want.uri} is not under a source the node configures")
