@@ -16,7 +16,18 @@ APT_PACKAGES := bash coreutils diffutils util-linux rsync openssh-client python3
 # order of a commit's flushes (test_durability.py).
 TEST_APT_PACKAGES := chromium strace
 
-.PHONY: demo test lint bench bench-deps install system-deps test-deps venv clean
+# The packages NOOP installs for real in tests (DESIGN §17, tests/test_packages_corpus.py):
+# none installed here, each with maintainer scripts that do real work (users, alternatives,
+# shells, file capabilities, diversions, units, triggers) and no daemon that talks to the
+# network. `make test-debs` downloads them and the dependencies this machine lacks once,
+# into a local repository that the tests serve on loopback.
+CORPUS := uuid-runtime acct sysstat at tcpdump iputils-arping iputils-clockdiff \
+	iputils-tracepath mtr-tiny fping traceroute gawk mksh tcsh rlwrap nvi joe mg vim-tiny \
+	netcat-openbsd telnet w3m haveged irqbalance anacron logrotate screen desktop-file-utils \
+	usbmuxd pcscd fcgiwrap incron vnstat debsums molly-guard lzip rename sudo cron hdparm
+TEST_DEBS ?= /var/cache/disco-tests/debs
+
+.PHONY: demo test lint bench bench-deps install system-deps test-deps test-debs venv clean
 
 demo: venv
 	rm -rf $(DEMO)
@@ -25,8 +36,11 @@ demo: venv
 test: lint test-deps
 	$(BIN)/pytest
 
-test-deps:
+test-deps: test-debs
 	@$(MAKE) -s system-deps APT_PACKAGES="$(TEST_APT_PACKAGES)"
+
+test-debs:
+	@bash tests/make_test_debs.sh "$(TEST_DEBS)" $(CORPUS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -237,7 +237,7 @@ def test_the_root_itself(t: Tree) -> None:
 def test_xattr_change(t: Tree) -> None:
     os.setxattr(t.copy_up("etc/motd"), "user.note", b"x")
     [c] = t.changes()
-    assert header(c) == "File: file: /etc/motd : Modified : xattrs=[changed]"
+    assert header(c) == "File: file: /etc/motd : Modified : xattrs=[none => user.note=x]"
     assert c.after and c.after.xattrs == (("user.note", b"x"),)
 
 

@@ -11,6 +11,7 @@ from disco.cli.stdio import DanceStdio
 from disco.report.metrics import Meter
 
 CHANGE = "File: "  # how a change record starts (changes.header)
+PACKAGE = "Package: "  # a package's line (dance/package_lines.py), kept when quiet
 
 
 class DanceOutput(Output):
@@ -59,7 +60,7 @@ class DanceOutput(Output):
     def info(self, text: str) -> None:
         if text.startswith(CHANGE):
             self.diffs.append("")
-        elif self.quiet:
+        elif self.quiet and not text.startswith(PACKAGE):
             return
         super().info(text)
 

@@ -86,6 +86,7 @@ class Settings:
     step_timeout: float | None = None  # seconds a template or script may run
     shared: bool = False  # rsync's ssh already shares one connection per server
     limits: Limits = field(default_factory=Limits.defaults)  # of a sandboxed step
+    packages: str = "fetch"  # NOOP package installs: "fetch" (DESIGN §17) or "intercept"
 
 
 TIMEOUT_SETTING = ("disco", "client", "timeout", "step")
@@ -116,7 +117,23 @@ def load_settings(
         )
     limit = timeout if timeout is not None else store.lookup(TIMEOUT_SETTING, "")
     servers_ = tuple(parse_server(uri) for uri in uris)
-    return Settings(servers_, rsync, step_timeout(limit, timeout), limits=load_limits(store))
+    return Settings(servers_, rsync, step_timeout(limit, timeout), limits=load_limits(store),
+                    packages=load_packages(store))  # fmt: skip
+
+
+PACKAGES_SETTING = ("disco", "client", "noop", "packages")
+
+
+def load_packages(store: ParamStore) -> str:
+    """disco/client/noop/packages: "fetch" (the default) or "intercept"."""
+    text = (store.lookup(PACKAGES_SETTING, "") or "").strip() or "fetch"
+    if text not in ("fetch", "intercept"):
+        where = "/".join(PACKAGES_SETTING)
+        raise DiscoError(
+            f"{where} is {text!r}, neither fetch nor intercept",
+            f"set it with 'echo intercept | disco-param set {where}' (or fetch, the default)",
+        )
+    return text
 
 
 SANDBOX_SETTING = ("disco", "client", "sandbox")

@@ -33,13 +33,14 @@ from disco.engine.changes import DEFAULT_EXCLUDE, Change, load_sensitive
 from disco.engine.links import relink
 from disco.engine.mounts import bind_readonly, mount_tmpfs, private_mounts
 from disco.engine.runner import Zygote
-from disco.engine.sandbox import Bind, Mode, Step, StepResult, upper_of
+from disco.engine.sandbox import Bind, Mode, Step, StepResult, Usage, upper_of
 from disco.engine.scripts import ignored_interpreter, interpreter_problem
 from disco.engine.staging import Source, stage
 from disco.errors import DiscoError
 from disco.live.commit import commit
 from disco.live.recovery import recover
-from disco.noop.asker import Asker, asking
+from disco.noop.asker import Asker, Duties, asking
+from disco.noop.packages import Fetcher, read_log
 from disco.noop.rules import intercepted, load_rules
 from disco.noop.view import binaries, build_shims, build_view, find, real_binds, write_parameters
 from disco.report.metrics import Meter, Record
@@ -86,6 +87,7 @@ class Options:
     effects: str | None = None  # live: "run" or "intercept"; None: run on /, else intercept
     limits: Limits = field(default_factory=Limits.defaults)  # of a sandboxed step
     state: Path | None = None  # the state to hide from steps, if not the dance's (a plan's)
+    packages: str = "fetch"  # disco/client/noop/packages: "fetch" (DESIGN §17) or "intercept"
 
     @property
     def config(self) -> Path:
@@ -155,9 +157,10 @@ class Dance:
         self.changes = ChangeReport(
             sink, self.outcome.changes, self.exclude, load_sensitive(options.config), options.diff
         )
-        self.rules = load_rules(options.config)
+        self.rules = load_rules(options.config, options.packages)
         self.noop_names = intercepted(self.rules)
         self.asker: Asker | None = None
+        self.fetcher: Fetcher | None = None
 
     def run(self) -> Outcome:
         recover(self.state.txn, self.sink.warning)  # a commit cut short: undone first
@@ -169,8 +172,17 @@ class Dance:
             self.work = work
             found = find(self.options.root, self.noop_names)
             self.view = build_view(work / "view", self.rules, self.options.root, found)
+            if self.options.packages == "fetch":  # package installs fetched outside (§17)
+                cache = self.state.root / "cache" / "debs"
+                cache.mkdir(parents=True, exist_ok=True, mode=0o755)
+                (self.view.path / "debs").mkdir()
+                bind_readonly(cache, self.view.path / "debs")
+                self.fetcher = Fetcher(self.options.root, cache, work / "fetches.jsonl")
             if self.options.on_host:  # questions about the running host asked outside
-                self.asker = stack.enter_context(asking(self.view.ask))
+                (self.view.path / "on-host").touch()
+            if self.options.on_host or self.fetcher is not None:
+                duties = Duties(self.options.on_host, self.fetcher)
+                self.asker = stack.enter_context(asking(self.view.ask, duties=duties))
             bind_readonly(self.state.modules, self.view.path / "modules")
             shown = binaries(found)
             self.shims = build_shims(work / "shims", self.view, shown, self.options.root)
@@ -331,6 +343,7 @@ class Dance:
                 ("bash", path), layer, TEMPLATES, True, stdout=out, discard=True
             )
             self.meter.add(record(module.name, "template", rel, result))
+            self.downloads(module.name, rel)
             os.fchmod(fd, stat.S_IMODE((templates / rel).stat().st_mode))
         finally:
             os.close(fd)
@@ -348,6 +361,7 @@ class Dance:
         layer = self.layers.new()
         result = self.sandboxed(argv, layer, SCRIPTS, intercept and self.options.intercepts)
         self.meter.add(record(module.name, name, item, result))
+        self.downloads(module.name, item)
         if result.returncode != 0:
             self.layers.drop(layer)  # a failed step commits nothing, and is stacked under nothing
             self.sink.error(
@@ -387,6 +401,25 @@ class Dance:
         finally:
             self.layers.drop(layer)
         return True
+
+    def downloads(self, module: str, item: str | None) -> None:
+        """The packages the host fetched for the step (DESIGN §17): a record of their
+        own, apart from the step's, in the report."""
+        if self.fetcher is None:
+            return
+        for note in read_log(self.fetcher.log):
+            wall = note.get("wall", 0.0)
+            status = note.get("exit", 1)
+            self.meter.add(
+                Record(
+                    module,
+                    "download",
+                    item,
+                    float(wall) if isinstance(wall, float) else 0.0,
+                    NO_USAGE,
+                    status if isinstance(status, int) else 1,
+                )  # fmt: skip
+            )
 
     def uncommitted(self, module: str, label: str, said: int, e: DiscoError) -> None:
         """A commit that failed: its records (from `said` on) say so, and an error."""
@@ -451,6 +484,7 @@ class Dance:
 
 
 TEMPLATES, SCRIPTS = "templates", "scripts"  # the zygote each kind of step runs in
+NO_USAGE = Usage(0.0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # the asker's is not the step's
 
 
 def template_names(top: Path) -> list[str]:

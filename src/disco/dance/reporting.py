@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from disco.dance.package_lines import group
 from disco.engine.change_text import content_diff, header
 from disco.engine.changes import Change, read_changes
 from disco.engine.sandbox import upper_of
@@ -42,18 +43,21 @@ class ChangeReport:
         return read_changes(upper_of(layer), lowers, exclude=self.exclude, sensitive=self.sensitive)
 
     def say(self, module: str, label: str, changes: list[Change]) -> None:
+        """Each change's record and diff; the files of the packages the step installed
+        or removed said as one line per package (package_lines.py), their records kept
+        whole, each with its diff and its package, in the report."""
+        packages, folded = group(changes)
+        for package in packages:
+            self.sink.info(package.line())
         for change in changes:
             line = header(change)
-            self.sink.info(line)
+            record = {"module": module, "step": label, "path": change.path,
+                      "kind": change.kind.value, "header": line}  # fmt: skip
             diff = content_diff(change, self.diff)
-            if diff:
-                self.sink.text(diff)
-            self.records.append(
-                {
-                    "module": module,
-                    "step": label,
-                    "path": change.path,
-                    "kind": change.kind.value,
-                    "header": line,
-                }  # fmt: skip
-            )
+            if change.path in folded:
+                record.update(package=folded[change.path], diff=diff)
+            else:
+                self.sink.info(line)
+                if diff:
+                    self.sink.text(diff)
+            self.records.append(record)

@@ -116,6 +116,7 @@ def dance(
             timeout=settings.step_timeout,
             limits=settings.limits,
             effects=request.effects,
+            packages=settings.packages,
         )
         dancer = Dance(state, plan, options, out, meter, guard=request.guard)
         status = EXIT_FAILED
@@ -182,8 +183,9 @@ def interrupted(
 def with_diffs(outcome: Outcome, diffs: list[str]) -> tuple[dict[str, str], ...]:
     """The change records, each with the diff printed after it (for reports and --json)."""
     changes = [dict(change) for change in outcome.changes]
-    if len(diffs) == len(changes):  # printed in the same order as recorded
-        for change, diff in zip(changes, diffs):
+    printed = [change for change in changes if "package" not in change]  # a package's: kept
+    if len(diffs) == len(printed):  # printed in the same order as recorded
+        for change, diff in zip(printed, diffs):
             change["diff"] = diff
     return tuple(changes)
 

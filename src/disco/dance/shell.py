@@ -146,6 +146,8 @@ def init(session: Session, node: str | None = None) -> tuple[Session, list[str]]
     write_parameters(view, parameters(session.state, session.node, modules))
     (view.path / "exec").mkdir()  # where disco-sh-exec shows its script
     (view.path / "shell.bashrc").write_text(BASHRC)
+    if os.path.realpath(session.root) == "/":  # the interceptor asks the host (asker.py)
+        (view.path / "on-host").touch()
     return session, [module.name for module in modules]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from disco.engine.changes import Change, ChangeKind, differences, specific
+from disco.engine.xattrs import xattrs_text
 from disco.files import open_regular, read_regular
 from disco.quoting import quote
 from disco.run import read_output
@@ -54,6 +55,8 @@ def header(change: Change) -> str:
         fields.append(("selinux", meta.selinux))
         fields += [(name, value) for name, value in specific(meta) if value is not None]
         fields.append(("perms", meta.perms))
+        if meta.xattrs:  # a file capability or an ACL: what setcap or setfacl made
+            fields.append(("xattrs", xattrs_text(meta.xattrs)))
     else:
         assert change.before is not None and change.after is not None
         fields = differences(change.before, change.after)

@@ -47,6 +47,7 @@ from disco.engine.lower import (
     resolve,
     view,
 )
+from disco.engine.xattrs import xattrs_text
 from disco.errors import DiscoError
 from disco.files import open_regular, read_regular
 from disco.quoting import quote
@@ -433,7 +434,7 @@ def differences(a: Meta, b: Meta) -> list[tuple[str, str]]:
     if a.selinux != b.selinux:
         out.append(("selinux", f"{a.selinux} => {b.selinux}"))
     if a.xattrs != b.xattrs:
-        out.append(("xattrs", "changed"))
+        out.append(("xattrs", f"{xattrs_text(a.xattrs)} => {xattrs_text(b.xattrs)}"))
     if (a.uid, a.gid, a.bits) != (b.uid, b.gid, b.bits):
         out.append(("perms", f"{a.perms} => {b.perms}"))
     if a.mode != b.mode:

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from disco.engine.syscalls import PR_SET_PDEATHSIG, libc
 from disco.files import open_dir
+from disco.noop.packages import QUESTION, Fetcher, fetch
 from disco.noop.questions import answer
 
 SLOTS = "abcdefghijklmnop"
@@ -98,6 +99,24 @@ def _refusal(what: str) -> bytes:
     return f"1 0 {len(err)}\n".encode() + err
 
 
+@dataclass(frozen=True)
+class Duties:
+    """What an asker answers: questions about the running host (only when the dance's
+    root is it), and package fetches (DESIGN §17) when `fetcher` is set."""
+
+    on_host: bool = True
+    fetcher: Fetcher | None = None
+
+    def answer(self, argv: list[str]) -> tuple[int, bytes, bytes]:
+        if argv[0] == QUESTION:
+            if self.fetcher is None:
+                return 1, b"", b"disco: packages are not fetched in this dance\n"
+            return fetch(self.fetcher, argv)
+        if not self.on_host:
+            return 1, b"", b"disco: the root is not the running system: no host to ask\n"
+        return answer(argv)
+
+
 # What the asker and the dance share, a byte per slot in each half: BUSY from a
 # question's first byte until the slot is free again; LEFT set by Asker.sweep when the
 # slot's ticket was taken by a step that is over (no question can come).
@@ -107,9 +126,11 @@ BUSY, LEFT = 0, len(SLOTS)
 class _Slot:
     """One slot of the asker, served by a thread of its own."""
 
-    def __init__(self, d: int, index: int, timeout: float, shared: mmap.mmap) -> None:
+    def __init__(
+        self, d: int, index: int, timeout: float, shared: mmap.mmap, duties: Duties
+    ) -> None:
         self.d, self.name, self.timeout = d, SLOTS[index], timeout
-        self.index, self.shared = index, shared
+        self.index, self.shared, self.duties = index, shared, duties
         _make_fifo(d, f"{self.name}.ticket")
         # Read-write: writing a ticket never blocks, and we can see it is still there.
         self.ticket = _open_fifo(d, f"{self.name}.ticket", os.O_RDWR | os.O_NONBLOCK)
@@ -143,7 +164,7 @@ class _Slot:
             self.reply(resp, _refusal(what), patient=False)
             return
         try:
-            status, out, err = answer(argv)
+            status, out, err = self.duties.answer(argv)
         except Exception as e:  # noqa: BLE001 -- one bad question must not close the slot
             status, out, err = 1, b"", f"disco: the host could not answer: {e}\n".encode()
         self.reply(resp, f"{status} {len(out)} {len(err)}\n".encode() + out + err)
@@ -224,12 +245,14 @@ class _Slot:
             os.close(fd)
 
 
-def serve(directory: Path, timeout: float, shared: mmap.mmap, ready: int = -1) -> None:
+def serve(
+    directory: Path, timeout: float, shared: mmap.mmap, ready: int = -1, duties: Duties = Duties()
+) -> None:
     """Answer questions in `directory` until killed; write a byte to `ready` once its
     slots are there."""
     directory.mkdir(mode=0o755, exist_ok=True)
     d = open_dir(directory)
-    slots = [_Slot(d, index, timeout, shared) for index in range(len(SLOTS))]
+    slots = [_Slot(d, index, timeout, shared, duties) for index in range(len(SLOTS))]
     threads = [threading.Thread(target=slot.serve, daemon=True) for slot in slots]
     for thread in threads:
         thread.start()
@@ -264,7 +287,7 @@ class Asker:
 
 
 @contextlib.contextmanager
-def asking(directory: Path, timeout: float = TIMEOUT) -> Iterator[Asker]:
+def asking(directory: Path, timeout: float = TIMEOUT, duties: Duties = Duties()) -> Iterator[Asker]:
     """An asker serving `directory` while the block runs (a forked process, killed
     afterwards; it dies with us too)."""
     shared = mmap.mmap(-1, 2 * len(SLOTS))  # MAP_SHARED: the child writes, we read
@@ -274,7 +297,7 @@ def asking(directory: Path, timeout: float = TIMEOUT) -> Iterator[Asker]:
         try:
             os.close(read)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            serve(directory, timeout, shared, write)
+            serve(directory, timeout, shared, write, duties)
         finally:
             os._exit(0)
     os.close(write)

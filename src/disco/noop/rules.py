@@ -28,6 +28,7 @@ class Kind(enum.Enum):
     QUESTION = "question"
     FILES = "files"
     HOST = "host"
+    FETCH = "fetch"  # a package install: fetched on the host, run in the sandbox (§17)
     OUTSIDE = "outside"
 
 
@@ -63,7 +64,7 @@ def parse(text: str, where: str) -> list[Rule]:
         if kind not in {k.value for k in Kind} or (kind == "host") != bool(status.isdigit()):
             raise DiscoError(
                 f"{at}: unknown kind '{kind_word}'",
-                "use question, files, host=STATUS (e.g. host=3) or outside",
+                "use question, files, host=STATUS (e.g. host=3), fetch or outside",
             )
         for word in words:
             if not _WORD.match(word) or not _balanced(word):
@@ -107,15 +108,23 @@ def shipped() -> list[Rule]:
     return parse(text, "disco's noop-rules")
 
 
-def load_rules(etc: Path) -> tuple[Rule, ...]:
-    """etc/noop.d/*.rules and *.list in name order, then disco's own table."""
+def load_rules(etc: Path, packages: str = "fetch") -> tuple[Rule, ...]:
+    """etc/noop.d/*.rules and *.list in name order, then disco's own table; with
+    `packages` = "intercept" (disco/client/noop/packages) a package install is an
+    outside effect, as before DESIGN §17."""
     local: list[Rule] = []
     directory = etc / "noop.d"
     files = sorted(directory.glob("*.rules")) + sorted(directory.glob("*.list"))
     for path in sorted(files, key=lambda p: p.name):
         text = path.read_text(errors="replace")
         local += (parse_names if path.suffix == ".list" else parse)(text, str(path))
-    return (*local, *shipped())
+    rules = (*local, *shipped())
+    if packages == "intercept":
+        rules = tuple(
+            Rule(r.command, Kind.OUTSIDE, r.words, 0, r.where) if r.kind is Kind.FETCH else r
+            for r in rules
+        )
+    return rules
 
 
 def intercepted(rules: tuple[Rule, ...]) -> tuple[str, ...]:

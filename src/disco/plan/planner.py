@@ -247,6 +247,7 @@ def _dance(
         timeout=settings.step_timeout,
         limits=settings.limits,
         state=node_state.root,
+        packages=settings.packages,
     )
 
     def watch(module: str, step: str, changes: list[Change]) -> None:
@@ -257,8 +258,9 @@ def _dance(
     dancer = Dance(scratch, plan, options, tap, Meter(), watch=watch, save=save, resume=resume)
     outcome = dancer.run()
     records = [dict(change) for change in outcome.changes]
-    if len(tap.diffs) == len(records):
-        for record, diff in zip(records, tap.diffs):
+    printed = [record for record in records if "package" not in record]  # a package's: kept
+    if len(tap.diffs) == len(printed):
+        for record, diff in zip(printed, tap.diffs):
             record["diff"] = diff
     side.changes += records
     side.failed += [*outcome.failed, *outcome.skipped]
