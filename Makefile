@@ -12,10 +12,14 @@ COMMANDS := disco disco-param disco-ball disco-fs-mount disco-fs-init disco-fs-d
 APT_PACKAGES := bash coreutils diffutils util-linux rsync openssh-client python3 python3-venv \
 	openssh-server
 
-# What the tests need besides: a real browser for the HTML report's test.
-TEST_APT_PACKAGES := chromium
+# What the tests need besides: a real browser for the HTML report's test, shellcheck for
+# `disco lint`, mmdebstrap for the Debian image `disco test --image` is tested on.
+TEST_APT_PACKAGES := chromium shellcheck mmdebstrap
+# That image: a minbase Debian, built once (network allowed here only) and kept between runs.
+TEST_IMAGE_DIR ?= /var/cache/disco-tests
+TEST_IMAGE := $(TEST_IMAGE_DIR)/debian-minbase.tar
 
-.PHONY: demo test lint bench bench-deps install system-deps test-deps venv clean
+.PHONY: demo test lint bench bench-deps install system-deps test-deps test-image venv clean
 
 demo: venv
 	rm -rf $(DEMO)
@@ -26,6 +30,19 @@ test: lint test-deps
 
 test-deps:
 	@$(MAKE) -s system-deps APT_PACKAGES="$(TEST_APT_PACKAGES)"
+	@$(MAKE) -s test-image
+
+# Built as the tests' own apt sources say (this machine's suite); a failed build leaves no
+# file and the --image test skips, saying why.
+test-image:
+	@[ -f $(TEST_IMAGE) ] && exit 0; \
+	command -v mmdebstrap >/dev/null || { echo "no mmdebstrap: the --image test will skip"; exit 0; }; \
+	[ "$$(id -u)" = 0 ] || { echo "building $(TEST_IMAGE) needs root: the --image test will skip"; exit 0; }; \
+	mkdir -p $(TEST_IMAGE_DIR) && suite=$$(. /etc/os-release; echo $${VERSION_CODENAME:-stable}); \
+	echo "building $(TEST_IMAGE) ($$suite, minbase)"; \
+	mmdebstrap --quiet --format=tar --variant=minbase --include=passwd $$suite $(TEST_IMAGE).part \
+	  && mv $(TEST_IMAGE).part $(TEST_IMAGE) || { rm -f $(TEST_IMAGE).part; \
+	  echo "could not build $(TEST_IMAGE): the --image test will skip"; }
 
 lint: venv
 	$(BIN)/ruff check .

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from disco.cli import report, undo
+from disco.cli import test as test_cli
 from disco.cli import timer as timer_cli
 from disco.cli.common import Parser, add_state_dir, execute, parser, subparser
 from disco.cli.dance_output import DanceOutput
@@ -40,6 +41,8 @@ examples:
   disco history
   disco rollback --noop
   disco timer install --every 30min --splay 10min
+  disco test ./balls/users --junit report.xml
+  disco lint /srv/disco
 """
 
 # --detailed-exitcodes (Puppet's meaning)
@@ -117,6 +120,7 @@ def build() -> argparse.ArgumentParser:
     report.add_parser(subs)
     undo.add_parsers(subs)
     timer_cli.add_parser(subs)
+    test_cli.add_parsers(subs)
     return p
 
 
@@ -349,6 +353,8 @@ def command(args: argparse.Namespace) -> int:
         return undo.run(args)
     if args.command == "timer":
         return timer_cli.run(args)
+    if args.command in ("test", "lint"):
+        return test_cli.run(args)
     detailed = getattr(args, "detailed_exitcodes", False)
     document: dict[str, Any] | None = {} if args.json else None
 
