@@ -37,14 +37,11 @@ class Danced:
         return list(self.document.get("changes", []))
 
     def said(self) -> str:
-        """What the dance printed: its output lines, its error, its stderr."""
-        lines = [
-            f"{o.get('module', '')}: {o.get('text', '')}".rstrip()
-            for o in self.document.get("output", [])
-        ]
-        if self.document.get("error"):
-            lines.append(f"error: {self.document['error']}")
-        return "\n".join(lines + [self.stderr.rstrip()]).strip()
+        """What the dance printed: with --json, its lines and its steps' output are on
+        stderr; an error before the dance began is in the document alone."""
+        text = self.stderr.strip()
+        error = self.document.get("error")
+        return text if not error or error in text else f"{text}\nerror: {error}".strip()
 
 
 @dataclass
@@ -92,7 +89,12 @@ class Run:
             "--json",
             *flags,
         ]
-        status, out, err = self.disco(*args, "--module", module or self.ball.name)
+        # The node dances this one module (and what it brings, both ways): its map says so.
+        listed = self.server / "parameters" / NODE / "modules"
+        for entry in listed.iterdir():
+            entry.unlink()
+        (listed / (module or self.ball.name)).touch()
+        status, out, err = self.disco(*args)
         try:
             document = json.loads(out)
         except ValueError:
@@ -129,7 +131,6 @@ def make_server(r: Run) -> None:
             (modules / module / "scripts").mkdir(parents=True)
             shutil.copy(script, modules / module / "scripts" / name)
             os.chmod(modules / module / "scripts" / name, 0o755)
-            (node / "modules" / module).touch()
 
 
 def run_scenario(ball: Ball, scenario: Scenario, scratch: Scratch) -> list[Check]:
