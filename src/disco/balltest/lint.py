@@ -21,8 +21,8 @@ from disco.tree.params import Tree, merge, read_tree, walk
 
 SUITE = "lint"
 # `disco-param get` of a literal path; the node written as $(hostname) or $DISCO_NODE.
-GET = re.compile(r"disco-param\s+get\s+(['\"]?)([^\s'\";|&)]+)\1")
-NODE_PREFIX = re.compile(r"^(\$\(hostname\)|\$\{?DISCO_NODE\}?|\"\$\(hostname\)\")/")
+GET = re.compile(r"disco-param\s+get\s+([^\s;|&]+)")
+NODE_PREFIX = re.compile(r"^(\$\(hostname\)|\$\{?DISCO_NODE\}?)/")
 UNWRITABLE = ("proc", "sys", "dev", "run", "tmp")  # a dance's own mounts or scratch there
 
 
@@ -212,7 +212,7 @@ def parameters(tree: Tree_) -> list[Check]:
             for number, line in enumerate(lines, start=1):
                 for match in GET.finditer(line):
                     optional = "||" in line[match.end() :] or line.lstrip().startswith("if ")
-                    wanted = match.group(2)
+                    wanted = unquote(match.group(1))
                     if optional or not NODE_PREFIX.match(wanted):
                         continue
                     rest = NODE_PREFIX.sub("", wanted)
@@ -242,6 +242,15 @@ def parameters(tree: Tree_) -> list[Check]:
         else:
             checks.append(ok("parameters", f"node {node}"))
     return checks
+
+
+def unquote(word: str) -> str:
+    """A shell word as written in `$(disco-param get "X")`: its quotes and the `)` that
+    closes the substitution around it taken off."""
+    word = word.replace('"', "").replace("'", "")
+    while word.endswith(")") and word.count(")") > word.count("("):
+        word = word[:-1]
+    return word
 
 
 def node_tree(tree: Tree_, node: str, modules: list[str]) -> Tree:

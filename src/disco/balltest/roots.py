@@ -15,6 +15,7 @@ from disco.engine.syscalls import CLONE_NEWNS, unshare
 from disco.errors import CommandError, DiscoError
 from disco.run import run
 
+FROZEN = ("etc", "home", "srv")  # this machine's trees copied for its clones: small, and busy
 POLICY_RC_D = "#!/bin/sh\n# disco test: daemons are held back, as in a chroot.\nexit 101\n"
 
 
@@ -72,7 +73,8 @@ class Roots:
         self.keep = keep
         self.stack = ExitStack()
         self.base = Path()
-        self.lower = Path()
+        self.lower = Path()  # what a fresh root shows, to read
+        self.layers = ""  # its lower layers, as overlayfs takes them
         self.count = 0
 
     def __enter__(self) -> Roots:
@@ -98,31 +100,15 @@ class Roots:
 
     def prepare_lower(self) -> Path:
         if self.source.kind == "dir":
+            self.layers = str(self.source.path)
             return self.source.path
         lower = self.base / "lower"
         lower.mkdir()
         if self.source.kind == "host":
-            # The root filesystem alone (not /proc, /sys, /tmp's mounts): what overlayfs
-            # sees of lowerdir=/ anyway, and readable to compare a rollback against.
-            mount("--bind", "/", str(lower))
-            self.unmount_later(lower)
-            mount("-o", "remount,bind,ro", str(lower))
-            return lower
+            return self.clone_host(lower)
         try:
-            run(
-                [
-                    "tar",
-                    "-x",
-                    "-p",
-                    "--numeric-owner",
-                    "--xattrs",
-                    "--xattrs-include=*",
-                    "-f",
-                    str(self.source.path),
-                    "-C",
-                    str(lower),
-                ]
-            )
+            tar = ["tar", "-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*"]
+            run([*tar, "-f", str(self.source.path), "-C", str(lower)])
         except CommandError as e:
             raise DiscoError(
                 f"--image {self.source.path}: cannot unpack it: {e.stderr.strip()[-300:]}",
@@ -133,7 +119,34 @@ class Roots:
                 f"--image {self.source.path} holds no root (no etc/ and usr/ at its top)",
                 "give a tarball of a whole root: 'docker export', or 'mmdebstrap SUITE FILE.tar'",
             )
+        self.layers = str(lower)
         return lower
+
+    def clone_host(self, view: Path) -> Path:
+        """This machine's root filesystem (not /proc, /sys, /tmp's mounts: what overlayfs
+        sees of lowerdir=/ anyway) under a copy of the trees that change while it runs:
+        other programs add users to /etc while the scenarios dance, and a lower layer that
+        changes under an overlay is undefined. `view` shows the two merged, read-only, to
+        compare a rollback against."""
+        host, frozen = self.base / "host", self.base / "frozen"
+        host.mkdir()
+        mount("--bind", "/", str(host))
+        self.unmount_later(host)
+        mount("-o", "remount,bind,ro", str(host))
+        frozen.mkdir()
+        for name in FROZEN:
+            if (host / name).is_dir():
+                run(["cp", "-a", "--", str(host / name), str(frozen / name)])
+                os.setxattr(frozen / name, "trusted.overlay.opaque", b"y")
+        # The layers' top directory is the root directory of every clone: /'s own.
+        st = os.stat(host)
+        os.chown(frozen, st.st_uid, st.st_gid)
+        os.chmod(frozen, st.st_mode & 0o7777)
+        os.utime(frozen, ns=(st.st_atime_ns, st.st_mtime_ns))
+        self.layers = f"{frozen}:{host}"
+        mount("-t", "overlay", "-o", f"ro,lowerdir={self.layers}", "disco-test", str(view))
+        self.unmount_later(view)
+        return view
 
     def fresh(self) -> Scratch:
         """A new scratch root, the same as every other made by this run."""
@@ -142,7 +155,7 @@ class Roots:
         upper, work, root = home / "up", home / "wk", home / "root"
         for d in (upper, work, root):
             d.mkdir(parents=True)
-        options = f"lowerdir={self.lower},upperdir={upper},workdir={work},index=on"
+        options = f"lowerdir={self.layers},upperdir={upper},workdir={work},index=on"
         mount("-t", "overlay", "-o", options, "disco-test", str(root))
         self.unmount_later(root)
         hold_back_daemons(root)
