@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 
 from disco.engine.syscalls import CLONE_NEWNS, unshare
-from disco.errors import CommandError, DiscoError
+from disco.errors import CommandError, DiscoError, UsageError
 from disco.run import run
 
 FROZEN = ("etc", "home", "srv")  # this machine's trees copied for its clones: small, and busy
@@ -48,14 +48,14 @@ def source(root: str | None, image: str | None) -> Source:
     if root is not None:
         path = Path(root).absolute()
         if not path.is_dir():
-            raise DiscoError(f"--root {root} is not a directory", "give the root to test over")
+            raise UsageError(f"--root {root} is not a directory", "give the root to test over")
         if path == Path("/"):
             return Source("host", path)
         return Source("dir", path)
     if image is not None:
         path = Path(image).absolute()
         if not path.is_file():
-            raise DiscoError(
+            raise UsageError(
                 f"--image {image} is not a file",
                 "give a tarball of a root: what 'docker export' or 'mmdebstrap' writes",
             )
@@ -111,7 +111,7 @@ class Roots:
             run([*tar, "-f", str(self.source.path), "-C", str(lower)])
         except CommandError as e:
             raise DiscoError(
-                f"--image {self.source.path}: cannot unpack it: {e.stderr.strip()[-300:]}",
+                f"--image {self.source.path}: cannot unpack it: {first_line(e.stderr)}",
                 "give a tarball of a root: what 'docker export' or 'mmdebstrap' writes",
             ) from None
         if not (lower / "etc").is_dir() or not (lower / "usr").is_dir():
@@ -179,3 +179,8 @@ def mount(*args: str) -> None:
             f"cannot make a scratch root: mount {' '.join(args)}: {e.stderr.strip()}",
             "disco test needs root and overlayfs (DESIGN §14)",
         ) from None
+
+
+def first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else "no message"
