@@ -89,6 +89,7 @@ def bad_tree(srv: Path) -> None:
     (app / "parameters" / "app").mkdir(parents=True)
     (app / "parameters" / "app" / "name").write_text("app\n")
     module(srv, "-dash")
+    (srv / "modules" / "stray").write_text("not a module\n")
     files = module(srv, "files") / "files"
     (files / "etc").mkdir(parents=True)
     (files / "etc" / "secret").write_text("x\n")
@@ -112,6 +113,7 @@ def test_every_problem_of_a_tree_in_one_run(tmp_path: Path) -> None:
     failed = {(c["group"], c["name"]): c for c in document["checks"] if c["status"] == "failed"}
     assert set(failed) == {
         ("names", "module -dash"),
+        ("names", "module stray"),
         ("names", "node bad name"),
         ("requires", "missing ghost"),
         ("requires", "missing vanished"),

@@ -73,6 +73,16 @@ def read(top: Path, checks: list[Check]) -> Tree_:
         if path.name.startswith("."):
             continue
         name = f"module {path.name}"
+        if not path.is_dir():
+            checks.append(
+                fail(
+                    "names",
+                    name,
+                    f"modules/{path.name} is not a directory",
+                    "a module is a directory: remove the file or make it one",
+                )
+            )
+            continue
         try:
             check_name(path.name, "module name")
             text = (path / "requires").read_text(errors="replace")
