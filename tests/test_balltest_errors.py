@@ -13,8 +13,8 @@ import balltest_fixtures as fx
 from conftest import BIN, assert_one_error
 
 
-def disco_test(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NO_COLOR": "1"}
+def disco_test(*args: str, cwd: Path, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1", **({"TMPDIR": str(tmp)} if tmp else {})}
     return subprocess.run([str(BIN / "disco"), "test", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, check=False)  # fmt: skip
 
@@ -98,13 +98,16 @@ def test_an_image_that_is_not_a_root_tarball(tmp_path: Path, motd: Path) -> None
     assert_one_error(result, 2, f"--image {tmp_path / 'none.tar'} is not a file")
     junk = tmp_path / "junk.tar"
     junk.write_text("not a tarball\n")
-    result = disco_test("motd", "--image", str(junk), cwd=tmp_path)
+    scratch = tmp_path / "scratch"  # where the scratch roots would be: left empty
+    scratch.mkdir()
+    result = disco_test("motd", "--image", str(junk), cwd=tmp_path, tmp=scratch)
     assert_one_error(result, 1, f"--image {junk}: cannot unpack it", "docker export")
     small = tmp_path / "small.tar"
     with tarfile.open(small, "w") as tar:
         tar.add(motd / "scripts", arcname="scripts")
-    result = disco_test("motd", "--image", str(small), cwd=tmp_path)
+    result = disco_test("motd", "--image", str(small), cwd=tmp_path, tmp=scratch)
     assert_one_error(result, 1, f"--image {small} holds no root", "mmdebstrap")
+    assert list(scratch.iterdir()) == []
 
 
 def test_junit_into_a_missing_directory(tmp_path: Path, motd: Path) -> None:

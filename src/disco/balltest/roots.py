@@ -84,9 +84,13 @@ class Roots:
         self.base = Path(tempfile.mkdtemp(prefix="disco-test-"))
         if not self.keep:
             self.stack.callback(shutil.rmtree, self.base, ignore_errors=True)
-        mount("-t", "tmpfs", "-o", "mode=0700", "disco-test", str(self.base))
-        self.unmount_later(self.base)
-        self.lower = self.prepare_lower()
+        try:
+            mount("-t", "tmpfs", "-o", "mode=0700", "disco-test", str(self.base))
+            self.unmount_later(self.base)
+            self.lower = self.prepare_lower()
+        except BaseException:  # __exit__ is not called for a failed __enter__
+            self.stack.close()
+            raise
         return self
 
     def __exit__(
