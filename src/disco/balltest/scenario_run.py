@@ -93,7 +93,8 @@ class Run:
         listed = self.server / "parameters" / NODE / "modules"
         for entry in listed.iterdir():
             entry.unlink()
-        (listed / (module or self.ball.name)).touch()
+        for name in (module,) if module else self.scenario.dances:
+            (listed / name).touch()
         status, out, err = self.disco(*args)
         try:
             document = json.loads(out)
@@ -119,11 +120,10 @@ def make_server(r: Run) -> None:
     """The ball and the modules it brings, the scenario's setup and verify as modules of
     their own, and the node with the scenario's parameters."""
     modules = r.server / "modules"
-    for name, path in r.ball.modules:
+    for name, path in r.scenario.modules:
         shutil.copytree(path, modules / name, symlinks=True, ignore=shutil.ignore_patterns("tests"))
     node = r.server / "parameters" / NODE
     (node / "modules").mkdir(parents=True)
-    (node / "modules" / r.ball.name).touch()
     shutil.copytree(r.scenario.parameters, node / "parameters", symlinks=True)
     for module, name in ((SETUP, "setup"), (VERIFY, "verify")):
         script = r.scenario.script(name)

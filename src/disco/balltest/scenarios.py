@@ -31,6 +31,9 @@ class Scenario:
     name: str
     path: Path
     volatile: tuple[Volatile, ...]
+    dances: tuple[str, ...]  # the node's modules: the ball, and the balls beside it that
+    # the scenario gives parameters to (users/... with the files ball: balls used together)
+    modules: tuple[tuple[str, Path], ...]  # those and every module they bring, by name
 
     @property
     def parameters(self) -> Path:
@@ -48,7 +51,6 @@ class Ball:
     name: str
     path: Path
     scenarios: tuple[Scenario, ...]
-    modules: tuple[tuple[str, Path], ...]  # the ball and every module it brings, by name
 
 
 def find_balls(words: list[str], cwd: Path) -> list[Ball]:
@@ -89,11 +91,11 @@ def load_ball(path: Path) -> Ball:
     names = sorted(d.name for d in tests.iterdir() if not d.name.startswith("."))
     if not names:
         raise DiscoError(f"ball {name}: {tests} holds no scenario", "add tests/NAME/parameters/")
-    scenarios = tuple(load_scenario(name, tests / n) for n in names)
-    return Ball(name, path, scenarios, requirements(name, path))
+    scenarios = tuple(load_scenario(name, path, tests / n) for n in names)
+    return Ball(name, path, scenarios)
 
 
-def load_scenario(ball: str, path: Path) -> Scenario:
+def load_scenario(ball: str, ball_path: Path, path: Path) -> Scenario:
     where = f"ball {ball}: scenario {path.name}"
     check_name(path.name, f"ball {ball}: scenario name")
     if not path.is_dir():
@@ -114,7 +116,15 @@ def load_scenario(ball: str, path: Path) -> Scenario:
             raise DiscoError(f"{where}: {path / name} is not a file", f"make {name} a file")
     volatile = path / "volatile"
     text = volatile.read_text(errors="replace") if volatile.is_file() else ""
-    return Scenario(ball, path.name, path, parse_volatile(text, f"{where}: volatile"))
+    volatile_globs = parse_volatile(text, f"{where}: volatile")
+    given = sorted(
+        p.name
+        for p in (path / "parameters").iterdir()
+        if p.name != ball and p.is_dir() and (ball_path.parent / p.name).is_dir()
+    )
+    dances = (ball, *given)
+    modules = requirements(ball_path.parent, dances)
+    return Scenario(ball, path.name, path, volatile_globs, dances, modules)
 
 
 def parse_volatile(text: str, where: str) -> tuple[Volatile, ...]:
@@ -140,22 +150,22 @@ def parse_volatile(text: str, where: str) -> tuple[Volatile, ...]:
     return tuple(found)
 
 
-def requirements(name: str, path: Path) -> tuple[tuple[str, Path], ...]:
-    """The ball and, transitively, the modules its `requires` name, each found beside it."""
-    found: dict[str, Path] = {name: path}
-    todo = [name]
+def requirements(beside: Path, names: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
+    """The balls `names` and, transitively, the modules their `requires` name, each found
+    in `beside`."""
+    found: dict[str, Path] = {name: beside / name for name in names}
+    todo = list(names)
     while todo:
         current = todo.pop()
         for req in load_module(found[current], current).requires:
             if req.name in found:
                 continue
-            beside = path.parent / req.name
-            if not beside.is_dir():
+            if not (beside / req.name).is_dir():
                 raise DiscoError(
                     f"ball {current}: requires {req.name} (line {req.line}), not found beside"
-                    f" it: no {beside}",
-                    f"put the {req.name} ball in {path.parent}",
+                    f" it: no {beside / req.name}",
+                    f"put the {req.name} ball in {beside}",
                 )
-            found[req.name] = beside
+            found[req.name] = beside / req.name
             todo.append(req.name)
     return tuple(sorted(found.items()))

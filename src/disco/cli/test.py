@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,12 @@ def add_outputs(p: argparse.ArgumentParser) -> None:
     )
 
 
+def terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # the scratch roots are unmounted and removed on the way out
+
+
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, terminated)
     if args.junit and not Path(args.junit).absolute().parent.is_dir():
         raise UsageError(
             f"--junit {args.junit}: no directory {Path(args.junit).parent}",
