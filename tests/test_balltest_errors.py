@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,25 @@ def test_not_root(tmp_path: Path, motd: Path) -> None:
         assert_one_error(result, 1, "disco test needs root", "sudo")
     finally:
         os.rename(world, tmp_path / "motd")
+
+
+def test_terminated_it_leaves_no_scratch_root(tmp_path: Path) -> None:
+    """SIGTERM in the middle of a dance: the scratch roots are unmounted and removed."""
+    fx.ball(tmp_path, "sleeper", "#!/bin/bash\nsleep 61.25\n", {"plain": {}})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**os.environ, "NO_COLOR": "1", "TMPDIR": str(scratch)}
+    child = subprocess.Popen([str(BIN / "disco"), "test", "sleeper"], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        for _ in range(1200):  # until the ball's script runs: a dance is under way
+            if subprocess.run(["pgrep", "-fx", "sleep 61.25"], capture_output=True).stdout:
+                break
+            time.sleep(0.05)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    assert err.splitlines()[-1] == "error: interrupted", err
+    assert list(scratch.iterdir()) == []
