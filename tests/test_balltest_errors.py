@@ -109,7 +109,9 @@ def test_an_image_that_is_not_a_root_tarball(tmp_path: Path, motd: Path) -> None
         tar.add(motd / "scripts", arcname="scripts")
     result = disco_test("motd", "--image", str(small), cwd=tmp_path, tmp=scratch)
     assert_one_error(result, 1, f"--image {small} holds no root", "mmdebstrap")
-    assert list(scratch.iterdir()) == []
+    result = disco_test("motd", "--keep", "--image", str(small), cwd=tmp_path, tmp=scratch)
+    assert_one_error(result, 1, f"--image {small} holds no root")
+    assert list(scratch.iterdir()) == []  # nothing left, --keep or not
 
 
 def test_junit_into_a_missing_directory(tmp_path: Path, motd: Path) -> None:

@@ -90,6 +90,9 @@ class Roots:
             self.lower = self.prepare_lower()
         except BaseException:  # __exit__ is not called for a failed __enter__
             self.stack.close()
+            if self.keep:  # nothing kept of a run that did not start
+                run(["umount", "-R", "--lazy", str(self.base)], check=False)
+                shutil.rmtree(self.base, ignore_errors=True)
             raise
         return self
 
