@@ -2,7 +2,8 @@
 python bench/bench_balltest.py [ROUNDS]
 
 Per round, alternated: `disco test` on all balls (every scenario: setup, NOOP, live, live
-again, verify, rollback, and the checks between), and the floor: the same scenarios' dances
+again, verify, rollback, and the checks between: the same `disco` commands, and a
+snapshot of each root's changed paths), and the floor: the same scenarios' dances
 alone (NOOP, live, live again, verify, rollback: the same `disco` commands on the same kind
 of scratch root, with no snapshot, no comparison and no report). Prints the medians,
 scenarios per second, and the ratio of `disco test` to the floor.
