@@ -13,8 +13,12 @@ APT_PACKAGES := bash coreutils diffutils util-linux rsync openssh-client python3
 	openssh-server
 
 # What the tests need besides: a real browser for the HTML report's test, strace for the
-# order of a commit's flushes (test_durability.py).
-TEST_APT_PACKAGES := chromium strace
+# order of a commit's flushes (test_durability.py), shellcheck for `disco lint`,
+# mmdebstrap for the Debian image `disco test --image` is tested on.
+TEST_APT_PACKAGES := chromium strace shellcheck mmdebstrap
+# That image: a minbase Debian, built once (network allowed here only) and kept between runs.
+TEST_IMAGE_DIR ?= /var/cache/disco-tests
+TEST_IMAGE := $(TEST_IMAGE_DIR)/debian-minbase.tar
 
 # The packages NOOP installs for real in tests (DESIGN §17, tests/test_packages_corpus.py):
 # none installed here, each with maintainer scripts that do real work (users, alternatives,
@@ -27,7 +31,7 @@ CORPUS := uuid-runtime acct sysstat at tcpdump iputils-arping iputils-clockdiff 
 	usbmuxd pcscd fcgiwrap incron vnstat debsums molly-guard lzip rename sudo cron hdparm
 TEST_DEBS ?= /var/cache/disco-tests/debs
 
-.PHONY: demo test lint bench bench-deps install system-deps test-deps test-debs venv clean
+.PHONY: demo test lint bench bench-deps install system-deps test-deps test-debs test-image venv clean
 
 demo: venv
 	rm -rf $(DEMO)
@@ -38,6 +42,19 @@ test: lint test-deps
 
 test-deps: test-debs
 	@$(MAKE) -s system-deps APT_PACKAGES="$(TEST_APT_PACKAGES)"
+	@$(MAKE) -s test-image
+
+# Built as the tests' own apt sources say (this machine's suite); a failed build leaves no
+# file and the --image test skips, saying why.
+test-image:
+	@[ -f $(TEST_IMAGE) ] && exit 0; \
+	command -v mmdebstrap >/dev/null || { echo "no mmdebstrap: the --image test will skip"; exit 0; }; \
+	[ "$$(id -u)" = 0 ] || { echo "building $(TEST_IMAGE) needs root: the --image test will skip"; exit 0; }; \
+	mkdir -p $(TEST_IMAGE_DIR) && suite=$$(. /etc/os-release; echo $${VERSION_CODENAME:-stable}); \
+	echo "building $(TEST_IMAGE) ($$suite, minbase)"; \
+	mmdebstrap --quiet --format=tar --variant=minbase --include=passwd $$suite $(TEST_IMAGE).part \
+	  && mv $(TEST_IMAGE).part $(TEST_IMAGE) || { rm -f $(TEST_IMAGE).part; \
+	  echo "could not build $(TEST_IMAGE): the --image test will skip"; }
 
 test-debs:
 	@bash tests/make_test_debs.sh "$(TEST_DEBS)" $(CORPUS)

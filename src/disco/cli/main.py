@@ -13,6 +13,7 @@ from typing import Any
 
 from disco.cli import candidates, report, undo
 from disco.cli import plan as plan_cli
+from disco.cli import test as test_cli
 from disco.cli import timer as timer_cli
 from disco.cli.common import Parser, add_state_dir, execute, parser, subparser
 from disco.cli.dance_output import DanceOutput
@@ -39,6 +40,8 @@ examples:
   disco history
   disco rollback --noop
   disco timer install --every 30min --splay 10min
+  disco test ./balls/users --junit report.xml
+  disco lint /srv/disco
 """
 
 
@@ -118,6 +121,7 @@ def build() -> argparse.ArgumentParser:
     plan_cli.add_parser(subs)
     undo.add_parsers(subs)
     timer_cli.add_parser(subs)
+    test_cli.add_parsers(subs)
     return p
 
 
@@ -288,6 +292,8 @@ def command(args: argparse.Namespace) -> int:
         return timer_cli.run(args)
     if args.command == "plan":
         return plan_cli.run(args)
+    if args.command in ("test", "lint"):
+        return test_cli.run(args)
     detailed = getattr(args, "detailed_exitcodes", False)
     document: dict[str, Any] | None = {} if args.json else None
 

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Names listed with ls are parameter segments, checked ([A-Za-z0-9_.-]): no blank, no glob.
+# tr maps each separator to a newline on purpose.
+# shellcheck disable=SC2012,SC2045,SC2020
 # disco ball "cron": jobs cron/ID/{schedule,command,user,state} (README.md), each the file
 # /etc/cron.d/disco-ID. A disco-* file whose job left the parameters is removed.
 set -euo pipefail
@@ -25,7 +28,7 @@ for id in $ids; do
   case "$(val "$id/state")" in "" | present | absent) ;; *) bad "$id/state: '$(val "$id/state")' is not present or absent" ;; esac
   [ "$(val "$id/state")" != absent ] || continue
   schedule=$(val "$id/schedule")
-  [[ $schedule =~ ^($FIELD[[:space:]]+){4}$FIELD$ || $schedule =~ ^@(reboot|yearly|annually|monthly|weekly|daily|midnight|hourly)$ ]] ||
+  [[ $schedule =~ ^(${FIELD}[[:space:]]+){4}${FIELD}$ || $schedule =~ ^@(reboot|yearly|annually|monthly|weekly|daily|midnight|hourly)$ ]] ||
     bad "$id/schedule: '$schedule' is not five cron fields (*/5 * * * *) or @daily and the like"
   command=$(val "$id/command")
   [[ -n $command && $command != *$'\n'* ]] || bad "$id/command: must be one line, not empty"

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Names listed with ls are parameter segments, checked ([A-Za-z0-9_.-]): no blank, no glob.
+# tr maps each separator to a newline on purpose.
+# shellcheck disable=SC2012,SC2045,SC2020
 # disco ball "files": lines in a file (files/lines/ID/...) and directory trees with an
 # owner and modes (files/dirs/ID/...), as the parameters say (README.md). Only what
 # differs is touched.

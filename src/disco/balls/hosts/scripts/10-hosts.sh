@@ -1,4 +1,7 @@
 #!/bin/bash
+# Names listed with ls are parameter segments, checked ([A-Za-z0-9_.-]): no blank, no glob.
+# tr maps each separator to a newline on purpose.
+# shellcheck disable=SC2012,SC2045,SC2020
 # disco ball "hosts": entries hosts/ID/{address,names} (README.md), kept in a block of
 # /etc/hosts between two marker lines; the rest of the file is left as it is.
 set -euo pipefail

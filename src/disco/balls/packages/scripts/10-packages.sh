@@ -1,4 +1,7 @@
 #!/bin/bash
+# Names listed with ls are parameter segments, checked ([A-Za-z0-9_.-]): no blank, no glob.
+# tr maps each separator to a newline on purpose.
+# shellcheck disable=SC2012,SC2045,SC2020
 # disco ball "packages": packages/install and packages/remove lists, for apt or dnf
 # (README.md). What is installed already, or absent already, is left alone.
 set -euo pipefail

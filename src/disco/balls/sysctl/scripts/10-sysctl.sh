@@ -1,4 +1,7 @@
 #!/bin/bash
+# Names listed with ls are parameter segments, checked ([A-Za-z0-9_.-]): no blank, no glob.
+# tr maps each separator to a newline on purpose.
+# shellcheck disable=SC2012,SC2045,SC2020
 # disco ball "sysctl": kernel parameters sysctl/KEY = VALUE (README.md), written to
 # /etc/sysctl.d/90-disco.conf for the next boot and applied now where the running value
 # differs. Applying reaches the kernel, outside the dry run: NOOP says what it would run.

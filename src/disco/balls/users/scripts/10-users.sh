@@ -1,4 +1,7 @@
 #!/bin/bash
+# Names listed with ls are parameter segments, checked ([A-Za-z0-9_.-]): no blank, no glob.
+# tr maps each separator to a newline on purpose.
+# shellcheck disable=SC2012,SC2045,SC2020
 # disco ball "users": local accounts as parameters users/NAME/... say (README.md).
 set -euo pipefail
 ball=users
@@ -113,6 +116,7 @@ for u in $names; do
     keys="$home/.ssh/authorized_keys"
     if ! [ -f "$keys" ] || [ "$(cat "$keys")" != "$(val "$u/authorized_keys")" ]; then
       mkdir -p "$home/.ssh"
+      # shellcheck disable=SC1003  # sed's "$a\\" adds a last newline only where missing
       val "$u/authorized_keys" | sed '$a\' >"$keys"
       echo "users: wrote $keys"
     fi

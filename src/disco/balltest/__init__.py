@@ -1,0 +1,1 @@
+"""disco test: ball scenarios on scratch roots; disco lint: a server tree checked."""
