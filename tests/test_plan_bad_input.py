@@ -132,3 +132,8 @@ def test_dance_plan_with_a_bad_max_age_or_time(cmd: Run, state: Path, tmp_path: 
     data["plan"]["created"] = "yesterday"
     path.write_text(json.dumps(data))
     assert_one_error(dance(cmd, state, tmp_path, "--plan", str(path)), 1, "created", "yesterday")
+
+
+def test_plan_wait_must_be_seconds(cmd: Run, state: Path, tmp_path: Path) -> None:
+    result = plan(cmd, state, tmp_path, "--head", str(tmp_path), "--wait", "soon")
+    assert_one_error(result, 2, "--wait", "soon")

@@ -100,3 +100,15 @@ def test_a_plan_older_than_max_age_is_refused(
     cmd("disco-param", "--state-dir", str(state), "set", "disco/client/plan/max_age",
         input="100000d\n")  # fmt: skip
     assert apply(cmd, state, scratch_root, saved).returncode == 0
+
+
+def test_a_refused_plan_is_a_json_document_too(
+    cmd: Run, state: Path, scratch_root: Path, saved: Path
+) -> None:
+    (scratch_root / "etc/beta.conf").write_text("someone else's\n")
+    result = apply(cmd, state, scratch_root, saved, "--json", "--detailed-exitcodes")
+    assert result.returncode == 5, result.stderr
+    document = json.loads(result.stdout)
+    assert document["exit"] == 5 and "/etc/beta.conf" in document["error"]
+    beta = [c for c in document["changes"] if c["path"] == "/etc/beta.conf"]
+    assert beta and beta[0]["failed"].startswith("not committed: beta: fetch: drifted")

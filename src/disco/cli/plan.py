@@ -96,17 +96,22 @@ def plan(args: argparse.Namespace) -> int:
     base = load_settings(state.params(), args.server)
     head = load_settings(state.params(), [args.head])
     state.create()
-    request = PlanRequest(node, root, base, head, args.wait)
-    stdio = DanceStdio(json=True, intercept=True, progress=True)
-    out = DanceOutput(stdio, quiet=True, json=True)
-    try:
-        result = plan_node(state, request, out, out.finish)
-    finally:
-        out.finish()
+    result = planned(state, PlanRequest(node, root, base, head, args.wait))
     write_outputs(args, result)
     if args.detailed_exitcodes:
         return result.exit
     return EXIT_FAILED if result.head_fails else 0
+
+
+def planned(state: State, request: PlanRequest) -> NodePlan:
+    """Plan in-process, the steps' output and the progress line on stderr, stdout left
+    alone; their `Would execute` lines caught for the plan (a node's own plans too)."""
+    stdio = DanceStdio(json=True, intercept=True, progress=True)
+    out = DanceOutput(stdio, quiet=True, json=True)
+    try:
+        return plan_node(state, request, out, out.finish)
+    finally:
+        out.finish()
 
 
 def write_outputs(args: argparse.Namespace, result: NodePlan) -> None:
