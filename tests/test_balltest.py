@@ -91,7 +91,7 @@ def test_volatile_paths_are_listed_apart_with_their_reason(tmp_path: Path) -> No
 
 def test_setup_runs_first_and_verify_passes_or_fails(tmp_path: Path) -> None:
     good = "#!/bin/bash\nset -e\ngrep -qx 'option = 1' /etc/liner.conf\n"
-    good += "grep -qx 'option = 2' /etc/liner.conf\n"
+    good += "grep -qx 'option = 2' /etc/liner.conf\ngrep -qx delivered /etc/tests/kept\n"
     fx.liner(tmp_path / "good", good)
     result = disco_test("liner", "--json", cwd=tmp_path / "good")
     assert result.returncode == 0, result.stdout + result.stderr
