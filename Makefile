@@ -38,7 +38,7 @@ demo: venv
 	bash examples/demo.sh $(BIN) $(CURDIR)/$(DEMO)
 
 test: lint test-deps
-	$(BIN)/pytest
+	DISCO_TEST_IMAGE=$(TEST_IMAGE) $(BIN)/pytest
 
 test-deps: test-debs
 	@$(MAKE) -s system-deps APT_PACKAGES="$(TEST_APT_PACKAGES)"

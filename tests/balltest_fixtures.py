@@ -63,6 +63,10 @@ def stamped(top: Path, volatile: str) -> Path:
 
 
 def liner(top: Path, verify: str) -> Path:
+    """With a files/ entry named tests, which is the module's, not the ball's tests."""
+    path = top / "liner" / "files" / "etc" / "tests"
+    path.mkdir(parents=True)
+    (path / "kept").write_text("delivered\n")
     return ball(
         top,
         "liner",

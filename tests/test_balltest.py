@@ -11,10 +11,30 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import balltest_fixtures as fx
-from conftest import BIN, fingerprint
+from conftest import BIN, tree_snapshot
 
 BALLS = Path(__file__).resolve().parent.parent / "src" / "disco" / "balls"
 CHECKS = ["noop", "live", "noop-equals-live", "idempotence", "verify", "rollback"]
+# What the shipped balls' scenarios change, as this machine has it. (Not all of /etc: other
+# suites add users to it while this one runs.)
+TOUCHED = ("/etc/motd", "/etc/hosts", "/etc/cron.d", "/etc/sysctl.d", "/etc/ssh/sshd_config",
+           "/etc/systemd/system/multi-user.target.wants", "/srv", "/home/alice",
+           "/home/bob", "/home/nightly")  # fmt: skip
+MADE = ("alice", "bob", "nightly", "ops", "devs")  # users and groups the scenarios make
+
+
+def this_machine() -> dict[str, object]:
+    """The paths and names the shipped balls' scenarios would change, if they reached it."""
+    state: dict[str, object] = {}
+    for path in map(Path, TOUCHED):
+        if not path.exists():
+            state[str(path)] = None
+        else:
+            state[str(path)] = tree_snapshot(path) if path.is_dir() else path.read_bytes()
+    for db in ("passwd", "group"):
+        names = {line.split(":")[0] for line in Path("/etc", db).read_text().splitlines()}
+        state[db] = sorted(names & set(MADE))
+    return state
 
 
 def disco_test(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -32,11 +52,11 @@ def statuses(document: dict[str, object]) -> dict[tuple[str, str, str], str]:
 
 def test_every_shipped_ball_passes_every_check(tmp_path: Path) -> None:
     """`make test` runs this: every ball's scenarios, JUnit and JSON, on clones of /."""
-    before = fingerprint()
+    before = this_machine()
     report = tmp_path / "balls.xml"
     result = disco_test("--json", "--junit", str(report), cwd=BALLS)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert fingerprint() == before, "disco test changed this machine's root"
+    assert this_machine() == before, "disco test changed this machine's root"
     document = json.loads(result.stdout)
     assert document["passed"] is True and document["counts"]["failed"] == 0
     found = statuses(document)
@@ -91,7 +111,7 @@ def test_volatile_paths_are_listed_apart_with_their_reason(tmp_path: Path) -> No
 
 def test_setup_runs_first_and_verify_passes_or_fails(tmp_path: Path) -> None:
     good = "#!/bin/bash\nset -e\ngrep -qx 'option = 1' /etc/liner.conf\n"
-    good += "grep -qx 'option = 2' /etc/liner.conf\n"
+    good += "grep -qx 'option = 2' /etc/liner.conf\ngrep -qx delivered /etc/tests/kept\n"
     fx.liner(tmp_path / "good", good)
     result = disco_test("liner", "--json", cwd=tmp_path / "good")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -16,7 +16,8 @@ from conftest import BIN, tree_snapshot
 from disco.balltest import snapshot
 
 BALLS = Path(__file__).resolve().parent.parent / "src" / "disco" / "balls"
-IMAGE = Path("/var/cache/disco-tests/debian-minbase.tar")  # Makefile: TEST_IMAGE
+# What `make test-deps` builds (Makefile: TEST_IMAGE, passed on by `make test`).
+IMAGE = Path(os.environ.get("DISCO_TEST_IMAGE", "/var/cache/disco-tests/debian-minbase.tar"))
 
 
 def disco_test(*args: str) -> subprocess.CompletedProcess[str]:

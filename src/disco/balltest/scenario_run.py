@@ -10,6 +10,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,7 @@ def make_server(r: Run) -> None:
     their own, and the node with the scenario's parameters."""
     modules = r.server / "modules"
     for name, path in r.scenario.modules:
-        shutil.copytree(path, modules / name, symlinks=True, ignore=shutil.ignore_patterns("tests"))
+        shutil.copytree(path, modules / name, symlinks=True, ignore=top_tests(path))
     node = r.server / "parameters" / NODE
     (node / "modules").mkdir(parents=True)
     shutil.copytree(r.scenario.parameters, node / "parameters", symlinks=True)
@@ -133,6 +134,11 @@ def make_server(r: Run) -> None:
             (modules / module / "scripts").mkdir(parents=True)
             shutil.copy(script, modules / module / "scripts" / name)
             os.chmod(modules / module / "scripts" / name, 0o755)
+
+
+def top_tests(top: Path) -> Callable[[str, list[str]], list[str]]:
+    """A ball's own tests/ is left out of the module: not a files/ entry named tests."""
+    return lambda folder, names: ["tests"] if Path(folder) == top else []
 
 
 def run_scenario(ball: Ball, scenario: Scenario, scratch: Scratch) -> list[Check]:
