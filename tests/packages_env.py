@@ -98,7 +98,8 @@ def install_script(packages: list[str]) -> str:
 
 # $SOURCE: "serve" (the repository on loopback), "gone" (served for apt-get update, then
 # no more), "none" (never served: no lists). Each DANCE is NAME:FLAGS[:KEY=VALUE] (FLAGS
-# with + for spaces; KEY=VALUE a parameter set in its state first), run in turn; "&"
+# with + for spaces; KEY=VALUE a parameter set in its state first, by default
+# disco/client/noop/packages=fetch), run in turn; "&"
 # between two runs them side by side.
 DRIVER = """set -e
 T=$1 SERVER=$2 DISCO=$3 OUT=$4 PYTHON=$5 DEBS=$6 PORT=$7 SOURCE=$8
@@ -139,6 +140,8 @@ clone() {
 dance() {
   name=${1%%:*} flags=${1#*:} setting=
   case $flags in *:*) setting=${flags#*:} flags=${flags%%:*} ;; esac
+  # On a root that is not /, NOOP fetches package installs only when told to (§17).
+  [ -n "$setting" ] || setting=disco/client/noop/packages=fetch
   if [ -n "$setting" ]; then
     echo "${setting#*=}" | DISCO_STATE=$T/state-${name%%.*} "$(dirname "$DISCO")/disco-param" \
       set "${setting%%=*}"

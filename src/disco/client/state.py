@@ -86,7 +86,8 @@ class Settings:
     step_timeout: float | None = None  # seconds a template or script may run
     shared: bool = False  # rsync's ssh already shares one connection per server
     limits: Limits = field(default_factory=Limits.defaults)  # of a sandboxed step
-    packages: str = "fetch"  # NOOP package installs: "fetch" (DESIGN §17) or "intercept"
+    # NOOP package installs: "fetch" (DESIGN §17) or "intercept"; None: as live would
+    packages: str | None = None
 
 
 TIMEOUT_SETTING = ("disco", "client", "timeout", "step")
@@ -124,14 +125,17 @@ def load_settings(
 PACKAGES_SETTING = ("disco", "client", "noop", "packages")
 
 
-def load_packages(store: ParamStore) -> str:
-    """disco/client/noop/packages: "fetch" (the default) or "intercept"."""
-    text = (store.lookup(PACKAGES_SETTING, "") or "").strip() or "fetch"
+def load_packages(store: ParamStore) -> str | None:
+    """disco/client/noop/packages: "fetch" or "intercept"; None when unset (the dance
+    then does what live would: fetch on `/`, intercept on another root)."""
+    text = (store.lookup(PACKAGES_SETTING, "") or "").strip()
+    if not text:
+        return None
     if text not in ("fetch", "intercept"):
         where = "/".join(PACKAGES_SETTING)
         raise DiscoError(
             f"{where} is {text!r}, neither fetch nor intercept",
-            f"set it with 'echo intercept | disco-param set {where}' (or fetch, the default)",
+            f"set it with 'echo intercept | disco-param set {where}' (or fetch)",
         )
     return text
 

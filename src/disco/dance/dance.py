@@ -87,7 +87,7 @@ class Options:
     effects: str | None = None  # live: "run" or "intercept"; None: run on /, else intercept
     limits: Limits = field(default_factory=Limits.defaults)  # of a sandboxed step
     state: Path | None = None  # the state to hide from steps, if not the dance's (a plan's)
-    packages: str = "fetch"  # disco/client/noop/packages: "fetch" (DESIGN §17) or "intercept"
+    packages: str | None = None  # disco/client/noop/packages: "fetch" (§17) or "intercept"
 
     @property
     def config(self) -> Path:
@@ -104,6 +104,12 @@ class Options:
         root that is not the running system, unless --effects run)."""
         default = "run" if self.on_host else "intercept"
         return self.noop or (self.effects or default) == "intercept"
+
+    @property
+    def package_mode(self) -> str:
+        """How a NOOP step's package installs go: as the setting says, else as live's would
+        (on the running system apt runs; on another root it is intercepted by default)."""
+        return self.packages or ("fetch" if self.on_host else "intercept")
 
 
 @dataclass
@@ -157,7 +163,7 @@ class Dance:
         self.changes = ChangeReport(
             sink, self.outcome.changes, self.exclude, load_sensitive(options.config), options.diff
         )
-        self.rules = load_rules(options.config, options.packages)
+        self.rules = load_rules(options.config, options.package_mode)
         self.noop_names = intercepted(self.rules)
         self.asker: Asker | None = None
         self.fetcher: Fetcher | None = None
@@ -172,7 +178,7 @@ class Dance:
             self.work = work
             found = find(self.options.root, self.noop_names)
             self.view = build_view(work / "view", self.rules, self.options.root, found)
-            if self.options.packages == "fetch":  # package installs fetched outside (§17)
+            if self.options.package_mode == "fetch":  # package installs fetched outside (§17)
                 cache = self.state.root / "cache" / "debs"
                 cache.mkdir(parents=True, exist_ok=True, mode=0o755)
                 (self.view.path / "debs").mkdir()
