@@ -20,7 +20,7 @@ from typing import Any
 
 from disco.engine import cgroups, zygote
 from disco.engine.cgroups import SETTING, Limits, StepCgroup
-from disco.engine.mounts import Mount, Op, Submount, read_mounts, submounts
+from disco.engine.mounts import Op, Submount, read_mounts, submounts
 from disco.engine.sandbox import (
     Bind,
     Mode,
@@ -34,7 +34,6 @@ from disco.engine.sandbox import (
     lowers_of,
     pid1_ops,
     plan,
-    ro_overlay,
     upper_of,
 )
 from disco.engine.syscalls import CLONE_NEWPID, setns, unshare
@@ -130,7 +129,6 @@ class Zygote:
         self.table = Path("/proc/self/mountinfo").read_text()
         self.prebuilt: dict[tuple[Bind, tuple[Bind, ...]], Prebuilt] = {}
         self.plans: dict[tuple[Any, ...], list[Op]] = {}
-        self.ro_built: dict[tuple[int, str], str] = {}  # read-only overlays: their places
         self.trash: list[str] = []  # to remove, told with the next step
         self.built: list[Op] = base_ops(mode, self.scratch)
         self.early: list[Op] = pid1_ops(self.scratch) if noop else []
@@ -280,27 +278,8 @@ class Zygote:
         if key not in self.plans:
             if len(self.plans) > 16:
                 self.plans.clear()
-            binds, ro = self.prebuild(step.binds), self.prebuild_ro(step, subs)
-            self.plans[key] = plan(step, subs, self.scratch, binds, ro)
+            self.plans[key] = plan(step, subs, self.scratch, self.prebuild(step.binds))
         return self.plans[key]
-
-    def prebuild_ro(self, step: Step, subs: list[Submount]) -> dict[str, str]:
-        """The zygote's read-only overlays for the read-only filesystems in `subs`, made
-        now if they are new (their layers are the dance's, the same for every step); the
-        place of each by submount."""
-        places = {}
-        for sub in subs:
-            overlay = ro_overlay(step, sub, self.scratch) if sub.readonly else None
-            if overlay is None:
-                continue
-            if overlay not in self.ro_built:
-                place = str(self.scratch / "ro" / str(len(self.ro_built)))
-                op = Mount(place, "overlay", "overlay", *overlay, make="dir")
-                self._call({"prebuild": [op.wire()]}, f"cannot overlay /{sub.path} read-only")
-                self.ro_built[overlay] = place
-                self.built.append(op)
-            places[sub.path] = self.ro_built[overlay]
-        return places
 
     def remove(self, path: Path) -> None:
         """Have the zygote remove a layer (or any tree with no mount under it) once it

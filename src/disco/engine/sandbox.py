@@ -246,36 +246,13 @@ def lowers_of(step: Step, rel: str) -> list[Path]:
     return [p for p in lows if p.is_dir()] + [Path(step.root, rel)]
 
 
-def ro_overlay(step: Step, sub: Submount, scratch: Path) -> tuple[int, str] | None:
-    """The flags and options of the read-only overlay a step sees a read-only filesystem
-    `sub` through (None: a read-only bind, live without interceptors there). Its layers
-    are the dance's alone, never a step's: the zygote makes it once (`plan`, `ro`)."""
-    noop = step.mode is Mode.NOOP
-    flags = MS_RDONLY | (MS_NODEV if noop else 0)
-    shim = step.shims / sub.path if step.shims is not None else None
-    if shim is not None and shim.is_dir():
-        # Interceptors over a read-only filesystem: an overlay with no upper, read-only.
-        return flags, f"lowerdir={shim}:{os.path.join(step.root, sub.path)},{OVERLAY_OPTIONS}"
-    if noop:
-        # A read-only overlay, not a bind: the host's sockets, FIFOs, locks and leases
-        # on it are not reached through an overlay's inodes.
-        empty = scratch / "api" / "empty"
-        return flags, f"lowerdir={empty}:{os.path.join(step.root, sub.path)},{OVERLAY_OPTIONS}"
-    return None
-
-
 def plan(
-    step: Step,
-    subs: Sequence[Submount],
-    scratch: Path,
-    binds: Sequence[Prebuilt] = (),
-    ro: Mapping[str, str] | None = None,
+    step: Step, subs: Sequence[Submount], scratch: Path, binds: Sequence[Prebuilt] = ()
 ) -> list[Op]:
     """The operations that build the step's sandbox in the zygote's new mount namespace,
-    in order; `binds` are the zygote's prebuilt ones for step.binds, `ro` the places of
-    its prebuilt read-only overlays by submount (bound, not mounted anew: no superblock
-    made and torn down per step). Paths inside the step's layer are relative to it (the
-    zygote works from there): one plan serves every step alike but for its layer."""
+    in order; `binds` are the zygote's prebuilt ones for step.binds. Paths inside the
+    step's layer are relative to it (the zygote works from there): one plan serves every
+    step alike but for its layer."""
     noop = step.mode is Mode.NOOP
     root, work, merged = str(step.root), Path("work"), "work/mnt"
     ovl_flags = MS_NODEV if noop else 0
@@ -287,11 +264,17 @@ def plan(
     ops.append(_overlay(lowers_of(step, ""), Path("upper"), work / "0", merged, ovl_flags))
     for i, sub in enumerate(subs, 1):
         target = os.path.join(merged, sub.path)
-        overlay = ro_overlay(step, sub, scratch) if sub.readonly else None
-        if overlay is not None and ro and sub.path in ro:
-            ops.append(Mount(target, ro[sub.path], flags=MS_BIND))
-        elif overlay is not None:
-            ops.append(Mount(target, "overlay", "overlay", *overlay))
+        shim = step.shims / sub.path if step.shims is not None else None
+        if sub.readonly and shim is not None and shim.is_dir():
+            # Interceptors over a read-only filesystem: an overlay with no upper, read-only.
+            data = f"lowerdir={shim}:{os.path.join(root, sub.path)},{OVERLAY_OPTIONS}"
+            ops.append(Mount(target, "overlay", "overlay", MS_RDONLY | ovl_flags, data))
+        elif sub.readonly and noop:
+            # A read-only overlay, not a bind: the host's sockets, FIFOs, locks and leases
+            # on it are not reached through an overlay's inodes.
+            empty = scratch / "api" / "empty"
+            data = f"lowerdir={empty}:{os.path.join(root, sub.path)},{OVERLAY_OPTIONS}"
+            ops.append(Mount(target, "overlay", "overlay", MS_RDONLY | ovl_flags, data))
         elif sub.readonly:
             ops += [Mount(target, os.path.join(root, sub.path), flags=MS_BIND),
                     Mount(target, flags=MS_BIND | MS_REMOUNT | MS_RDONLY)]  # fmt: skip

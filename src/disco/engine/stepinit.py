@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # signal's C half: no enum (see zygote.py)
 import ctypes
-import marshal
 import os
 import struct
 
@@ -126,38 +125,26 @@ def _retitle(title: bytes) -> None:
         ctypes.memmove(start, title, len(title))
 
 
-def ready(go: int, out: int, userns: int, zygote: int, theirs: list[int]) -> NoReturn:
-    """Be the next step's command, forked by the zygote into the steps' pid namespace
-    ahead of its request: what needs no request is done now, off the step's way. On
-    the request (`go`, sent once the zygote has built the step's mount namespace, where
-    it waits for us): open the step's stdio, enter that namespace (setns on the
-    zygote's pidfd `zygote`), then the steps' user namespace and a mount namespace of
-    our own, locking every mount; become the command. Why it could not run goes to
-    `out` (nothing if it did: the pipe closes at exec). Never returns."""
+def step(req: dict[str, Any], stdio: list[int | None], out: int, userns: int) -> NoReturn:
+    """Be the step's command: forked by the zygote into the steps' pid namespace, in the
+    step's mount namespace it built. Why the command could not run goes to `out`
+    (nothing if it did). Never returns."""
     stage = "F"
     try:
         libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)  # dies with the zygote
-        for fd in theirs:  # the zygote's own: disco's pipes, its namespaces, init's pipes
-            os.close(fd)
         unshare(CLONE_NEWCGROUP)  # rooted at the steps' cgroup, born in it
-        os.setsid()
-        for sig in DEFAULT_SIGNALS:
-            _signal.signal(sig, _signal.SIG_DFL)
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        req = receive(go)
-        if req is None:  # the zygote is done
-            os._exit(0)
-        stdio = [open_stdio(spec) for spec in req["stdio"]]
-        setns(zygote, CLONE_NEWNS)  # the step's mount namespace, as root of the host
-        os.chdir(req["cwd"])
         setns(userns, CLONE_NEWUSER)
-        unshare(CLONE_NEWNS)  # owned by the steps' user namespace: the mounts are locked
+        unshare(CLONE_NEWNS)
+        os.setsid()
         for n, given in enumerate(stdio):
             if given is not None and given != n:
                 os.dup2(given, n)
         os.closerange(3, out)
         os.closerange(out + 1, 1 << 20)
+        for sig in DEFAULT_SIGNALS:
+            _signal.signal(sig, _signal.SIG_DFL)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         stage = "X"
         execute(req["argv"], req["env"])
     except BaseException as e:  # noqa: B036 -- nothing may escape a forked child
@@ -165,38 +152,6 @@ def ready(go: int, out: int, userns: int, zygote: int, theirs: list[int]) -> NoR
         os.write(out, f"{stage}{what}".encode(errors="replace")[:4000])
     finally:
         os._exit(127)
-
-
-def open_stdio(spec: Any) -> int | None:
-    """None (keep ours), an fd number, or (path, flags, mode) opened before the sandbox."""
-    if spec is None or isinstance(spec, int):
-        return spec
-    path, flags, mode = spec
-    return os.open(path, flags | os.O_CLOEXEC, mode)
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = os.read(fd, n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
-
-
-def receive(fd: int) -> Any:
-    """One message (marshal'ed, length-prefixed), or None at end of file."""
-    try:
-        (size,) = struct.unpack("<Q", _read_exact(fd, 8))
-        return marshal.loads(_read_exact(fd, size))
-    except EOFError:
-        return None
-
-
-def send(fd: int, message: Any) -> None:
-    data = marshal.dumps(message)
-    os.write(fd, struct.pack("<Q", len(data)) + data)
 
 
 def execute(argv: list[str], env: dict[str, str]) -> None:

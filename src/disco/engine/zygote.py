@@ -9,12 +9,11 @@ new session keyring, which every NOOP step shares with a read-only /sys and a mi
 mounts their /proc. A live zygote stays in the host's namespaces, as a subreaper.
 
 Per step the zygote unshares a fresh mount namespace, mounts the step's overlays and
-binds, pivots, starts the command there (live: posix_spawn, a vfork; NOOP: the process
-it forked ahead of the step, stepinit.ready, enters that namespace by our pidfd, then the
-steps' user namespace) and goes back to its own mount namespace with setns (NOOP: once
-the step's process has become the command). Once the command and what it left running
-are reaped, no mount of the step is left and its layer may change. The answer is the
-exit status and the wait4 rusage of the command's tree.
+binds, pivots, starts the command there (live: posix_spawn, a vfork; NOOP: a fork that
+enters the steps' user namespace first, stepinit.step) and goes back to its own mount
+namespace with setns. Once the command and what it left running are reaped, no mount of
+the step is left and its layer may change. The answer is the exit status and the wait4
+rusage of the command's tree.
 
 Requests and answers are marshal'ed dicts, length-prefixed. Keep this file free of
 imports beyond the few builtins.
@@ -25,23 +24,17 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # signal's C half: `signal` imports enum (see TYPE_CHECKING below)
 import ctypes
 import gc
+import marshal
 import os
 import resource  # noqa: F401 -- os.wait4's result type, loaded before any pivot_root
 import select
+import struct
 import sys
 import time
 
 from disco.engine import stepinit
 from disco.engine.leftovers import copied_links, remove, remove_all, watchdog
-from disco.engine.stepinit import (
-    DEFAULT_SIGNALS,
-    RUSAGE,
-    USAGE,
-    add_usage,
-    open_stdio,
-)
-from disco.engine.stepinit import receive as receive  # disco's side (runner.py) uses them too
-from disco.engine.stepinit import send as send
+from disco.engine.stepinit import DEFAULT_SIGNALS, RUSAGE, USAGE, add_usage
 from disco.engine.syscalls import (
     CLONE_NEWIPC,
     CLONE_NEWNET,
@@ -69,10 +62,42 @@ if TYPE_CHECKING:  # typing too: imported, it would cost each step's maxrss a me
 # ---- the operations, as wire tuples (see mounts.py for the objects that plan them) ----
 
 
-# ---- messages: stepinit.receive and send (the pre-forked step reads its request too) ----
+# ---- messages ----
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def receive(fd: int) -> Any:
+    """One message, or None at end of file."""
+    try:
+        (size,) = struct.unpack("<Q", _read_exact(fd, 8))
+        return marshal.loads(_read_exact(fd, size))
+    except EOFError:
+        return None
+
+
+def send(fd: int, message: Any) -> None:
+    data = marshal.dumps(message)
+    os.write(fd, struct.pack("<Q", len(data)) + data)
 
 
 # ---- the zygote ----
+
+
+def _open_stdio(spec: Any) -> int | None:
+    """None (keep ours), an fd number, or (path, flags, mode) opened before the sandbox."""
+    if spec is None or isinstance(spec, int):
+        return spec
+    path, flags, mode = spec
+    return os.open(path, flags | os.O_CLOEXEC, mode)
 
 
 def _failed(message: str) -> dict[str, Any]:
@@ -94,10 +119,6 @@ class Zygote:
         self.orphans = ""  # the /proc file that lists init's children
         self.orders = self.answers = -1  # our pipes to it, and its to us
         self.report = -1  # the running step says here why it could not run its command
-        self.said = b""  # what it said so far
-        self.home = True  # in our own mount namespace (NOOP: not while a step enters its)
-        self.me = -1  # NOOP: a pidfd of ours, by which a step enters the namespace we built
-        self.next: tuple[int, int, int] | None = None  # NOOP: the pre-forked step's pid, pipes
 
     def setup(self, msg: dict[str, Any]) -> None:
         """Our namespaces, and what every step binds from them (msg["ops"])."""
@@ -134,10 +155,7 @@ class Zygote:
         self.base = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         if self.noop:
             self.start_init(msg["early"], msg["init_root"])
-            self.me = os.pidfd_open(os.getpid())
         forget_peak()
-        if self.noop:
-            self.prefork()
 
     def prebuild(self, ops: list[Any]) -> None:
         """Mounts that later steps bind from (a view, its read-only binds), in our own
@@ -186,30 +204,23 @@ class Zygote:
         work = os.path.join(req["layer"], "work")
         remove(work)  # a step's before it, cut short (the operations make it anew)
         self.name(req.get("hostname"))
-        # NOOP: the pre-forked step opens its stdio itself.
-        stdio: list[int | None] = [None] * 3
-        if not self.noop:
-            stdio = [open_stdio(s) for s in req["stdio"]]
+        stdio = [_open_stdio(s) for s in req["stdio"]]
         try:
             pid, msgs = self.spawn(req, stdio)
-            if pid == 0:
-                return {"msgs": msgs, "status": 0, "usage": (0,) * 12,
-                        "wall": time.monotonic() - start, "timed_out": False}  # fmt: skip
-            status, usage, timed_out, strays = self.wait(pid, req.get("timeout") or 0)
         finally:
-            self.go_home()
             for spec, fd in zip(req["stdio"], stdio):
                 if isinstance(spec, (tuple, list)) and fd is not None:  # opened here
                     os.close(fd)
+        if pid == 0:
+            return {"msgs": msgs, "status": 0, "usage": (0,) * 12,
+                    "wall": time.monotonic() - start, "timed_out": False}  # fmt: skip
+        status, usage, timed_out, strays = self.wait(pid, req.get("timeout") or 0)
         if self.report >= 0:  # the step is gone: it said why it failed, or nothing
-            while chunk := os.read(self.report, 4096):
-                self.said += chunk
+            said = os.read(self.report, 4096).decode(errors="replace")
             os.close(self.report)
             self.report = -1
-        if self.said:
-            said = self.said.decode(errors="replace")
-            msgs[said[0]] = said[1:]
-            self.said = b""
+            if said:
+                msgs[said[0]] = said[1:]
         if strays:
             msgs["K"] = " ".join(map(str, strays))
         return {"msgs": msgs, "status": status, "usage": tuple(usage),
@@ -218,10 +229,8 @@ class Zygote:
 
     def spawn(self, req: dict[str, Any], stdio: list[int | None]) -> tuple[int, dict[str, str]]:
         """The step's mount namespace, and the command started in it; (0, why) if not.
-        The operations name the paths in the step's layer relative to it. NOOP, we stay
-        in the step's namespace until the step has entered it (see `wait`)."""
+        The operations name the paths in the step's layer relative to it."""
         unshare(CLONE_NEWNS)
-        self.home = False
         umask = os.umask(0)
         try:
             os.chdir(req["layer"])
@@ -233,7 +242,7 @@ class Zygote:
             os.umask(umask)
             env, argv = req["env"], req["argv"]
             if self.noop:
-                return self.go(req), {}
+                return self.fork_step(req, stdio), {}
             # posix_spawnp searches our PATH (the child is a vfork, reading our memory):
             # the step's, so found as its shell would find it, in C.
             os.environ["PATH"] = env.get("PATH", "/usr/bin:/bin")
@@ -247,68 +256,31 @@ class Zygote:
             return pid, {}
         finally:
             os.umask(umask)
-            if not self.noop or self.report < 0:
-                self.go_home()
-
-    def go_home(self) -> None:
-        """Back in our own mount namespace: the step's is now its processes' alone."""
-        if not self.home:
+            # Back home: the step's namespace is now its processes' alone.
             setns(self.base, CLONE_NEWNS)
-            self.home = True
 
-    def prefork(self) -> None:
-        """NOOP: fork the next step's process ahead of its request (stepinit.ready), into
-        the steps' pid namespace, while disco reads the last step's changes. No step runs
-        meanwhile: none sees it."""
-        go_r, go_w = os.pipe2(os.O_CLOEXEC)
-        report, out = os.pipe2(os.O_CLOEXEC)
+    def fork_step(self, req: dict[str, Any], stdio: list[int | None]) -> int:
+        """Fork the step's command into the steps' pid namespace, from the step's mount
+        namespace we are in (stepinit.step). Its pipe says why it could not run."""
+        self.report, out = os.pipe2(os.O_CLOEXEC)
         setns(self.init, CLONE_NEWPID)
         try:
             pid = os.fork()
             if pid == 0:
-                theirs = [self.req, self.rep, self.base, self.pidns, self.init, self.orders,
-                          self.answers, *self.cgroups, go_w, report]  # fmt: skip
-                stepinit.ready(go_r, out, self.userns, self.me, theirs)
-        except BaseException:
-            os.close(go_w)
-            os.close(report)
-            raise
+                stepinit.step(req, stdio, out, self.userns)
         finally:
             setns(self.pidns, CLONE_NEWPID)  # our next child is ours again
-            os.close(go_r)
             os.close(out)
-        self.next = (pid, go_w, report)
-
-    def go(self, req: dict[str, Any]) -> int:
-        """Send the step's request to the pre-forked step, in its mount namespace's
-        making, which we are in: it enters it by our pidfd. Its pid."""
-        if self.next is None:
-            self.prefork()
-        assert self.next is not None
-        pid, go_w, self.report = self.next
-        self.next = None
-        cwd = next((op[2] for op in req["ops"] if op[0] == "pivot"), "/")
-        order = {"argv": req["argv"], "env": req["env"], "stdio": req["stdio"], "cwd": cwd}
-        try:
-            send(go_w, order)
-        except OSError:  # it is gone: its report says why
-            pass
-        finally:
-            os.close(go_w)
         return pid
 
     def wait(self, pid: int, timeout: float) -> tuple[int, list[float], bool, list[int]]:
         """Wait for the command, or its time limit, or disco's word to stop; then kill
         and reap whatever of the step is left. Its status, usage, whether it ran out of
-        time, and (live) the pids it left running. NOOP, the step's report pipe closes
-        once it has entered its namespaces and become the command: we go home then,
-        while it runs (the step's namespace we leave is torn down meanwhile)."""
+        time, and (live) the pids it left running."""
         pidfd = os.pidfd_open(pid)
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         poller.register(self.req, select.POLLIN)
-        if self.report >= 0:
-            poller.register(self.report, select.POLLIN)
         deadline = time.monotonic() + timeout if timeout else None
         timed_out = False
         try:
@@ -321,14 +293,6 @@ class Zygote:
                 events = dict(poller.poll(left))
                 if pidfd in events:
                     break
-                if self.report in events:
-                    chunk = os.read(self.report, 4096)
-                    self.said += chunk
-                    if not chunk:  # it became the command, or failed
-                        poller.unregister(self.report)
-                        os.close(self.report)
-                        self.report = -1
-                        self.go_home()
                 if self.req in events:
                     msg = receive(self.req)  # only ever "stop" while a step runs
                     self.stopping = True
@@ -342,7 +306,6 @@ class Zygote:
                     deadline = None
         finally:
             os.close(pidfd)
-        self.go_home()
         _, status, ru = os.wait4(pid, 0)
         usage = [0.0] * len(RUSAGE)
         add_usage(usage, ru)
@@ -444,11 +407,6 @@ def main() -> None:
         # layer if disco has no use for it, and the layers disco was done with before.
         if "layer" in msg:
             remove_all([os.path.join(msg["layer"], "work"), msg["discard"], *msg["remove"]])
-        if zygote.noop and zygote.next is None and not zygote.stopping:
-            try:
-                zygote.prefork()
-            except OSError:  # the next step forks it on its way, or says why it cannot
-                pass
 
 
 if __name__ == "__main__":
