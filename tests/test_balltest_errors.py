@@ -44,10 +44,12 @@ def test_a_ball_without_tests(tmp_path: Path, motd: Path) -> None:
     assert_one_error(disco_test("motd", cwd=tmp_path), 1, "ball motd", "holds no scenario")
 
 
-def test_a_scenario_without_parameters(tmp_path: Path, motd: Path) -> None:
+def test_a_scenario_whose_parameters_is_not_a_directory(tmp_path: Path, motd: Path) -> None:
     (motd / "tests" / "plain" / "parameters").rmdir()
+    (motd / "tests" / "plain" / "parameters").write_text("motd/text hello\n")
     result = disco_test("motd", cwd=tmp_path)
-    assert_one_error(result, 1, "ball motd: scenario plain: no parameters/ directory")
+    where = motd / "tests" / "plain" / "parameters"
+    assert_one_error(result, 1, f"ball motd: scenario plain: {where} is not a directory")
 
 
 def test_an_unknown_entry_in_a_scenario(tmp_path: Path, motd: Path) -> None:

@@ -127,7 +127,8 @@ def make_server(r: Run) -> None:
         shutil.copytree(path, modules / name, symlinks=True, ignore=top_tests(path))
     node = r.server / "parameters" / NODE
     (node / "modules").mkdir(parents=True)
-    shutil.copytree(r.scenario.parameters, node / "parameters", symlinks=True)
+    if r.scenario.parameters.is_dir():
+        shutil.copytree(r.scenario.parameters, node / "parameters", symlinks=True)
     for module, name in ((SETUP, "setup"), (VERIFY, "verify")):
         script = r.scenario.script(name)
         if script is not None:

@@ -4,6 +4,7 @@ and optional `setup`, `verify` and `volatile`; and the balls it requires, found 
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,10 +107,11 @@ def load_scenario(ball: str, ball_path: Path, path: Path) -> Scenario:
             f"{where}: unknown entry '{unknown[0]}' in {path}",
             "a scenario holds parameters/, setup, verify and volatile only",
         )
-    if not (path / "parameters").is_dir():
+    # No parameters/ is none (git keeps no empty directory); anything else there is a mistake.
+    if os.path.lexists(path / "parameters") and not (path / "parameters").is_dir():
         raise DiscoError(
-            f"{where}: no parameters/ directory",
-            f"make {path / 'parameters'}: the node's parameters (empty for none)",
+            f"{where}: {path / 'parameters'} is not a directory",
+            "make it a directory of the node's parameters, or remove it for none",
         )
     for name in ("setup", "verify", "volatile"):
         if (path / name).exists() and not (path / name).is_file():
@@ -119,7 +121,7 @@ def load_scenario(ball: str, ball_path: Path, path: Path) -> Scenario:
     volatile_globs = parse_volatile(text, f"{where}: volatile")
     given = sorted(
         p.name
-        for p in (path / "parameters").iterdir()
+        for p in ((path / "parameters").iterdir() if (path / "parameters").is_dir() else ())
         if p.name != ball and p.is_dir() and (ball_path.parent / p.name).is_dir()
     )
     dances = (ball, *given)
