@@ -9,22 +9,24 @@ takes that inode out of the root (a rename over its one name, an unlink), else a
 (holes kept). A link to a file that stays would make the "original" follow every later
 edit of it, and give it one more name each dance.
 
-Two flushes a commit, whatever its number of paths, in the order of a write-ahead log
-(the log on disk before the data, the data on disk before the log is retired):
+One flush a commit, whatever its number of paths, in the order of a write-ahead log (the
+log on disk before the data, the data on disk before the log is retired):
 1. the journal is built in txn/journal.new, unsynced; one syncfs(2) of txn's filesystem
-   puts all of it on disk. Only then does the first operation run: whatever of the root
-   reaches the disk from then on has a journal on disk to undo it. It is renamed to
-   txn/journal unflushed: a power cut can leave it as journal.new, which recovery undoes
-   if it is whole (it was flushed, operations may have run) and drops if it is not (the
-   flush never returned, no operation ran). Whole: its json reads and every saved
-   original is there (the copies with the md5 the json gives them).
-2. the operations write beside and rename over, with no fsync of their own; when the
-   last is done one syncfs of the root's filesystem puts them all on disk (and the
-   rename of step 1).
-3. the journal is renamed into the dance's history (txn/history/ID/commits/N): the end
-   of the commit. That rename is not flushed by itself: the next commit's first syncfs
-   (or the end of the dance, history.finish) flushes it. Lost in a power cut, the journal
-   is back in txn/journal and the next dance undoes that last commit whole: old, not half.
+   puts all of it on disk, and with it the changes of the commit before (txn/done, whose
+   journal is then moved into the dance's history, txn/history/ID/commits/N; a root on
+   another filesystem gets a syncfs of its own first). Only then does the first
+   operation run: whatever of the root reaches the disk from then on has a journal on
+   disk to undo it. It is renamed to txn/journal unflushed: a power cut can leave it as
+   journal.new, which recovery undoes if it is whole (it was flushed, operations may
+   have run) and drops if it is not (the flush never returned, no operation ran). Whole:
+   its json reads and every saved original is there (each copy with the md5 the json
+   gives it).
+2. the operations write beside and rename over, with no flush of their own.
+3. the journal is renamed to txn/done: the commit is done. Its changes are on disk with
+   the next commit's flush, or at the end of the dance (journal.seal: two syncfs a
+   dance). Killed before that, the machine still up, all of it is there: recovery keeps
+   it (the journal records the boot). After a reboot it may be half on disk: recovery
+   undoes it whole, as it does txn/journal.
 The saved originals become the undo log `disco rollback` uses.
 
 SIGINT and SIGTERM are blocked while a commit runs: a commit in progress finishes, and
@@ -121,7 +123,7 @@ def _prepare(
     module: str,
     step: str,
 ) -> Journal:
-    """Write the journal of `ops` durably to txn/journal; nothing in the root changes."""
+    """Write the journal of `ops` to disk, as txn/journal; nothing in the root changes."""
     final = txn / "journal"
     for left in (final, txn / "journal.new"):
         if left.exists() and (left == final or whole(left) is not None):
@@ -173,13 +175,13 @@ def _write_journal(
             "dirs": [list(d) for d in dirs], BOOT: boot_id(),
             COPIES: {c.name: md5_of(c) for c in copies}}  # fmt: skip
     (new / "journal.json").write_bytes(json.dumps(data, separators=(",", ":")).encode())
-    done = txn / DONE
-    if done.exists() and os.stat(root).st_dev != os.stat(txn).st_dev:
-        syncfs(root)  # the last commit's operations, where the flush of txn/ does not reach
+    last = load(txn / DONE) if (txn / DONE).exists() else None
+    if last is not None and os.stat(last.root).st_dev != os.stat(txn).st_dev:
+        syncfs(last.root)  # the last commit's operations, where txn's flush does not reach
     syncfs(txn)  # journal.new whole on disk, and with it the last commit's operations
     point()
-    if done.exists():  # the last commit: on disk now, its journal retired
-        archive(txn, load(done))
+    if last is not None:  # on disk now: its journal retired
+        archive(txn, last)
     os.rename(new, final)  # unflushed: a whole journal.new is undone just the same
     return Journal(dance, module, step, root, tuple(entries), final, dirs)
 

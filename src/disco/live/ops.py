@@ -16,8 +16,8 @@ A removal takes a directory with everything below it, within one filesystem.
 Every target is reached from the root one component at a time, never following a
 symlink: a change below a symlink in the target (`etc -> /etc`) is refused, since a
 layer holds real directories. `trusted.overlay.*` xattrs never reach the target. Nothing
-is fsynced here: durability across a crash is the journal's job (one syncfs of the root
-when a commit's operations are done, commit.py).
+is fsynced here: durability across a crash is the journal's job (commit.py: a syncfs
+before the next commit, or at the end of the dance).
 """
 
 from __future__ import annotations
