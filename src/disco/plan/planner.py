@@ -11,6 +11,7 @@ dance starts there from that copy, with base's records for what came before.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,11 +23,15 @@ from disco.client.lock import hold
 from disco.client.state import Settings, State
 from disco.clock import utc_now
 from disco.dance.dance import Dance, Options, Split
+from disco.dance.interrupt import Interrupted, interruptible
 from disco.dance.reporting import Sink
 from disco.engine.changes import Change
+from disco.engine.mounts import mount_tmpfs, private_mounts
 from disco.engine.sandbox import upper_of
+from disco.errors import DiscoError
 from disco.files import remove_tree
 from disco.plan.delta import Delta, read_delta
+from disco.plan.parallel import Child
 from disco.plan.saved import step_entry
 from disco.plan.trees import module_hashes, shared_prefix, tree_hash
 from disco.report.metrics import Meter
@@ -35,6 +40,10 @@ from disco.run import run
 FORMAT_VERSION = 1
 # --detailed-exitcodes of a plan: a delta, head failing where base did not.
 PLAN_DELTA, PLAN_FAILS = 2, 4
+# DISCO_PLAN_SEQUENTIAL=1: head's dance after base's, in this process, not beside it in a
+# child (parallel.py): the tests check both give the same plan, the bench compares them.
+SEQUENTIAL = "DISCO_PLAN_SEQUENTIAL"
+EXCHANGE = "head-end"  # where head's child leaves its end layer (parallel.py)
 
 
 @dataclass(frozen=True)
@@ -152,10 +161,16 @@ def plan_node(
     work = state.root / "plans"
     with hold(state.lock, request.wait, out.warning):
         try:
-            return _plan(state, request, out, would, work)
+            with interruptible():
+                return _plan(state, request, out, would, work)
+        except Interrupted as e:
+            raise DiscoError(
+                f"the plan was interrupted by {e.name}", "nothing was planned", e.status
+            ) from None
         finally:
-            for side in ("base", "head"):  # the dances' tmpfs, in our mount namespace
-                run(["umount", "-l", str(work / side / "txn" / "run")], check=False)
+            # The dances' tmpfs and head's end layer (parallel.py), in our mount namespace.
+            for path in (work / "base/txn/run", work / "head/txn/run", work / EXCHANGE):
+                run(["umount", "-l", str(path)], check=False)
 
 
 def _plan(
@@ -190,25 +205,30 @@ def _plan(
     same = base.hash == head.hash and shared == len(plans["base"].modules)
     split = Split(shared, states["base"].txn / "run" / "split")  # on base's tmpfs
     taps = {"base": Tap(out, "base"), "head": Tap(out, "head")}
-    base_dance = _dance(states["base"], plans["base"], request, state, taps["base"], base,
-                        save=split if 0 < shared and not same else None)  # fmt: skip
-    head_dance = base_dance
     prefix = set(plans["base"].names[:shared])
     if same:
+        base_dance = _dance(states["base"], plans["base"], request, state, taps["base"], base)
         head.changes, head.failed, head.steps = base.changes, base.failed, base.steps
-    else:
-        for change in base.changes:  # what the shared modules said, head says too
-            if change["module"] in prefix:
-                head.changes.append(dict(change))
-        head.failed = [m for m in base.failed if m in prefix]
-        head.steps = [s for s in base.steps if s["module"] in prefix]
+        ends = (base_dance.layers.below, base_dance.layers.below)
+    elif os.environ.get(SEQUENTIAL) == "1":
+        base_dance = _dance(states["base"], plans["base"], request, state, taps["base"], base,
+                            save=split if shared else None)  # fmt: skip
+        _prefix(base, head, prefix)
         resume = Split(shared, split.below, frozenset(head.failed)) if shared else None
         head_dance = _dance(states["head"], plans["head"], request, state, taps["head"], head,
                             resume=resume)  # fmt: skip
-    assert base_dance.layers.below is not None and head_dance.layers.below is not None
+        ends = (base_dance.layers.below, head_dance.layers.below)
+    else:
+        base_dance, own = _together(states, plans, request, state, taps["base"], base, split, work)
+        _prefix(base, head, prefix)
+        head.changes += own["changes"]
+        head.failed += own["failed"]
+        head.steps += own["steps"]
+        ends = (base_dance.layers.below, work / EXCHANGE)
+    assert ends[0] is not None and ends[1] is not None
     delta = read_delta(
-        upper_of(base_dance.layers.below),
-        upper_of(head_dance.layers.below),
+        upper_of(ends[0]),
+        upper_of(ends[1]),
         request.root,
         base_dance.exclude,
         base_dance.changes.sensitive,
@@ -225,6 +245,70 @@ def _plan(
     return NodePlan(request.node, str(request.root), created, base, head, delta, shared)
 
 
+def _prefix(base: Side, head: Side, prefix: set[str]) -> None:
+    """What the shared modules said (danced once, by base), head says too."""
+    head.changes += [dict(change) for change in base.changes if change["module"] in prefix]
+    head.failed += [m for m in base.failed if m in prefix]
+    head.steps += [s for s in base.steps if s["module"] in prefix]
+
+
+def _together(
+    states: dict[str, State],
+    plans: dict[str, Plan],
+    request: PlanRequest,
+    node_state: State,
+    tap: Tap,
+    base: Side,
+    split: Split,
+    work: Path,
+) -> tuple[Dance, dict[str, Any]]:
+    """Base's dance here and head's in a child (parallel.py), forked once base has danced
+    the shared prefix (at once if there is none): head's records, not its prefix's."""
+    exchange = work / EXCHANGE
+    child: Child | None = None
+
+    def fork(dancer: Dance | None) -> None:
+        nonlocal child
+        done = (*dancer.outcome.failed, *dancer.outcome.skipped) if dancer is not None else ()
+        resume = Split(split.index, split.below, frozenset(done)) if split.index else None
+        exchange.mkdir(exist_ok=True)
+        mount_tmpfs(exchange, request.base.limits.tmpfs_mb)  # in this namespace, not the host's
+
+        def head(sink: Sink) -> dict[str, Any]:
+            side = Side("")
+            dancer = _dance(states["head"], plans["head"], request, node_state,
+                            Tap(sink, "head"), side, resume=resume)  # fmt: skip
+            assert dancer.layers.below is not None
+            run(["cp", "-a", "--", str(upper_of(dancer.layers.below)), str(upper_of(exchange))])
+            return {"changes": side.changes, "failed": side.failed, "steps": side.steps}
+
+        child = Child(exchange, head)
+
+    try:
+        if not split.index:
+            private_mounts()
+            fork(None)
+        dancer = _dance(states["base"], plans["base"], request, node_state, tap, base,
+                        save=split if split.index else None, then=fork)  # fmt: skip
+        assert child is not None  # base's dance made the split
+        return dancer, child.join(tap.out)
+    except BaseException:
+        if child is not None:
+            child.stop()
+        raise
+
+
+class _Splitting(Dance):
+    """A dance that calls `then` once it has saved its split."""
+
+    then: Callable[[Dance], None] | None = None
+
+    def split(self, save: Split) -> None:
+        super().split(save)
+        if self.then is not None:
+            self.then(self)
+
+
 def _dance(
     scratch: State,
     plan: Plan,
@@ -234,6 +318,7 @@ def _dance(
     side: Side,
     save: Split | None = None,
     resume: Split | None = None,
+    then: Callable[[Dance], None] | None = None,
 ) -> Dance:
     """One tree's NOOP dance on the root; its records land in `side`."""
     settings = request.base
@@ -251,7 +336,8 @@ def _dance(
             {"module": module, "step": step, "changes": [step_entry(c) for c in changes]}
         )
 
-    dancer = Dance(scratch, plan, options, tap, Meter(), watch=watch, save=save, resume=resume)
+    dancer = _Splitting(scratch, plan, options, tap, Meter(), watch=watch, save=save, resume=resume)
+    dancer.then = then
     outcome = dancer.run()
     records = [dict(change) for change in outcome.changes]
     if len(tap.diffs) == len(records):
