@@ -6,13 +6,16 @@ and `plans/head` (never over its own copies; kept from one plan to the next). Th
 node's lock is held throughout, so no live dance changes the root between the two
 dances. The modules both dances start with alike are danced once (trees.py):
 base's dance copies its layer when it reaches the first module that differs, and head's
-dance starts there from that copy, with base's records for what came before.
+dance starts there from that copy, with base's records for what came before. From there
+on the two dances run at the same time, head's in a forked child (parallel.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,11 +160,15 @@ def plan_node(
     `out` hears the dances' warnings, errors and progress (modules named `base/M` and
     `head/M`); `would()` is called once both dances are over and gives every `Would
     execute` line seen meanwhile, {"module", "command"}, modules named so (the CLI's
-    DanceOutput.finish). This is what a node calls to plan a candidate in-process."""
+    DanceOutput.finish). Head's lines, and its steps' output (to fd 2), come after all of
+    base's (parallel.py). In the main thread, SIGINT and SIGTERM end the plan, both
+    dances stopped, with a DiscoError of status 128+N. This is what a node calls to plan
+    a candidate in-process."""
     work = state.root / "plans"
+    main = threading.current_thread() is threading.main_thread()  # signals reach it alone
     with hold(state.lock, request.wait, out.warning):
         try:
-            with interruptible():
+            with interruptible() if main else contextlib.nullcontext():
                 return _plan(state, request, out, would, work)
         except Interrupted as e:
             raise DiscoError(
