@@ -6,13 +6,16 @@ and `plans/head` (never over its own copies; kept from one plan to the next). Th
 node's lock is held throughout, so no live dance changes the root between the two
 dances. The modules both dances start with alike are danced once (trees.py):
 base's dance copies its layer when it reaches the first module that differs, and head's
-dance starts there from that copy, with base's records for what came before.
+dance starts there from that copy, with base's records for what came before. From there
+on the two dances run at the same time, head's in a forked child (parallel.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +26,15 @@ from disco.client.lock import hold
 from disco.client.state import Settings, State
 from disco.clock import utc_now
 from disco.dance.dance import Dance, Options, Split
+from disco.dance.interrupt import Interrupted, interruptible
 from disco.dance.reporting import Sink
 from disco.engine.changes import Change
+from disco.engine.mounts import mount_tmpfs, private_mounts
 from disco.engine.sandbox import upper_of
+from disco.errors import DiscoError
 from disco.files import remove_tree
 from disco.plan.delta import Delta, read_delta
+from disco.plan.parallel import Child
 from disco.plan.saved import step_entry
 from disco.plan.trees import module_hashes, shared_prefix, tree_hash
 from disco.report.metrics import Meter
@@ -36,6 +43,10 @@ from disco.run import run
 FORMAT_VERSION = 1
 # --detailed-exitcodes of a plan: a delta, head failing where base did not.
 PLAN_DELTA, PLAN_FAILS = 2, 4
+# DISCO_PLAN_SEQUENTIAL=1: head's dance after base's, in this process, not beside it in a
+# child (parallel.py): the tests check both give the same plan, the bench compares them.
+SEQUENTIAL = "DISCO_PLAN_SEQUENTIAL"
+EXCHANGE = "head-end"  # where head's child leaves its end layer (parallel.py)
 
 
 @dataclass(frozen=True)
@@ -151,14 +162,24 @@ def plan_node(
     `out` hears the dances' warnings, errors and progress (modules named `base/M` and
     `head/M`); `would()` is called once both dances are over and gives every `Would
     execute` line seen meanwhile, {"module", "command"}, modules named so (the CLI's
-    DanceOutput.finish). This is what a node calls to plan a candidate in-process."""
+    DanceOutput.finish). Head's lines, and its steps' output (to fd 2), come after all of
+    base's (parallel.py). In the main thread, SIGINT and SIGTERM end the plan, both
+    dances stopped, with a DiscoError of status 128+N. This is what a node calls to plan
+    a candidate in-process."""
     work = state.root / "plans"
+    main = threading.current_thread() is threading.main_thread()  # signals reach it alone
     with contextlib.nullcontext() if held else hold(state.lock, request.wait, out.warning):
         try:
-            return _plan(state, request, out, would, work)
+            with interruptible() if main else contextlib.nullcontext():
+                return _plan(state, request, out, would, work)
+        except Interrupted as e:
+            raise DiscoError(
+                f"the plan was interrupted by {e.name}", "nothing was planned", e.status
+            ) from None
         finally:
-            for side in ("base", "head"):  # the dances' tmpfs, in our mount namespace
-                run(["umount", "-l", str(work / side / "txn" / "run")], check=False)
+            # The dances' tmpfs and head's end layer (parallel.py), in our mount namespace.
+            for path in (work / "base/txn/run", work / "head/txn/run", work / EXCHANGE):
+                run(["umount", "-l", str(path)], check=False)
 
 
 def _plan(
@@ -193,25 +214,30 @@ def _plan(
     same = base.hash == head.hash and shared == len(plans["base"].modules)
     split = Split(shared, states["base"].txn / "run" / "split")  # on base's tmpfs
     taps = {"base": Tap(out, "base"), "head": Tap(out, "head")}
-    base_dance = _dance(states["base"], plans["base"], request, state, taps["base"], base,
-                        save=split if 0 < shared and not same else None)  # fmt: skip
-    head_dance = base_dance
     prefix = set(plans["base"].names[:shared])
     if same:
+        base_dance = _dance(states["base"], plans["base"], request, state, taps["base"], base)
         head.changes, head.failed, head.steps = base.changes, base.failed, base.steps
-    else:
-        for change in base.changes:  # what the shared modules said, head says too
-            if change["module"] in prefix:
-                head.changes.append(dict(change))
-        head.failed = [m for m in base.failed if m in prefix]
-        head.steps = [s for s in base.steps if s["module"] in prefix]
+        ends = (base_dance.layers.below, base_dance.layers.below)
+    elif os.environ.get(SEQUENTIAL) == "1":
+        base_dance = _dance(states["base"], plans["base"], request, state, taps["base"], base,
+                            save=split if shared else None)  # fmt: skip
+        _prefix(base, head, prefix)
         resume = Split(shared, split.below, frozenset(head.failed)) if shared else None
         head_dance = _dance(states["head"], plans["head"], request, state, taps["head"], head,
                             resume=resume)  # fmt: skip
-    assert base_dance.layers.below is not None and head_dance.layers.below is not None
+        ends = (base_dance.layers.below, head_dance.layers.below)
+    else:
+        base_dance, own = _together(states, plans, request, state, taps["base"], base, split, work)
+        _prefix(base, head, prefix)
+        head.changes += own["changes"]
+        head.failed += own["failed"]
+        head.steps += own["steps"]
+        ends = (base_dance.layers.below, work / EXCHANGE)
+    assert ends[0] is not None and ends[1] is not None
     delta = read_delta(
-        upper_of(base_dance.layers.below),
-        upper_of(head_dance.layers.below),
+        upper_of(ends[0]),
+        upper_of(ends[1]),
         request.root,
         base_dance.exclude,
         base_dance.changes.sensitive,
@@ -228,6 +254,70 @@ def _plan(
     return NodePlan(request.node, str(request.root), created, base, head, delta, shared)
 
 
+def _prefix(base: Side, head: Side, prefix: set[str]) -> None:
+    """What the shared modules said (danced once, by base), head says too."""
+    head.changes += [dict(change) for change in base.changes if change["module"] in prefix]
+    head.failed += [m for m in base.failed if m in prefix]
+    head.steps += [s for s in base.steps if s["module"] in prefix]
+
+
+def _together(
+    states: dict[str, State],
+    plans: dict[str, Plan],
+    request: PlanRequest,
+    node_state: State,
+    tap: Tap,
+    base: Side,
+    split: Split,
+    work: Path,
+) -> tuple[Dance, dict[str, Any]]:
+    """Base's dance here and head's in a child (parallel.py), forked once base has danced
+    the shared prefix (at once if there is none): head's records, not its prefix's."""
+    exchange = work / EXCHANGE
+    child: Child | None = None
+
+    def fork(dancer: Dance | None) -> None:
+        nonlocal child
+        done = (*dancer.outcome.failed, *dancer.outcome.skipped) if dancer is not None else ()
+        resume = Split(split.index, split.below, frozenset(done)) if split.index else None
+        exchange.mkdir(exist_ok=True)
+        mount_tmpfs(exchange, request.base.limits.tmpfs_mb)  # in this namespace, not the host's
+
+        def head(sink: Sink) -> dict[str, Any]:
+            side = Side("")
+            dancer = _dance(states["head"], plans["head"], request, node_state,
+                            Tap(sink, "head"), side, resume=resume)  # fmt: skip
+            assert dancer.layers.below is not None
+            run(["cp", "-a", "--", str(upper_of(dancer.layers.below)), str(upper_of(exchange))])
+            return {"changes": side.changes, "failed": side.failed, "steps": side.steps}
+
+        child = Child(exchange, head)
+
+    try:
+        if not split.index:
+            private_mounts()
+            fork(None)
+        dancer = _dance(states["base"], plans["base"], request, node_state, tap, base,
+                        save=split if split.index else None, then=fork)  # fmt: skip
+        assert child is not None  # base's dance made the split
+        return dancer, child.join(tap.out)
+    except BaseException:
+        if child is not None:
+            child.stop()
+        raise
+
+
+class _Splitting(Dance):
+    """A dance that calls `then` once it has saved its split."""
+
+    then: Callable[[Dance], None] | None = None
+
+    def split(self, save: Split) -> None:
+        super().split(save)
+        if self.then is not None:
+            self.then(self)
+
+
 def _dance(
     scratch: State,
     plan: Plan,
@@ -237,6 +327,7 @@ def _dance(
     side: Side,
     save: Split | None = None,
     resume: Split | None = None,
+    then: Callable[[Dance], None] | None = None,
 ) -> Dance:
     """One tree's NOOP dance on the root; its records land in `side`."""
     settings = request.base
@@ -255,7 +346,8 @@ def _dance(
             {"module": module, "step": step, "changes": [step_entry(c) for c in changes]}
         )
 
-    dancer = Dance(scratch, plan, options, tap, Meter(), watch=watch, save=save, resume=resume)
+    dancer = _Splitting(scratch, plan, options, tap, Meter(), watch=watch, save=save, resume=resume)
+    dancer.then = then
     outcome = dancer.run()
     records = [dict(change) for change in outcome.changes]
     printed = [record for record in records if "package" not in record]  # a package's: kept
