@@ -6,6 +6,7 @@ symlink, where a step may have put the symlink (DESIGN §7)."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -201,3 +202,35 @@ def copy_file(source: str | Path, target: str | Path, mode: int = 0o600) -> None
             os.close(dst)
     finally:
         os.close(src)
+
+
+def tree_digest(top: Path, munged: str = "") -> str:
+    """sha256 of a directory tree as a dance sees it: every name, type, permission bits,
+    file content and symlink target (less the prefix `munged`, with which an rsync daemon
+    keeps them), walked in sorted order without following links; "" if there is none.
+    Times and owners are left out: a copy by rsync keeps neither the same everywhere."""
+    if not os.path.lexists(top):
+        return ""
+    digest = hashlib.sha256()
+    for here, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in sorted([*dirs, *files]):
+            path = os.path.join(here, name)
+            st = os.lstat(path)
+            rel = os.path.relpath(path, top)
+            digest.update(
+                f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0".encode()
+            )
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(path)
+                digest.update(
+                    os.fsencode(
+                        target[len(munged) :] if munged and target.startswith(munged) else target
+                    )
+                )
+            digest.update(b"\n")
+    return digest.hexdigest()

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from disco.client.transport import (
     without_quiet,
 )
 from disco.errors import DiscoError
-from disco.files import remove_tree, write_atomic
+from disco.files import remove_tree, tree_digest, write_atomic
 from disco.tree.modules import Module, load_module
 from disco.tree.names import is_hidden, is_name
 from disco.tree.order import first_level, next_level
@@ -82,32 +81,8 @@ def open_candidates(settings: Settings, server: Server) -> dict[str, str]:
 
 
 def digest(path: Path) -> str:
-    """A hash of a tree as a dance sees it: names, types, modes, contents, link targets
-    (not owners nor times: a copy on another machine has others)."""
-    h = hashlib.sha256()
-    if not os.path.lexists(path):
-        return ""
-    for top, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted([*dirs, *files]):
-            full = os.path.join(top, name)
-            st = os.lstat(full)
-            rel = os.path.relpath(full, path)
-            h.update(f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0".encode())
-            if stat.S_ISLNK(st.st_mode):  # as a node gets it: the server keeps it munged
-                h.update(os.fsencode(os.readlink(full).removeprefix(MUNGED)))
-            elif stat.S_ISREG(st.st_mode):
-                h.update(content_hash(Path(full)))
-            h.update(b"\n")
-    return h.hexdigest()
-
-
-def content_hash(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.digest()
+    """A hash of a tree as a node gets it (its symlinks as they were, not munged)."""
+    return tree_digest(path, MUNGED)
 
 
 Loaded = dict[tuple[str, str], "Module | None"]  # (tree, module name): None if it lacks it

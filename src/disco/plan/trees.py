@@ -5,45 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import stat
 from collections.abc import Sequence
-from pathlib import Path
 
 from disco.client.state import State
 from disco.dance.environment import parameters
+from disco.files import tree_digest
 from disco.tree.modules import Module
-
-
-def dir_hash(top: Path) -> str:
-    """sha256 of a directory tree: every name, type, permission bits, file content and
-    symlink target, walked in sorted order without following links. Times and owners
-    are left out: a fetch by rsync keeps neither the same everywhere."""
-    digest = hashlib.sha256()
-    if not top.is_dir():
-        return digest.hexdigest()
-    for here, dirs, files in os.walk(top):
-        dirs.sort()
-        for name in sorted([*dirs, *files]):
-            path = os.path.join(here, name)
-            st = os.lstat(path)
-            rel = os.path.relpath(path, top)
-            digest.update(
-                f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0".encode()
-            )
-            if stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
-            elif stat.S_ISLNK(st.st_mode):
-                digest.update(os.readlink(path).encode("utf-8", "surrogateescape"))
-            digest.update(b"\n")
-    return digest.hexdigest()
 
 
 def module_hashes(modules: Sequence[Module]) -> list[tuple[str, str]]:
     """(name, hash) of each module, in dance order."""
-    return [(module.name, dir_hash(module.path)) for module in modules]
+    return [(module.name, tree_digest(module.path)) for module in modules]
 
 
 def tree_hash(
@@ -52,7 +24,7 @@ def tree_hash(
     """The hash of what a node dances: its parameters tree, then each module in order
     (`hashes`: module_hashes(modules), if known)."""
     digest = hashlib.sha256()
-    digest.update(f"node {node}\n{dir_hash(state.parameters / node)}\n".encode())
+    digest.update(f"node {node}\n{tree_digest(state.parameters / node)}\n".encode())
     for name, value in module_hashes(modules) if hashes is None else hashes:
         digest.update(f"module {name} {value}\n".encode())
     return digest.hexdigest()

@@ -11,12 +11,12 @@ from __future__ import annotations
 import html
 import json
 import os
-import stat
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from disco.files import open_regular
 from disco.report.metrics import DanceReport, from_data
 from disco.report.page import report_html
 from disco.server.server import PARAMETERS, REPORT_FILE, REPORTS, listing
@@ -40,19 +40,23 @@ class NodeStatus:
         return asdict(self)
 
 
+def read_pushed(path: Path, largest: int) -> bytes:
+    """What a node pushed, read as untrusted: a regular file of at most `largest` bytes,
+    never through a symlink nor from a FIFO; ValueError saying why it cannot be used."""
+    try:
+        fd = open_regular(path)
+    except OSError as e:
+        raise ValueError(e.strerror or "not a regular file") from None
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > largest:
+            raise ValueError(f"{size} bytes, larger than {largest}")
+        return f.read(largest + 1)
+
+
 def read_report(path: Path) -> DanceReport:
     """A node's pushed report; ValueError saying why it cannot be used."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise ValueError("not a regular file" if e.errno == 40 else e.strerror) from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        if st.st_size > LARGEST:
-            raise ValueError(f"{st.st_size} bytes, larger than {LARGEST}")
-        data = f.read(LARGEST + 1)
+    data = read_pushed(path, LARGEST)
     try:
         report = from_data(json.loads(data.decode("ascii")))
         started_at(report.started)

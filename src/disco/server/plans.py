@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from disco.server.candidates import reach
+from disco.server.fleet import read_pushed
 from disco.server.server import PLANS
 from disco.tree.names import is_hidden
 
@@ -78,17 +78,7 @@ class FleetPlan:
 
 def read_plan(path: Path) -> dict[str, Any]:
     """A node's pushed plan; ValueError saying why it cannot be used."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise ValueError("not a regular file" if e.errno == 40 else e.strerror) from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        if st.st_size > LARGEST:
-            raise ValueError(f"{st.st_size} bytes, larger than {LARGEST}")
-        data = f.read(LARGEST + 1)
+    data = read_pushed(path, LARGEST)
     try:
         document = json.loads(data.decode("utf-8"))
         check_document(document)
