@@ -17,6 +17,19 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def disco_as_nobody(world: Path) -> list[str]:
+    """argv that runs this checkout's `disco` as nobody. A checkout may sit under a
+    directory only root enters (and its venv's python with it): the package is copied
+    into `world` (a directory nobody can read, removed by the caller) and run by the
+    system's python3, as an installed disco runs on the standard library alone."""
+    package = Path(__file__).resolve().parent.parent / "src" / "disco"
+    shutil.copytree(package, world / "py" / "disco", ignore=shutil.ignore_patterns("__pycache__"))
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    return [*AS_NOBODY, "env", f"PYTHONPATH={world / 'py'}", python, "-s", "-m", "disco"]
+
 
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
