@@ -21,7 +21,7 @@ from disco.cli.stdio import DanceStdio
 from disco.client.state import State, default_node, load_settings
 from disco.client.transport import with_ssh_port
 from disco.dance import run
-from disco.dance.dance import Drifted, Options, Outcome
+from disco.dance.options import Drifted, Options, Outcome
 from disco.dance.run import Danced, Request
 from disco.errors import EXIT_FAILED, DiscoError, UsageError
 from disco.live import history

@@ -17,8 +17,9 @@ from disco.client.push import push_report
 from disco.client.state import Settings, State
 from disco.client.transport import Server
 from disco.clock import utc_now
-from disco.dance.dance import Dance, Drifted, Guard, Options, Outcome, only
+from disco.dance.dance import Dance, only
 from disco.dance.interrupt import Interrupted, interruptible
+from disco.dance.options import Drifted, Guard, Options, Outcome
 from disco.dance.reporting import Sink
 from disco.engine.sandbox import Usage
 from disco.errors import EXIT_FAILED, DiscoError, UsageError

@@ -25,8 +25,9 @@ from disco.client.fetch import Plan, fetch
 from disco.client.lock import hold
 from disco.client.state import Settings, State
 from disco.clock import utc_now
-from disco.dance.dance import Dance, Options, Split
+from disco.dance.dance import Dance
 from disco.dance.interrupt import Interrupted, interruptible
+from disco.dance.options import Options, Split
 from disco.dance.reporting import Sink
 from disco.engine.changes import Change
 from disco.engine.mounts import mount_tmpfs, private_mounts

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from disco.dance.dance import Drifted
+from disco.dance.options import Drifted
 from disco.engine.changes import Change, Meta
 from disco.errors import DiscoError
 from disco.quoting import quote
