@@ -5,6 +5,7 @@ summary under 60,000 characters saying what it left out, the HTML page, and
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from junitparser import Failure, JUnitXml
@@ -22,15 +23,24 @@ def head_spec() -> Spec:
     return spec
 
 
-def test_every_output_in_one_call(
-    cmd: Run, state: Path, tmp_path: Path, scratch_root: Path
-) -> None:
+def every_output(
+    cmd: Run, state: Path, tmp_path: Path, root: Path, *flags: str
+) -> tuple[Path, Path, dict[str, Path], subprocess.CompletedProcess[str]]:
+    """A plan of BASE against head_spec() with --json and every output file in one call."""
     base = make_server(tmp_path / "base", BASE)
     head = make_server(tmp_path / "head", head_spec())
     files = {name: tmp_path / f"plan.{name}" for name in ("xml", "md", "html", "out")}
-    result = plan(cmd, state, scratch_root, base, head, "--json", "--junit", str(files["xml"]),
+    result = plan(cmd, state, root, base, head, "--json", "--junit", str(files["xml"]),
                   "--markdown", str(files["md"]), "--html", str(files["html"]),
-                  "--out", str(files["out"]), "--detailed-exitcodes")  # fmt: skip
+                  "--out", str(files["out"]), *flags)  # fmt: skip
+    return base, head, files, result
+
+
+def test_every_output_in_one_call(
+    cmd: Run, state: Path, tmp_path: Path, scratch_root: Path
+) -> None:
+    base, head, files, result = every_output(cmd, state, tmp_path, scratch_root,
+                                             "--detailed-exitcodes")  # fmt: skip
     assert result.returncode == 6, result.stderr
     document = json.loads(result.stdout)  # stdout holds the document alone
     assert MARK in json.dumps(document)
@@ -63,12 +73,7 @@ def test_every_output_in_one_call(
 def test_no_content_leaves_every_diff_out(
     cmd: Run, state: Path, tmp_path: Path, scratch_root: Path
 ) -> None:
-    base = make_server(tmp_path / "base", BASE)
-    head = make_server(tmp_path / "head", head_spec())
-    files = {name: tmp_path / f"plan.{name}" for name in ("xml", "md", "html", "out")}
-    result = plan(cmd, state, scratch_root, base, head, "--json", "--junit", str(files["xml"]),
-                  "--markdown", str(files["md"]), "--html", str(files["html"]),
-                  "--out", str(files["out"]), "--no-content")  # fmt: skip
+    _, _, files, result = every_output(cmd, state, tmp_path, scratch_root, "--no-content")
     assert result.returncode == 1, result.stderr  # without detailed exit codes: head fails
     assert MARK not in result.stdout
     document = json.loads(result.stdout)
