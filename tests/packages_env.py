@@ -132,11 +132,23 @@ fi
 if [ "$SOURCE" = gone ]; then kill "$server"; wait "$server" || true; fi
 printf '#!/bin/sh\\nexit 101\\n' > "$T/snap/policy-rc.d"
 chmod 755 "$T/snap/policy-rc.d"
+lower=$T/snap:/
 clone() {
   mkdir -p "$T/$1/up/usr/sbin" "$T/$1/wk" "$T/$1/root"
   cp -a "$T/snap/policy-rc.d" "$T/$1/up/usr/sbin/"
-  mount -t overlay overlay -o "lowerdir=$T/snap:/,upperdir=$T/$1/up,workdir=$T/$1/wk" "$T/$1/root"
+  mount -t overlay overlay -o "lowerdir=$lower,upperdir=$T/$1/up,workdir=$T/$1/wk" "$T/$1/root"
 }
+# $DISCO_TEST_SETUP, if set, runs chrooted on a clone first; every dance's clone is then
+# made over what it left (its upper layer, unmounted, as the top lower layer).
+if [ -n "${DISCO_TEST_SETUP:-}" ]; then
+  clone base
+  mount --rbind /dev "$T/base/root/dev"
+  mount -t proc proc "$T/base/root/proc"
+  chroot "$T/base/root" /bin/bash -c "$DISCO_TEST_SETUP"
+  umount -R "$T/base/root"
+  rm "$T/base/up/usr/sbin/policy-rc.d"
+  lower=$T/base/up:$T/snap:/
+fi
 dance() {
   name=${1%%:*} flags=${1#*:} setting=
   case $flags in *:*) setting=${flags#*:} flags=${flags%%:*} ;; esac
@@ -173,17 +185,26 @@ done
 """
 
 
-def dance(tmp: Path, server: Path, dances: list[str], source: str = "serve") -> Path:
+def dance(
+    tmp: Path,
+    server: Path,
+    dances: list[str],
+    source: str = "serve",
+    debs: Path = DEBS,
+    setup: str = "",
+) -> Path:
     """Run the dances ("noop:--noop", "live:--effects+run", "&" between two run side by
-    side) on clones; their reports and outputs are in the returned directory."""
+    side) on clones, the repository `debs` served; `setup` (bash) runs chrooted on a clone
+    that every dance's clone is then made over. Their reports and outputs are in the
+    returned directory."""
     (tmp / "t").mkdir(exist_ok=True)
     out = tmp / "out"
     out.mkdir(exist_ok=True)
     subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
          "--net", "bash", "-c", DRIVER, "driver", str(tmp / "t"), str(server),
-         str(BIN / "disco"), str(out), sys.executable, str(DEBS), str(PORT), source, *dances],
-        check=True, timeout=600,
+         str(BIN / "disco"), str(out), sys.executable, str(debs), str(PORT), source, *dances],
+        check=True, timeout=600, env={**os.environ, "DISCO_TEST_SETUP": setup},
     )  # fmt: skip
     return out
 

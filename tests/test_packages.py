@@ -124,7 +124,10 @@ def test_a_node_with_no_package_lists_gets_a_warning_not_a_failed_noop(
 @pytest.mark.parametrize(
     ("argv", "why"),
     [
-        (["apt-get", "-o", "Dir=/tmp/x", "install", "lzip"], "the option -o"),
+        (["apt-get", "-o", "Dir=/tmp/x", "install", "lzip"], "the setting -o Dir=/tmp/x"),
+        (["apt-get", "-oDpkg::Options::=--force-all", "upgrade"], "the setting -o Dpkg::Op"),
+        (["apt-get", "--option=Acquire::http::Proxy=http://x", "upgrade"], "setting -o Acq"),
+        (["apt-get", "upgrade", "-o"], "fetch with the setting -o "),
         (["apt-get", "install", "./lzip.deb"], "'./lzip.deb' is not a package name"),
         (["apt-get", "install", "lzip;reboot"], "is not a package name"),
         (["apt-get", "install"], "no package named"),
@@ -148,6 +151,10 @@ def test_the_host_runs_apt_with_the_step_s_package_words_only() -> None:
         "--no-install-recommends", "install", "a", "b=1.0"]  # fmt: skip
     assert host_command(["apt-get", "full-upgrade", "-t", "bookworm"]) == [
         "-t", "bookworm", "dist-upgrade"]  # fmt: skip
+    # How dpkg treats conffiles, and apt's manners, are the sandbox's apt's business alone.
+    confold = ["-o", "Dpkg::Options::=--force-confold", "--option=DPkg::Lock::Timeout=60"]
+    assert host_command(["apt-get", *confold, "-oAPT::Get::Assume-Yes=true", "upgrade"]) == [
+        "upgrade"]  # fmt: skip
 
 
 def test_a_source_the_root_does_not_configure_is_never_fetched_from(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@ installed, upgraded or removed, instead of a record per file.
 
 The packages are those whose dpkg file list (/var/lib/dpkg/info/P.list) the step made,
 changed or removed; their versions come from /var/lib/dpkg/status before and after.
-A change whose path a package lists, or that is the package's own dpkg bookkeeping
+A change whose path a package lists (before or after the step: an upgrade removes what
+the old version shipped and the new one does not), or that is the package's own dpkg bookkeeping
 (/var/lib/dpkg/info/P.*), is counted in the package's line. Configuration files (the
 package's conffiles, and everything under /etc) keep their full records and diffs, and
 so do files with xattrs (a capability that a postinst set with setcap) and every change
@@ -90,7 +91,8 @@ def group(changes: list[Change]) -> tuple[list[Package], dict[str, str]]:
     owner: dict[str, str] = {}
     keep: set[str] = set()
     for name, listing in lists.items():
-        for path in _read(listing.new or listing.old).splitlines():
+        # The old list too: a file that an upgrade no longer ships is the package's.
+        for path in (_read(listing.new) + "\n" + _read(listing.old)).splitlines():
             owner.setdefault(path, name)
         entry = by_path.get(f"{INFO}{name}.conffiles")
         if entry is not None:

@@ -64,6 +64,18 @@ _DROPPED = frozenset(
     " -u --trivial-only --no-download --force-yes".split()
 )
 _TARGET = frozenset("-t --target-release --default-release".split())
+# -o settings that say how dpkg and apt behave, never what apt fetches: the real apt-get
+# in the sandbox gets them (a conffile's fate: --force-confold ...), the host's does not.
+_SETTINGS = {
+    "dpkg::options::": re.compile(r"^--force-(confold|confnew|confdef|confmiss|confask)$"),
+    "dpkg::use-pty": re.compile(r"^(0|1|true|false|yes|no)$", re.I),
+    "dpkg::progress-fancy": re.compile(r"^(0|1|true|false|yes|no)$", re.I),
+    "dpkg::lock::timeout": re.compile(r"^[0-9]+$"),
+    "apt::get::assume-yes": re.compile(r"^(0|1|true|false|yes|no)$", re.I),
+    "apt::color": re.compile(r"^(0|1|true|false|yes|no)$", re.I),
+    "quiet": re.compile(r"^[0-9]$"),
+}
+_OPTION = frozenset("-o --option".split())
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.:~=/-]*$")
 _URI = re.compile(r"^'([^' ]+)' (\S+) (\d+) (\S+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.~_%-]*\.deb$")
@@ -112,6 +124,12 @@ def host_command(argv: Sequence[str]) -> list[str]:
             options.append(arg)
         elif arg in _DROPPED or re.match(r"^-[yqV]+$", arg):
             continue
+        elif arg in _OPTION or arg.startswith(("-o", "--option=")):
+            if arg in _OPTION:
+                setting, i = (args[i] if i < len(args) else ""), i + 1
+            else:
+                setting = arg[len("--option=") :] if arg.startswith("--") else arg[2:]
+            _setting(setting)
         elif arg in _TARGET or arg.startswith(("--target-release=", "--default-release=")):
             value = arg.partition("=")[2] if "=" in arg else (args[i] if i < len(args) else "")
             i += 0 if "=" in arg else 1
@@ -131,6 +149,14 @@ def host_command(argv: Sequence[str]) -> list[str]:
     if verb == "install" and not names:
         raise Refused("no package named")
     return [*options, verb, *names]
+
+
+def _setting(setting: str) -> None:
+    """Refused unless `-o KEY=VALUE` only says how apt and dpkg behave (_SETTINGS)."""
+    key, _, value = setting.partition("=")
+    check = _SETTINGS.get(key.lower())
+    if check is None or not check.match(value):
+        raise Refused(f"disco does not fetch with the setting -o {setting}")
 
 
 def _apt(root: Path, fetcher: Fetcher) -> list[str]:
