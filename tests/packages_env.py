@@ -159,6 +159,9 @@ dance() {
       set "${setting%%=*}"
   fi
   state=$T/state-${name%%.*}  # NAME.2 dances with NAME's state (its cache) again
+  # A dance named forget*: what the host side remembers of earlier fetches is gone
+  # (noop/fetch_memo.py), the packages stay in the cache.
+  case $name in forget*) rm -rf "$state/cache/apt/answers" "$state/cache/apt/verified.json" ;; esac
   DISCO_STATE=$state NO_COLOR=1 NOOP= "$DISCO" dance ${flags//+/ } \\
     --server "$SERVER" --node pkgs.example.com --root "$T/$name/root" \\
     > "$OUT/$name.out" 2>&1 || true

@@ -15,7 +15,8 @@ for the network. Here, outside the sandbox:
 - each file comes with the repository's SHA256 (from the root's package lists, which
   apt verified against the signed Release), and `apt-helper download-file URI FILE
   SHA256:...` fetches it, verified, into disco's cache; a file already there is checked
-  against the same hash before it is used.
+  against the same hash before it is used (hashed again only if its stat changed since);
+- apt's answer to the same request on the same inputs is reused (fetch_memo.py).
 
 The cache (STATE/cache/debs) is disco's own: a step sees it read-only at
 /var/disco/debs and never writes there. Files are opened by name in a directory disco
@@ -38,6 +39,7 @@ from urllib.parse import unquote
 
 from disco.errors import CommandError
 from disco.files import open_dir
+from disco.noop.fetch_memo import Verified, note, recall, signature
 from disco.run import run
 
 QUESTION = "disco-fetch"
@@ -166,8 +168,12 @@ def _apt(root: Path, fetcher: Fetcher) -> list[str]:
     r = os.path.realpath(root).rstrip("/")
     caches = fetcher.cache.parent / "apt"
     caches.mkdir(parents=True, exist_ok=True, mode=0o755)
+    # Its binary caches kept there even where the root's apt.conf turns them off (as
+    # Debian's container images do): apt checks them against the lists before use.
     return [f"-oDir={r}/", f"-oDir::State::status={r}/var/lib/dpkg/status",
             f"-oDir::Cache={caches}/", f"-oDir::Cache::archives={r}/var/cache/apt/archives/",
+            f"-oDir::Cache::pkgcache={caches}/pkgcache.bin",
+            f"-oDir::Cache::srcpkgcache={caches}/srcpkgcache.bin",
             "-oAPT::Sandbox::User=root", "-oDebug::NoLocking=1"]  # fmt: skip
 
 
@@ -250,14 +256,31 @@ def _sha256(d: int, name: str) -> str | None:
     return digest.hexdigest()
 
 
+def _cached(d: int, name: str, sha256: str, verified: Verified) -> bool:
+    """Whether the cache holds `name` with `sha256`: hashed unless verified unchanged."""
+    try:
+        st = os.stat(name, dir_fd=d, follow_symlinks=False)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if verified.knows(name, st, sha256):
+        return True
+    if _sha256(d, name) != sha256:
+        return False
+    verified.add(name, st, sha256)
+    return True
+
+
 def download(fetcher: Fetcher, files: list[Wanted]) -> tuple[int, int]:
     """Each file into the cache, verified: (files fetched, bytes fetched)."""
     fetcher.cache.mkdir(parents=True, exist_ok=True, mode=0o755)
     d = open_dir(fetcher.cache)
+    verified = Verified(fetcher.cache.parent / "apt" / "verified.json")
     fetched = size = 0
     try:
         for want in files:
-            if _sha256(d, want.name) == want.sha256:
+            if _cached(d, want.name, want.sha256, verified):
                 continue
             partial = f".{want.name}.partial"
             with contextlib.suppress(FileNotFoundError):
@@ -280,11 +303,53 @@ def download(fetcher: Fetcher, files: list[Wanted]) -> tuple[int, int]:
                 raise Refused(f"{want.uri} does not match the repository's SHA256")
             os.chmod(partial, 0o644, dir_fd=d, follow_symlinks=False)
             os.rename(partial, want.name, src_dir_fd=d, dst_dir_fd=d)
+            verified.add(want.name, os.stat(want.name, dir_fd=d, follow_symlinks=False),
+                         want.sha256)  # fmt: skip
             fetched += 1
             size += want.size
     finally:
         os.close(d)
+        verified.save()
     return fetched, size
+
+
+def _recalled(known: dict[str, object] | None) -> tuple[set[str], list[Wanted]] | None:
+    """A noted answer, checked as apt's own would be; None if it is not one."""
+    if known is None:
+        return None
+    configured, listed = known.get("sources"), known.get("wanted")
+    if not isinstance(configured, list) or not isinstance(listed, list):
+        return None
+    files = []
+    for w in listed:
+        if not (isinstance(w, list) and len(w) == 4 and isinstance(w[0], str)
+                and isinstance(w[1], str) and _NAME.match(w[1]) and isinstance(w[2], int)
+                and isinstance(w[3], str) and re.match(r"^[0-9a-f]{64}$", w[3])):  # fmt: skip
+            return None
+        files.append(Wanted(w[0], w[1], w[2], w[3]))
+    return {str(u) for u in configured}, files
+
+
+def planned(fetcher: Fetcher, args: list[str], inside: set[str]) -> list[Wanted]:
+    """The files `apt-get ARGS` needs, each under a source both the root and the step
+    configure: apt's answer, or the one it gave to the same request on the same inputs
+    (fetch_memo.py)."""
+    memo = fetcher.cache.parent / "apt" / "answers"
+    key = signature(fetcher.root, args)
+    known = _recalled(recall(memo, key))
+    configured, files = known if known is not None else (sources(fetcher), [])
+    allowed = inside & configured
+    if not allowed:
+        raise Refused("the node has no package source that disco can reach")
+    if known is None:
+        files = wanted(fetcher, args)
+        answer = {"sources": sorted(configured),
+                  "wanted": [[w.uri, w.name, w.size, w.sha256] for w in files]}  # fmt: skip
+        note(memo, key, answer)
+    for want in files:
+        if not any(want.uri.startswith(base) for base in allowed):
+            raise Refused(f"{want.uri} is not under a source the node configures")
+    return files
 
 
 def fetch(fetcher: Fetcher, argv: Sequence[str]) -> tuple[int, bytes, bytes]:
@@ -298,14 +363,7 @@ def fetch(fetcher: Fetcher, argv: Sequence[str]) -> tuple[int, bytes, bytes]:
             raise Refused("not a whole fetch question")
         inside = {u for u in argv[2 : 2 + count]}
         command = list(argv[2 + count :])
-        args = host_command(command)
-        allowed = inside & sources(fetcher)
-        if not allowed:
-            raise Refused("the node has no package source that disco can reach")
-        files = wanted(fetcher, args)
-        for want in files:
-            if not any(want.uri.startswith(base) for base in allowed):
-                raise Refused(f"{want.uri} is not under a source the node configures")
+        files = planned(fetcher, host_command(command), inside)
         fetched, size = download(fetcher, files)
         note.update(files=len(files), fetched=fetched, bytes=size, exit=0)
         answer = (0, "".join(f"{w.name}\n" for w in files).encode(), b"")
