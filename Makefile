@@ -16,7 +16,7 @@ APT_PACKAGES := bash coreutils diffutils util-linux rsync openssh-client python3
 # order of a commit's flushes (test_durability.py), shellcheck for `disco lint`,
 # mmdebstrap for the Debian image `disco test --image` is tested on, dpkg-dev for the
 # repository of the package the upgrade tests build (tests/tiny_debs.py).
-TEST_APT_PACKAGES := chromium strace shellcheck mmdebstrap dpkg-dev
+TEST_APT_PACKAGES := chromium strace shellcheck mmdebstrap dpkg-dev dnf rpm createrepo-c
 # That image: a minbase Debian, built once (network allowed here only) and kept between runs.
 TEST_IMAGE_DIR ?= /var/cache/disco-tests
 TEST_IMAGE := $(TEST_IMAGE_DIR)/debian-minbase.tar

@@ -97,9 +97,9 @@ def install_script(packages: list[str]) -> str:
 
 
 # $SOURCE: "serve" (the repository on loopback), "gone" (served for apt-get update, then
-# no more), "none" (never served: no lists). Each DANCE is NAME:FLAGS[:KEY=VALUE] (FLAGS
-# with + for spaces; KEY=VALUE a parameter set in its state first, by default
-# disco/client/noop/packages=fetch), run in turn; "&"
+# no more), "none" (never served: no lists), "plain" (served, no apt lists: an rpm one).
+# Each DANCE is NAME:FLAGS[:KEY=VALUE] (FLAGS with + for spaces; KEY=VALUE a parameter
+# set in its state first, by default disco/client/noop/packages=fetch), run in turn; "&"
 # between two runs them side by side.
 DRIVER = """set -e
 T=$1 SERVER=$2 DISCO=$3 OUT=$4 PYTHON=$5 DEBS=$6 PORT=$7 SOURCE=$8
@@ -125,7 +125,7 @@ rm -f "$T/snap/etc/apt/sources.list.d/"*
 echo "deb [trusted=yes] http://127.0.0.1:$PORT/ ./" > "$T/snap/etc/apt/sources.list"
 rm -rf "$T/snap/var/lib/apt/lists"
 mkdir -p "$T/snap/var/lib/apt/lists/partial"
-if [ "$SOURCE" != none ]; then
+if [ "$SOURCE" = serve ] || [ "$SOURCE" = gone ]; then
   apt-get -qq -o Dir="$T/snap/" -o Dir::State::status="$T/snap/var/lib/dpkg/status" \\
     -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= update
 fi
