@@ -121,15 +121,18 @@ def _dbpath(root: Path) -> str:
 
 
 @contextlib.contextmanager
-def _view(root: Path, work: Path) -> Iterator[tuple[Path, list[tuple[str, Path]]]]:
-    """A copy-on-write view of `root` (an overlay on it and on each filesystem below it)
-    and its upper layers (path in the root, upper directory), unmounted afterwards."""
+def _view(
+    root: Path, work: Path, skip: Sequence[str]
+) -> Iterator[tuple[Path, list[tuple[str, Path]]]]:
+    """A copy-on-write view of `root` (an overlay on it and on each filesystem below it
+    but those under `skip`: disco's state, its layers among them) and its upper layers
+    (path in the root, upper directory), unmounted afterwards."""
     top = os.path.realpath(root)
     view = work / "root"
     uppers: list[tuple[str, Path]] = []
     mounted: list[str] = []
     try:
-        subs = [""] + [s.path for s in submounts(top, read_mounts())]
+        subs = [""] + [s.path for s in submounts(top, read_mounts(), skip)]
         for i, rel in enumerate(subs):
             upper, lower_work = work / f"up{i}", work / f"wk{i}"
             upper.mkdir(parents=True)
@@ -140,7 +143,10 @@ def _view(root: Path, work: Path) -> Iterator[tuple[Path, list[tuple[str, Path]]
             if any(c in f"{lower}{upper}{lower_work}" for c in ",:\\"):
                 raise Refused("a path disco cannot give overlayfs (',', ':' or '\\' in it)")
             data = f"lowerdir={lower},upperdir={upper},workdir={lower_work}"
-            Mount(str(target), "overlay", "overlay", 0, data).do()
+            try:
+                Mount(str(target), "overlay", "overlay", 0, data).do()
+            except OSError as e:
+                raise Refused(f"cannot make a view of {lower} for dnf: {e.strerror}") from e
             mounted.append(str(target))
             uppers.append((rel, upper))
         yield view, uppers
@@ -186,7 +192,8 @@ def fetch(root: Path, cache: Path, inside: set[str], argv: Sequence[str]) -> tup
         # The host's rpm macros (Debian's put the rpmdb in ~): the root's rpmdb instead.
         (home / ".rpmmacros").write_text(f"%_dbpath {_dbpath(root)}\n")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": str(home)}
-        with _view(root, work / "view") as (view, uppers):
+        state = os.path.realpath(cache.parent.parent)
+        with _view(root, work / "view", [state]) as (view, uppers):
             argv_host = [DNF, f"--installroot={view}", "--noplugins", "-y", "-q",
                          "--downloadonly", *off, *args]  # fmt: skip
             try:
