@@ -121,3 +121,27 @@ def _plain(path: str, header: str | None) -> str | None:
     if path in DNF_TIMED:
         header = re.sub(r" md5=\[[^]]*\]", "", header)
     return re.sub(r"user\.Librepo\.checksum\.mtime=[0-9]+", "user.Librepo.checksum.mtime=T", header)
+
+
+@pytest.mark.parametrize(
+    ("files", "where"),
+    [
+        ({"etc/rpm/macros": "%_dbpath /var/lib/rpm\n"}, "/var/lib/rpm"),
+        ({"usr/lib/rpm/macros": "%_dbpath\t\t%(bash -c 'echo ~/.rpmdb')\n"}, "/root/.rpmdb"),
+        (
+            {
+                "usr/lib/rpm/macros": "%_dbpath %{_usr}/lib/sysimage/rpm\n",
+                "usr/lib/sysimage/rpm/rpmdb.sqlite": "",
+            },
+            "/usr/lib/sysimage/rpm",
+        ),  # fmt: skip
+        ({}, "/var/lib/rpm"),
+    ],
+)
+def test_the_host_s_rpm_reads_the_rpmdb_where_the_root_s_rpm_would(
+    tmp_path: Path, files: dict[str, str], where: str
+) -> None:
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert dnf._dbpath(tmp_path) == where

@@ -108,13 +108,18 @@ def repositories(root: Path) -> dict[str, tuple[bool, list[str]]]:
 
 
 def _dbpath(root: Path) -> str:
-    """Where the root's rpmdb is: its /etc/rpm macros say, or where one is found."""
-    for path in sorted((root / "etc" / "rpm").glob("macros*")):
+    """Where the root's rpmdb is, for the host's rpm, whose macros are not the root's: as
+    the root's /etc/rpm/macros* say, else its rpm's own macros (Debian's rpm puts it in
+    root's home, ~/.rpmdb), else where one is found."""
+    files = [*sorted((root / "etc" / "rpm").glob("macros*")), root / "usr/lib/rpm/macros"]
+    for path in files:
         with contextlib.suppress(OSError):
             for line in path.read_text(errors="replace").splitlines():
                 m = re.match(r"^%_dbpath\s+(/[A-Za-z0-9_./-]+)\s*$", line)
                 if m:
                     return m.group(1)
+                if re.match(r"^%_dbpath\s.*~/\.rpmdb", line):
+                    return "/root/.rpmdb"
     if (root / "usr" / "lib" / "sysimage" / "rpm").is_dir():
         return "/usr/lib/sysimage/rpm"
     return "/var/lib/rpm"
@@ -176,6 +181,8 @@ def fetch(root: Path, cache: Path, inside: set[str], argv: Sequence[str]) -> tup
     """Resolve and download `argv` (the step's `dnf ...`) for `root` into a tree of
     disco's cache; its name under `cache`/dnf, and the number of files in it."""
     args = host_command(argv)
+    if not os.access(DNF, os.X_OK):
+        raise Refused(f"the host has no {DNF} to fetch with")
     repos = repositories(root)
     usable = [r for r, (ok, urls) in repos.items() if ok and all(u in inside for u in urls)]
     if not usable:
