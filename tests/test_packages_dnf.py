@@ -145,3 +145,15 @@ def test_the_host_s_rpm_reads_the_rpmdb_where_the_root_s_rpm_would(
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     assert dnf._dbpath(tmp_path) == where
+
+
+def test_a_repository_the_step_does_not_configure_is_never_fetched_from(tmp_path: Path) -> None:
+    repos = tmp_path / "root" / "etc" / "yum.repos.d"
+    repos.mkdir(parents=True)
+    (repos / "a.repo").write_text("[a]\nbaseurl=http://127.0.0.1:1/a/\n")
+    cache = tmp_path / "state" / "cache" / "debs"
+    with pytest.raises(dnf.Refused, match="no package source that disco can reach"):
+        dnf.fetch(
+            tmp_path / "root", cache, {"http://127.0.0.1:1/planted/"}, ["dnf", "install", "x"]
+        )
+    assert not cache.exists()

@@ -43,6 +43,7 @@ _KEPT = frozenset("--best --nobest --allowerasing --skip-broken --nogpgcheck".sp
 _DROPPED = frozenset("-y --assumeyes -q --quiet -v --verbose --refresh --color=never".split())
 _SETOPTS = re.compile(r"^--setopt=(install_weak_deps|best|tsflags)=([A-Za-z0-9,]+)$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+:~^-]*$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 
 
 class Refused(Exception):
@@ -184,10 +185,12 @@ def fetch(root: Path, cache: Path, inside: set[str], argv: Sequence[str]) -> tup
     if not os.access(DNF, os.X_OK):
         raise Refused(f"the host has no {DNF} to fetch with")
     repos = repositories(root)
-    usable = [r for r, (ok, urls) in repos.items() if ok and all(u in inside for u in urls)]
+    usable = [r for r, (ok, urls) in repos.items()
+              if ok and all(u in inside for u in urls) and _REPO_ID.match(r)]  # fmt: skip
     if not usable:
         raise Refused("the node has no package source that disco can reach")
-    off = [f"--disablerepo={r}" for r in repos if r not in usable]
+    # Those alone, whatever else dnf would find (another reposdir, a repo it adds).
+    only = ["--disablerepo=*", *(f"--enablerepo={r}" for r in usable)]
     key = hashlib.sha256("\0".join([os.path.realpath(root), *args]).encode()).hexdigest()[:24]
     (cache / "dnf").mkdir(parents=True, exist_ok=True, mode=0o755)
     work_top = cache.parent / "dnf-work"
@@ -202,7 +205,7 @@ def fetch(root: Path, cache: Path, inside: set[str], argv: Sequence[str]) -> tup
         state = os.path.realpath(cache.parent.parent)
         with _view(root, work / "view", [state]) as (view, uppers):
             argv_host = [DNF, f"--installroot={view}", "--noplugins", "-y", "-q",
-                         "--downloadonly", *off, *args]  # fmt: skip
+                         "--downloadonly", *only, *args]  # fmt: skip
             try:
                 run(argv_host, env=env, timeout=TIMEOUT)
             except CommandError as e:
