@@ -80,3 +80,26 @@ def test_an_install_an_upgrade_and_a_removal_each_say_one_line(tmp_path: Path) -
 def test_a_step_that_touches_no_dpkg_list_says_no_package(tmp_path: Path) -> None:
     changes = [change("/usr/bin/x", ChangeKind.CREATED, None, tmp_path / "x")]
     assert group(changes) == ([], {})
+
+
+def test_an_upgrade_counts_what_the_new_version_no_longer_ships_as_removed(
+    tmp_path: Path,
+) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    info = "/var/lib/dpkg/info/"
+    changes = [
+        change("/var/lib/dpkg/status", ChangeKind.MODIFIED,
+               write(old / "status", STATUS.format(name="tool", version="1.0")),
+               write(new / "status", STATUS.format(name="tool", version="2.0"))),
+        change(f"{info}tool.list", ChangeKind.MODIFIED,
+               write(old / "t", "/usr/share/tool/kept\n/usr/share/tool/dropped\n"),
+               write(new / "t", "/usr/share/tool/kept\n/usr/share/tool/new\n")),
+        change("/usr/share/tool/kept", ChangeKind.MODIFIED, old / "t", new / "t"),
+        change("/usr/share/tool/dropped", ChangeKind.DELETED, old / "t"),
+        change("/usr/share/tool/new", ChangeKind.CREATED, None, new / "t"),
+    ]  # fmt: skip
+    packages, folded = group(changes)
+    assert [p.line() for p in packages] == [
+        "Package: tool : Upgraded : version=[1.0 => 2.0] added=[1] changed=[2] removed=[1]"
+    ]
+    assert folded["/usr/share/tool/dropped"] == "tool"
