@@ -42,8 +42,8 @@ def test_dnf_install_in_noop_shows_the_records_of_the_live_install(
     tmp_path: Path, repo: Path
 ) -> None:
     server = make_server(tmp_path / "srv", "dnf install -y disco-hello\n")
-    out = dance(tmp_path, server, ["noop:--noop", "&", "live:--effects+run"], source="plain",
-                debs=repo, setup=DNF_SETUP)  # fmt: skip
+    dances = ["noop:--noop", "&", "live:--effects+run", "noop.2:--noop"]
+    out = dance(tmp_path, server, dances, source="plain", debs=repo, setup=DNF_SETUP)
     said = (out / "noop.out").read_text()
     assert "Would execute" not in said and "warning: disco cannot" not in said, said
     noop, live = records(out / "noop.json"), records(out / "live.json")
@@ -59,6 +59,11 @@ def test_dnf_install_in_noop_shows_the_records_of_the_live_install(
     assert len(noop) > 20
     # The packages dnf downloaded are gone once installed (keepcache off), as live.
     assert not any(p.endswith(".rpm") for p in noop)
+    # A second NOOP starts from what the first fetched, and shows the same.
+    again = records(out / "noop.2.json")
+    assert [
+        p for p in set(again) | set(noop) if _plain(p, again.get(p)) != _plain(p, noop.get(p))
+    ] == []
     # Neither the step nor the host's dnf changed the clone NOOP danced on.
     untouched = ". ./usr ./usr/sbin ./usr/sbin/policy-rc.d".split()
     assert (out / "noop.up").read_text().split() == untouched

@@ -16,6 +16,8 @@ to fetch (`disco-fetch`, the command `dnf ...`). Here, outside the sandbox:
 - what dnf left in the view's /var/cache/dnf (the repositories' metadata and the
   packages) is copied, regular files and directories only, into disco's cache
   (STATE/cache/debs/dnf/KEY, shown read-only to the step at /var/disco/debs/dnf/KEY).
+  The next fetch of the same install starts from it (put in the view's cache first), so
+  metadata still fresh and packages already there are not downloaded again.
   The step copies it into its own /var/cache/dnf and runs the real `dnf -C install`.
 """
 
@@ -203,7 +205,10 @@ def fetch(root: Path, cache: Path, inside: set[str], argv: Sequence[str]) -> tup
         (home / ".rpmmacros").write_text(f"%_dbpath {_dbpath(root)}\n")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": str(home)}
         state = os.path.realpath(cache.parent.parent)
+        final = cache / "dnf" / key
         with _view(root, work / "view", [state]) as (view, uppers):
+            if final.is_dir():  # what the last fetch of the same got: not fetched again
+                _copy_tree(final, view / CACHE)
             argv_host = [DNF, f"--installroot={view}", "--noplugins", "-y", "-q",
                          "--downloadonly", *only, *args]  # fmt: skip
             try:
@@ -216,7 +221,6 @@ def fetch(root: Path, cache: Path, inside: set[str], argv: Sequence[str]) -> tup
             made = upper / os.path.relpath(CACHE, rel or ".")
             tree = work / "tree"
             files = _copy_tree(made, tree) if made.is_dir() else []
-        final = cache / "dnf" / key
         old = cache / "dnf" / f".{key}.old"
         if old.exists():
             shutil.rmtree(old)
