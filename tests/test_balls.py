@@ -123,7 +123,9 @@ def debian_root(root: Path, tmp_path: Path) -> Path:
     (root / "etc/dpkg").mkdir(exist_ok=True)
     for name in ("disco-kept", "disco-gone"):
         deb = tiny_deb(tmp_path, name)
-        subprocess.run(["dpkg", f"--root={root}", "-i", str(deb)], check=True, capture_output=True)
+        # dpkg's log is the host's unless told: --root moves only its databases.
+        log = f"--log={root}/var/log/dpkg.log"
+        subprocess.run(["dpkg", f"--root={root}", log, "-i", str(deb)], check=True, capture_output=True)
     return root
 
 
