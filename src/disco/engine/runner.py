@@ -44,7 +44,9 @@ KILL_GRACE = 2.0  # seconds disco waits for the zygote to be gone after asking i
 
 
 def _prepare(step: Step, subs: Sequence[Submount]) -> None:
-    """Create upper/; dirs we create in upper/ copy their lower's metadata."""
+    """Create upper/; dirs we create in upper/ copy their lower's metadata (times last,
+    children first: making a child dir sets its parent's)."""
+    made: list[tuple[Path, os.stat_result]] = []
     for rel in ["", *(s.path for s in subs if not s.readonly)]:
         parts = Path(rel).parts
         for n in range(len(parts) + 1):
@@ -59,7 +61,9 @@ def _prepare(step: Step, subs: Sequence[Submount]) -> None:
                 st = src.stat()
                 os.chown(up, st.st_uid, st.st_gid)
                 os.chmod(up, stat.S_IMODE(st.st_mode))
-                os.utime(up, ns=(st.st_atime_ns, st.st_mtime_ns))
+                made.append((up, st))
+    for up, st in reversed(made):
+        os.utime(up, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _stdio(spec: int | Path | None, flags: int) -> Any:
@@ -138,7 +142,8 @@ class Zygote:
                  "early": [op.wire() for op in self.early],
                  "init_root": str(self.scratch / "api" / "init"),
                  "cgroups": self.cgroup.procs,
-                 "host_network": host_network}  # fmt: skip
+                 "host_network": host_network,
+                 "tag": f"{os.getpid()}-{next(_TAGS)}"}  # fmt: skip
         try:
             self._call({"setup": setup}, "cannot start the sandbox helper")
         except BaseException:
@@ -377,6 +382,7 @@ def identity_userns() -> int:
 
 
 _CGROUPS = itertools.count(1)
+_TAGS = itertools.count(1)
 
 
 def _step_cgroup(limits: Limits) -> StepCgroup:

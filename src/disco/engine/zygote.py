@@ -34,6 +34,7 @@ import time
 
 from disco.engine import stepinit
 from disco.engine.leftovers import copied_links, remove, remove_all, watchdog
+from disco.engine.lowers import Lowers, overlay_lowers
 from disco.engine.stepinit import DEFAULT_SIGNALS, RUSAGE, USAGE, add_usage
 from disco.engine.syscalls import (
     CLONE_NEWIPC,
@@ -53,6 +54,7 @@ from disco.engine.syscalls import (
     setns,
     unshare,
 )
+from disco.engine.warm import Warm
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing too: imported, it would cost each step's maxrss a megabyte
@@ -119,10 +121,15 @@ class Zygote:
         self.orphans = ""  # the /proc file that lists init's children
         self.orders = self.answers = -1  # our pipes to it, and its to us
         self.report = -1  # the running step says here why it could not run its command
+        self.tag = ""  # names our warm namespace's directory (warm.py)
+        self.warm: Warm | None = None  # NOOP: the last step's namespace, kept (warm.py)
+        self.lowers: Lowers | None = None  # what tells us its lower layers changed
+        self.cold = False  # no fanotify here: every step's namespace anew, as live's
 
     def setup(self, msg: dict[str, Any]) -> None:
         """Our namespaces, and what every step binds from them (msg["ops"])."""
         self.noop = bool(msg["noop"])
+        self.tag = str(msg.get("tag", ""))
         if self.noop and os.getpid() != 1:
             raise OSError(22, "a NOOP zygote must be pid 1 of its own pid namespace")
         own_net = self.noop and not msg.get("host_network")
@@ -215,6 +222,7 @@ class Zygote:
             return {"msgs": msgs, "status": 0, "usage": (0,) * 12,
                     "wall": time.monotonic() - start, "timed_out": False}  # fmt: skip
         status, usage, timed_out, strays = self.wait(pid, req.get("timeout") or 0)
+        self.settle(req)
         if self.report >= 0:  # the step is gone: it said why it failed, or nothing
             said = os.read(self.report, 4096).decode(errors="replace")
             os.close(self.report)
@@ -225,11 +233,13 @@ class Zygote:
             msgs["K"] = " ".join(map(str, strays))
         return {"msgs": msgs, "status": status, "usage": tuple(usage),
                 "wall": time.monotonic() - start, "timed_out": timed_out,
-                "copied": copied_links(work)}  # fmt: skip
+                "copied": copied_links(work) if os.path.isdir(work) else []}  # fmt: skip
 
     def spawn(self, req: dict[str, Any], stdio: list[int | None]) -> tuple[int, dict[str, str]]:
         """The step's mount namespace, and the command started in it; (0, why) if not.
         The operations name the paths in the step's layer relative to it."""
+        if self.noop and not self.cold:
+            return self.spawn_warm(req, stdio)
         unshare(CLONE_NEWNS)
         umask = os.umask(0)
         try:
@@ -258,6 +268,68 @@ class Zygote:
             os.umask(umask)
             # Back home: the step's namespace is now its processes' alone.
             setns(self.base, CLONE_NEWNS)
+
+    def spawn_warm(
+        self, req: dict[str, Any], stdio: list[int | None]
+    ) -> tuple[int, dict[str, str]]:
+        """NOOP: spawn() in the namespace the last step left unchanged, if this step's
+        is alike and nothing below it changed (warm.py); else in one built anew, to be
+        kept if the step leaves it as it was built."""
+        warm = self.warm
+        if warm is not None and (warm.ops != req["ops"] or self.lowers_changed(warm)):
+            warm.discard()
+            warm = self.warm = None
+        if warm is not None:
+            try:
+                warm.enter()
+                return self.fork_step(req, stdio), {}
+            finally:
+                setns(self.base, CLONE_NEWNS)
+        if self.lowers is None:
+            self.lowers = Lowers()
+        lows = overlay_lowers(req["ops"])
+        watched = self.lowers.watch(sorted({*lows, *map(os.path.realpath, lows)}))
+        if watched is None:  # no fanotify: every step's namespace anew, as live's
+            self.cold = True
+            return self.spawn(req, stdio)
+        self.lowers.forget()  # older than what the overlays are about to look up
+        layer = req["layer"]
+        place = os.path.join(os.path.dirname(layer), f".warm-{self.tag}")
+        warm = Warm(req["ops"], place, layer, watched)
+        unshare(CLONE_NEWNS)
+        umask = os.umask(0)
+        try:
+            warm.unshared()
+            os.chdir(layer)
+            for i, op in enumerate(req["ops"]):
+                try:
+                    do(tuple(op))
+                except OSError as e:
+                    warm.close()
+                    return 0, {"E": f"{i} {e.errno or 0}"}
+            os.umask(umask)
+            warm.built()
+            self.warm = warm
+            return self.fork_step(req, stdio), {}
+        finally:
+            os.umask(umask)
+            setns(self.base, CLONE_NEWNS)
+
+    def settle(self, req: dict[str, Any]) -> None:
+        """After a NOOP step: keep its namespace if it left it as it was built, else
+        what it wrote is its layer's (warm.py)."""
+        warm = self.warm
+        if warm is None:
+            return
+        if not warm.clean():
+            self.warm = None
+            warm.hand_over(req["layer"])
+        elif warm.home == req["layer"]:
+            warm.keep(req["layer"], req["discard"] == req["layer"])
+
+    def lowers_changed(self, warm: Warm) -> bool:
+        assert self.lowers is not None
+        return self.lowers.changed(warm.lowers)
 
     def fork_step(self, req: dict[str, Any], stdio: list[int | None]) -> int:
         """Fork the step's command into the steps' pid namespace, from the step's mount
@@ -381,6 +453,14 @@ def main() -> None:
     zygote = Zygote(req_fd, rep_fd)
     gc.freeze()
     gc.disable()
+    try:
+        serve(zygote, req_fd, rep_fd)
+    finally:
+        if zygote.warm is not None:
+            zygote.warm.discard()
+
+
+def serve(zygote: Zygote, req_fd: int, rep_fd: int) -> None:
     while (msg := receive(req_fd)) is not None:
         try:
             if "setup" in msg:

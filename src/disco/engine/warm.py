@@ -1,0 +1,157 @@
+"""A NOOP step's sandbox kept for the next step alike (DESIGN §7, §12; docs/sandbox-notes.md).
+
+A fresh overlay superblock per step pays its mounts, its teardown and, above all, cold
+lookups: every path the command opens is looked up anew in each lower layer. Most steps
+write nothing (a template's writes are discarded, and most write none; a converged
+script writes none). So the zygote keeps the mount namespace it built for a step, with
+the overlays' upper and work dirs in a directory of its own (`.warm-TAG` beside the
+step's layer, on the same filesystem), and the next step with the same plan is forked
+from it: its own locked copy of that namespace shares the overlays' superblocks, and so
+their dentry and inode caches.
+
+Kept only while nothing a step could see has changed:
+- the writable parts are as the namespace was built: each upper dir disco prepared
+  (owner, mode, mtime, ctime, links, entries, xattrs) and the /run tmpfs (the same,
+  through a descriptor). Any write through an overlay creates an entry in one of those
+  dirs (copy-up) or changes one of them, so a step that wrote anything is seen; its
+  upper and work dirs are then handed over to the step's own layer, where disco reads
+  them as it reads any step's, and the namespace is dropped;
+- the lower layers are unchanged: `Lowers` (lowers.py) watches their filesystems;
+- the plan is the same (the layers below, the binds, the root).
+Every other mount of the namespace is read-only to a step and locked (its user
+namespace does not own them), or shared between steps already (/proc, /sys, /dev).
+
+Imported by the zygote: keep it free of imports beyond the few builtins.
+"""
+
+from __future__ import annotations
+
+import os
+
+from disco.engine.leftovers import remove
+from disco.engine.syscalls import CLONE_NEWNS, setns
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def signature(fd: int) -> tuple[Any, ...]:
+    """What a step could change of a directory we made (atime aside)."""
+    st = os.fstat(fd)
+    names = os.listdir(fd)
+    names.sort()
+    xattrs = [(n, os.getxattr(fd, n)) for n in os.listxattr(fd)]
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink,
+            names, xattrs)  # fmt: skip
+
+
+def dirs_of(top: str) -> list[int]:
+    """Descriptors of `top` and the directories below it (a prepared upper: dirs alone)."""
+    fds = [os.open(top, DIR)]
+    with os.scandir(top) as entries:
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                fds += dirs_of(e.path)
+    return fds
+
+
+def copy_dirs(src: str, dst: str) -> None:
+    """The directories of `src` (dirs alone) made at `dst`, with owner, mode and times."""
+    st = os.lstat(src)
+    os.mkdir(dst, 0o700)
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    os.chmod(dst, st.st_mode & 0o7777)
+    with os.scandir(src) as entries:
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                copy_dirs(e.path, os.path.join(dst, e.name))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+class Warm:
+    """A step's mount namespace, kept. Built in the step's layer (`home`, where its
+    upper/ and work/ are) as any step's; moved to `path`, a directory of ours, once a
+    step left it as it was built."""
+
+    def __init__(self, ops: list[Any], path: str, home: str, lowers: list[tuple[bytes, str]]):
+        self.ops = ops
+        self.path = path
+        self.home = home
+        self.lowers = lowers  # its overlays' lower dirs (lowers.py)
+        self.cwd = ops[-1][2] if ops and ops[-1][0] == "pivot" else "/"
+        self.dirs = dirs_of(os.path.join(home, "upper"))  # then /run, once built
+        self.ns = -1
+        self.marks: list[tuple[Any, ...]] = []
+
+    def unshared(self) -> None:
+        """We are in the namespace, before the ops (after them /proc is the steps')."""
+        self.ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+
+    def built(self) -> None:
+        """The namespace is built and we are at its root: remember it as it is."""
+        try:
+            self.dirs.append(os.open("/run", DIR))
+        except OSError:
+            pass
+        self.marks = [signature(fd) for fd in self.dirs]
+
+    def enter(self) -> None:
+        setns(self.ns, CLONE_NEWNS)
+        os.chdir(self.cwd)
+
+    def clean(self) -> bool:
+        """Whether the step left everything a step could write as it was built. Most
+        that wrote are told by their times, links or mode alone."""
+        try:
+            for fd, mark in zip(self.dirs, self.marks):
+                st = os.fstat(fd)
+                if (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_ctime_ns,
+                        st.st_nlink) != mark[:6]:  # fmt: skip
+                    return False
+            return [signature(fd) for fd in self.dirs] == self.marks
+        except OSError:
+            return False
+
+    def keep(self, layer: str, discard: bool) -> None:
+        """Built in `layer` for its step, which left it clean: move its upper and work
+        dirs to our directory, and give the layer back the upper disco made (unless it
+        is discarded)."""
+        remove(self.path)  # what an earlier zygote may have left
+        os.mkdir(self.path, 0o700)
+        for d in ("upper", "work"):
+            os.rename(os.path.join(layer, d), os.path.join(self.path, d))
+        if not discard:
+            copy_dirs(os.path.join(self.path, "upper"), os.path.join(layer, "upper"))
+        self.home = self.path
+        self.marks = [signature(fd) for fd in self.dirs]  # a move changes a ctime
+
+    def close(self) -> None:
+        """Drop the namespace: its overlays are unmounted once this returns (the last
+        reference is ours: no process is in it)."""
+        for fd in self.dirs:
+            os.close(fd)
+        self.dirs = []
+        if self.ns >= 0:
+            os.close(self.ns)
+            self.ns = -1
+
+    def hand_over(self, layer: str) -> None:
+        """A step wrote: close, and what it wrote is its layer's (upper/, and work/ for
+        the copied-up hard links)."""
+        self.close()
+        if self.home == layer:
+            return
+        remove(os.path.join(layer, "upper"))  # as disco made it: dirs alone
+        remove(os.path.join(layer, "work"))
+        for d in ("upper", "work"):
+            os.rename(os.path.join(self.home, d), os.path.join(layer, d))
+        os.rmdir(self.home)
+
+    def discard(self) -> None:
+        """Close, and remove what is left of it (not a layer of disco's)."""
+        self.close()
+        if self.home == self.path:
+            remove(self.path)
