@@ -204,3 +204,16 @@ def test_a_template_that_wrote_nothing_leaves_no_layer(steps: Steps, tmp_path: P
         assert names[0].startswith(".warm-") and names[1:] == ["x"]  # the kept one's dirs
         assert sorted(os.listdir(layers / "x")) == ["upper"]  # as disco made it
     assert os.listdir(layers) == ["x"]  # the zygote's own went with it
+
+
+@root_only
+def test_where_keeping_does_not_pay_it_stops_for_a_while(steps: Steps) -> None:
+    first = steps.dev()
+    assert steps.dev() == first
+    # The first write is the kept one's (which served a step: no miss); then two
+    # sandboxes dropped before they served a second step.
+    for _ in range(3):
+        assert steps.run("echo x > /etc/new")[0] == 0
+    devs = [steps.dev() for _ in range(18)]
+    assert len(set(devs[:17])) == 17  # built anew for 16 steps, then kept again ...
+    assert devs[17] == devs[16]  # ... for the next

@@ -86,8 +86,10 @@ class Lowers:
         self.fd = fd if fd >= 0 else -1
 
     def watch(self, paths: list[str]) -> list[tuple[bytes, str]] | None:
-        """Watch the filesystems of `paths` from now on: each path with its filesystem's
-        id, for changed(); None if we cannot."""
+        """Watch the filesystems of `paths` from now on. Each path as named and as the
+        kernel found it (a symlink on its way, as disco's layers/pending, is another
+        directory once it changes), with its filesystem's id, for changed(); None if we
+        cannot."""
         if self.fd < 0:
             return None
         out = []
@@ -95,8 +97,13 @@ class Lowers:
             for path in paths:
                 # open_by_handle_at takes no O_PATH descriptor
                 fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                key = fsid(fd)
-                out.append((key, path))
+                try:
+                    key = fsid(fd)
+                    found = os.readlink(f"/proc/self/fd/{fd}")
+                except BaseException:
+                    os.close(fd)
+                    raise
+                out += [(key, path), (key, found)] if found != path else [(key, path)]
                 if key in self.mounts:
                     os.close(fd)
                     continue
@@ -108,6 +115,14 @@ class Lowers:
         except (OSError, KeyError):
             return None
         return out
+
+    def close(self) -> None:
+        """No more watching (the marks go with the group)."""
+        for fd in (self.fd, *self.mounts.values()):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = -1
+        self.mounts = {}
 
     def forget(self) -> None:
         """Drop what was said so far: it is older than what is about to be looked up."""

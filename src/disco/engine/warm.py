@@ -27,8 +27,10 @@ Imported by the zygote: keep it free of imports beyond the few builtins.
 from __future__ import annotations
 
 import os
+import select
 
 from disco.engine.leftovers import remove
+from disco.engine.lowers import Lowers, overlay_lowers
 from disco.engine.syscalls import CLONE_NEWNS, setns
 
 TYPE_CHECKING = False
@@ -76,13 +78,19 @@ class Warm:
     upper/ and work/ are) as any step's; moved to `path`, a directory of ours, once a
     step left it as it was built."""
 
-    def __init__(self, ops: list[Any], path: str, home: str, lowers: list[tuple[bytes, str]]):
+    def __init__(
+        self, ops: list[Any], path: str, home: str, lowers: list[tuple[bytes, str]] | None
+    ) -> None:
         self.ops = ops
         self.path = path
         self.home = home
-        self.lowers = lowers  # its overlays' lower dirs (lowers.py)
+        # Its overlays' lower dirs (lowers.py); None: not to be kept, only unmounted
+        # once disco is answered.
+        self.lowers = lowers
+        self.uses = 0  # steps it served after the one it was built for
         self.cwd = ops[-1][2] if ops and ops[-1][0] == "pivot" else "/"
-        self.dirs = dirs_of(os.path.join(home, "upper"))  # then /run, once built
+        # The upper dirs disco made, then /run once built.
+        self.dirs = [] if lowers is None else dirs_of(os.path.join(home, "upper"))
         self.ns = -1
         self.marks: list[tuple[Any, ...]] = []
 
@@ -92,6 +100,8 @@ class Warm:
 
     def built(self) -> None:
         """The namespace is built and we are at its root: remember it as it is."""
+        if self.lowers is None:
+            return
         try:
             self.dirs.append(os.open("/run", DIR))
         except OSError:
@@ -101,6 +111,7 @@ class Warm:
     def enter(self) -> None:
         setns(self.ns, CLONE_NEWNS)
         os.chdir(self.cwd)
+        self.uses += 1
 
     def clean(self) -> bool:
         """Whether the step left everything a step could write as it was built. Most
@@ -139,9 +150,10 @@ class Warm:
             self.ns = -1
 
     def hand_over(self, layer: str) -> None:
-        """A step wrote: close, and what it wrote is its layer's (upper/, and work/ for
-        the copied-up hard links)."""
-        self.close()
+        """A step wrote: what it wrote is its layer's (upper/, and work/ for the
+        copied-up hard links), moved there while its overlays are mounted still but
+        no process is left to use them. close() them before the next step (the layer
+        may then be a lower layer, which its overlay's upper may not be at once)."""
         if self.home == layer:
             return
         remove(os.path.join(layer, "upper"))  # as disco made it: dirs alone
@@ -149,9 +161,135 @@ class Warm:
         for d in ("upper", "work"):
             os.rename(os.path.join(self.home, d), os.path.join(layer, d))
         os.rmdir(self.home)
+        self.home = layer
 
     def discard(self) -> None:
         """Close, and remove what is left of it (not a layer of disco's)."""
         self.close()
         if self.home == self.path:
             remove(self.path)
+
+
+class Keeper:
+    """A zygote's kept namespace (at most one), the ones to unmount once disco is
+    answered, and whether keeping pays: a namespace dropped before it served a second
+    step is a miss, and after two misses in a row steps are built as before, not kept,
+    for 16 steps, then 32, up to 256 (a NOOP dance changes its lower layers at every
+    module: nothing is ever used twice; a converged live dance changes nothing)."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.warm: Warm | None = None  # kept
+        self.current: Warm | None = None  # the running step's
+        self.spent: list[Warm] = []
+        self.lowers: Lowers | None = None
+        self.able = True  # fanotify works here
+        self.steps = self.cold_until = self.misses = 0
+        self.backoff = 16
+
+    def enter(self, ops: list[Any]) -> bool:
+        """Enter the kept namespace if it serves a step of `ops` (True), else drop it."""
+        self.retire()
+        warm = self.warm
+        if warm is None:
+            return False
+        assert self.lowers is not None and warm.lowers is not None
+        if warm.ops != ops or self.lowers.changed(warm.lowers):
+            self.drop()
+            return False
+        warm.enter()
+        self.current = warm
+        return True
+
+    def build(self, ops: list[Any], layer: str) -> Warm:
+        """The record of a namespace about to be built for a step in `layer`, watched
+        (and so kept if the step leaves it as built) if keeping pays."""
+        self.retire()
+        watched = None
+        if self.keeping():
+            if self.lowers is None:
+                self.lowers = Lowers()
+            watched = self.lowers.watch(overlay_lowers(ops))
+            if watched is None:  # no fanotify here: never again
+                self.able = False
+                self.lowers.close()
+            else:
+                self.lowers.forget()  # older than what the overlays are about to look up
+        place = os.path.join(os.path.dirname(layer), f".warm-{self.tag}")
+        self.current = Warm(ops, place, layer, watched)
+        return self.current
+
+    def keeping(self) -> bool:
+        self.steps += 1
+        if self.misses >= 2:  # keeping does not pay here: not for a while
+            self.misses = 0
+            self.cold_until = self.steps + self.backoff
+            self.backoff = min(2 * self.backoff, 256)
+            if self.lowers is not None:  # no events for nobody meanwhile
+                self.lowers.close()
+                self.lowers = None
+        return self.able and self.steps >= self.cold_until
+
+    def settle(self, layer: str, discard: bool) -> None:
+        """After the step in `layer`: keep its namespace if it left it as built, else
+        what it wrote is the layer's; unmounted by tidy()."""
+        warm, self.current = self.current, None
+        if warm is None:
+            return
+        if warm.lowers is None:
+            self.spent.append(warm)
+        elif not warm.clean():
+            if warm is self.warm:
+                self.warm = None
+            warm.hand_over(layer)
+            self.spent.append(warm)
+            self.missed(warm)
+        elif warm.home == layer:
+            warm.keep(layer, discard)
+            self.warm = warm
+
+    def retire(self) -> None:
+        """A namespace of a step that never settled (its command was never started)."""
+        if self.current is not None and self.current is not self.warm:
+            self.current.close()
+        self.current = None
+
+    def drop(self) -> None:
+        warm, self.warm = self.warm, None
+        if warm is not None:
+            warm.discard()
+            self.missed(warm)
+
+    def missed(self, warm: Warm) -> None:
+        if warm.uses:
+            self.misses, self.backoff = 0, 16
+        else:
+            self.misses += 1
+
+    def tidy(self) -> None:
+        """Once disco is answered, while it reads the step's changes: unmount what the
+        last step used and will not be used again (no process of it is left)."""
+        for warm in self.spent:
+            warm.close()
+        self.spent = []
+
+    def idle(self, req: int) -> None:
+        """Until `req` (disco's pipe) is readable: drop the kept namespace as soon as
+        something below it changes, so that its unmounting is not on a step's way."""
+        warm, lowers = self.warm, self.lowers
+        if warm is None or lowers is None or warm.lowers is None:
+            return
+        poller = select.poll()
+        poller.register(req, select.POLLIN)
+        poller.register(lowers.fd, select.POLLIN)
+        while req not in dict(poller.poll()):
+            if lowers.changed(warm.lowers):
+                self.drop()
+                return
+
+    def close(self) -> None:
+        self.retire()
+        self.tidy()
+        self.drop()
+        if self.lowers is not None:
+            self.lowers.close()

@@ -34,7 +34,6 @@ import time
 
 from disco.engine import stepinit
 from disco.engine.leftovers import copied_links, remove, remove_all, watchdog
-from disco.engine.lowers import Lowers, overlay_lowers
 from disco.engine.stepinit import DEFAULT_SIGNALS, RUSAGE, USAGE, add_usage
 from disco.engine.syscalls import (
     CLONE_NEWIPC,
@@ -54,7 +53,7 @@ from disco.engine.syscalls import (
     setns,
     unshare,
 )
-from disco.engine.warm import Warm
+from disco.engine.warm import Keeper
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing too: imported, it would cost each step's maxrss a megabyte
@@ -121,15 +120,12 @@ class Zygote:
         self.orphans = ""  # the /proc file that lists init's children
         self.orders = self.answers = -1  # our pipes to it, and its to us
         self.report = -1  # the running step says here why it could not run its command
-        self.tag = ""  # names our warm namespace's directory (warm.py)
-        self.warm: Warm | None = None  # NOOP: the last step's namespace, kept (warm.py)
-        self.lowers: Lowers | None = None  # what tells us its lower layers changed
-        self.cold = False  # no fanotify here: every step's namespace anew, as live's
+        self.keeper = Keeper("")  # NOOP: the steps' namespaces we hold (warm.py)
 
     def setup(self, msg: dict[str, Any]) -> None:
         """Our namespaces, and what every step binds from them (msg["ops"])."""
         self.noop = bool(msg["noop"])
-        self.tag = str(msg.get("tag", ""))
+        self.keeper.tag = str(msg.get("tag", ""))
         if self.noop and os.getpid() != 1:
             raise OSError(22, "a NOOP zygote must be pid 1 of its own pid namespace")
         own_net = self.noop and not msg.get("host_network")
@@ -222,7 +218,8 @@ class Zygote:
             return {"msgs": msgs, "status": 0, "usage": (0,) * 12,
                     "wall": time.monotonic() - start, "timed_out": False}  # fmt: skip
         status, usage, timed_out, strays = self.wait(pid, req.get("timeout") or 0)
-        self.settle(req)
+        if self.noop:
+            self.keeper.settle(req["layer"], req["discard"] == req["layer"])
         if self.report >= 0:  # the step is gone: it said why it failed, or nothing
             said = os.read(self.report, 4096).decode(errors="replace")
             os.close(self.report)
@@ -238,7 +235,7 @@ class Zygote:
     def spawn(self, req: dict[str, Any], stdio: list[int | None]) -> tuple[int, dict[str, str]]:
         """The step's mount namespace, and the command started in it; (0, why) if not.
         The operations name the paths in the step's layer relative to it."""
-        if self.noop and not self.cold:
+        if self.noop:
             return self.spawn_warm(req, stdio)
         unshare(CLONE_NEWNS)
         umask = os.umask(0)
@@ -273,63 +270,32 @@ class Zygote:
         self, req: dict[str, Any], stdio: list[int | None]
     ) -> tuple[int, dict[str, str]]:
         """NOOP: spawn() in the namespace the last step left unchanged, if this step's
-        is alike and nothing below it changed (warm.py); else in one built anew, to be
-        kept if the step leaves it as it was built."""
-        warm = self.warm
-        if warm is not None and (warm.ops != req["ops"] or self.lowers_changed(warm)):
-            warm.discard()
-            warm = self.warm = None
-        if warm is not None:
+        is alike and nothing below it changed; else in one built anew, which we hold
+        (and keep, if the step leaves it as built and keeping pays): warm.py."""
+        keeper = self.keeper
+        if keeper.enter(req["ops"]):
             try:
-                warm.enter()
                 return self.fork_step(req, stdio), {}
             finally:
                 setns(self.base, CLONE_NEWNS)
-        if self.lowers is None:
-            self.lowers = Lowers()
-        lows = overlay_lowers(req["ops"])
-        watched = self.lowers.watch(sorted({*lows, *map(os.path.realpath, lows)}))
-        if watched is None:  # no fanotify: every step's namespace anew, as live's
-            self.cold = True
-            return self.spawn(req, stdio)
-        self.lowers.forget()  # older than what the overlays are about to look up
-        layer = req["layer"]
-        place = os.path.join(os.path.dirname(layer), f".warm-{self.tag}")
-        warm = Warm(req["ops"], place, layer, watched)
+        warm = keeper.build(req["ops"], req["layer"])
         unshare(CLONE_NEWNS)
         umask = os.umask(0)
         try:
             warm.unshared()
-            os.chdir(layer)
+            os.chdir(req["layer"])
             for i, op in enumerate(req["ops"]):
                 try:
                     do(tuple(op))
                 except OSError as e:
-                    warm.close()
+                    keeper.retire()
                     return 0, {"E": f"{i} {e.errno or 0}"}
             os.umask(umask)
             warm.built()
-            self.warm = warm
             return self.fork_step(req, stdio), {}
         finally:
             os.umask(umask)
             setns(self.base, CLONE_NEWNS)
-
-    def settle(self, req: dict[str, Any]) -> None:
-        """After a NOOP step: keep its namespace if it left it as it was built, else
-        what it wrote is its layer's (warm.py)."""
-        warm = self.warm
-        if warm is None:
-            return
-        if not warm.clean():
-            self.warm = None
-            warm.hand_over(req["layer"])
-        elif warm.home == req["layer"]:
-            warm.keep(req["layer"], req["discard"] == req["layer"])
-
-    def lowers_changed(self, warm: Warm) -> bool:
-        assert self.lowers is not None
-        return self.lowers.changed(warm.lowers)
 
     def fork_step(self, req: dict[str, Any], stdio: list[int | None]) -> int:
         """Fork the step's command into the steps' pid namespace, from the step's mount
@@ -456,12 +422,15 @@ def main() -> None:
     try:
         serve(zygote, req_fd, rep_fd)
     finally:
-        if zygote.warm is not None:
-            zygote.warm.discard()
+        zygote.keeper.close()
 
 
 def serve(zygote: Zygote, req_fd: int, rep_fd: int) -> None:
-    while (msg := receive(req_fd)) is not None:
+    while True:
+        zygote.keeper.idle(req_fd)
+        msg = receive(req_fd)
+        if msg is None:
+            break
         try:
             if "setup" in msg:
                 zygote.setup(msg["setup"])
@@ -485,6 +454,7 @@ def serve(zygote: Zygote, req_fd: int, rep_fd: int) -> None:
             break
         # Cleaning up after the step while disco reads its changes: its work dir, its
         # layer if disco has no use for it, and the layers disco was done with before.
+        zygote.keeper.tidy()
         if "layer" in msg:
             remove_all([os.path.join(msg["layer"], "work"), msg["discard"], *msg["remove"]])
 
