@@ -217,3 +217,22 @@ def test_where_keeping_does_not_pay_it_stops_for_a_while(steps: Steps) -> None:
     devs = [steps.dev() for _ in range(18)]
     assert len(set(devs[:17])) == 17  # built anew for 16 steps, then kept again ...
     assert devs[17] == devs[16]  # ... for the next
+
+
+@root_only
+def test_a_layer_with_writes_in_it_already_is_never_served_nor_moved(
+    steps: Steps, tmp_path: Path
+) -> None:
+    """As a NOOP shell's layer, which every command of the session mounts anew."""
+    first = steps.dev()
+    assert steps.dev() == first  # a kept sandbox
+    session = tmp_path / "session"
+    (upper_of(session) / "etc").mkdir(parents=True)
+    (upper_of(session) / "etc" / "mine").write_text("mine\n")
+    for _ in range(2):
+        out = tmp_path / "out"
+        step = Step(("cat", "/etc/mine"), steps.root, session, stdout=out,
+                    hide=(str(tmp_path),))  # fmt: skip
+        assert steps.zygote.run(step).returncode == 0 and out.read_text() == "mine\n"
+    steps.zygote.close()
+    assert (upper_of(session) / "etc" / "mine").read_text() == "mine\n"

@@ -43,9 +43,11 @@ from disco.run import start
 KILL_GRACE = 2.0  # seconds disco waits for the zygote to be gone after asking it to stop
 
 
-def _prepare(step: Step, subs: Sequence[Submount]) -> None:
+def _prepare(step: Step, subs: Sequence[Submount]) -> bool:
     """Create upper/; dirs we create in upper/ copy their lower's metadata (times last,
-    children first: making a child dir sets its parent's)."""
+    children first: making a child dir sets its parent's). Whether upper/ is new: dirs
+    alone, as any new layer's of the same plan (a NOOP shell's layer is not)."""
+    fresh = not upper_of(step.layer).exists()
     made: list[tuple[Path, os.stat_result]] = []
     for rel in ["", *(s.path for s in subs if not s.readonly)]:
         parts = Path(rel).parts
@@ -64,6 +66,7 @@ def _prepare(step: Step, subs: Sequence[Submount]) -> None:
                 made.append((up, st))
     for up, st in reversed(made):
         os.utime(up, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return fresh
 
 
 def _stdio(spec: int | Path | None, flags: int) -> Any:
@@ -233,12 +236,13 @@ class Zygote:
         step = _absolute(step)
         subs = self.submounts(step)
         ops = self.plan(step, subs)
-        _prepare(step, subs)
+        fresh = _prepare(step, subs)
         write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW  # never a planted link
         request = {
             "remove": self.trash,
             "layer": str(step.layer),
             "discard": str(step.layer) if discard else "",
+            "fresh": fresh,  # a kept sandbox (warm.py) serves only a new layer
             "ops": [op.wire() for op in ops],
             "hostname": step.hostname,
             "argv": list(step.argv),

@@ -187,26 +187,29 @@ class Keeper:
         self.steps = self.cold_until = self.misses = 0
         self.backoff = 16
 
-    def enter(self, ops: list[Any]) -> bool:
-        """Enter the kept namespace if it serves a step of `ops` (True), else drop it."""
+    def enter(self, ops: list[Any], fresh: bool) -> bool:
+        """Enter the kept namespace if it serves a step of `ops` in a new layer (True),
+        else drop it. A layer with something in its upper already (a NOOP shell's) is
+        never served by a kept namespace: its upper is not that layer's."""
         self.retire()
         warm = self.warm
         if warm is None:
             return False
         assert self.lowers is not None and warm.lowers is not None
-        if warm.ops != ops or self.lowers.changed(warm.lowers):
+        if not fresh or warm.ops != ops or self.lowers.changed(warm.lowers):
             self.drop()
             return False
         warm.enter()
         self.current = warm
         return True
 
-    def build(self, ops: list[Any], layer: str) -> Warm:
+    def build(self, ops: list[Any], layer: str, fresh: bool) -> Warm:
         """The record of a namespace about to be built for a step in `layer`, watched
-        (and so kept if the step leaves it as built) if keeping pays."""
+        (and so kept if the step leaves it as built) if the layer is new and keeping
+        pays."""
         self.retire()
         watched = None
-        if self.keeping():
+        if fresh and self.keeping():
             if self.lowers is None:
                 self.lowers = Lowers()
             watched = self.lowers.watch(overlay_lowers(ops))

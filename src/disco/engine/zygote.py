@@ -272,13 +272,13 @@ class Zygote:
         """NOOP: spawn() in the namespace the last step left unchanged, if this step's
         is alike and nothing below it changed; else in one built anew, which we hold
         (and keep, if the step leaves it as built and keeping pays): warm.py."""
-        keeper = self.keeper
-        if keeper.enter(req["ops"]):
+        keeper, fresh = self.keeper, bool(req.get("fresh"))
+        if keeper.enter(req["ops"], fresh):
             try:
                 return self.fork_step(req, stdio), {}
             finally:
                 setns(self.base, CLONE_NEWNS)
-        warm = keeper.build(req["ops"], req["layer"])
+        warm = keeper.build(req["ops"], req["layer"], fresh)
         unshare(CLONE_NEWNS)
         umask = os.umask(0)
         try:
