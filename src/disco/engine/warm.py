@@ -248,7 +248,16 @@ class Keeper:
             self.spent.append(warm)
             self.missed(warm)
         elif warm.home == layer:
-            warm.keep(layer, discard)
+            try:
+                warm.keep(layer, discard)
+            except OSError:  # e.g. no room left for our dirs: not kept, the layer as it was
+                for d in ("upper", "work"):
+                    moved, there = os.path.join(warm.path, d), os.path.join(layer, d)
+                    if os.path.isdir(moved) and not os.path.lexists(there):
+                        os.rename(moved, there)
+                warm.home = layer
+                self.spent.append(warm)
+                return
             self.warm = warm
 
     def retire(self) -> None:
