@@ -14,6 +14,7 @@ import pytest
 
 from disco.engine.runner import Zygote
 from disco.engine.sandbox import Mode, Step, upper_of
+from disco.run import run
 from test_sandbox import root_only, scratch  # noqa: F401 -- steps' fixture
 
 DEV = "date -r /run +%s%N"
@@ -236,3 +237,37 @@ def test_a_layer_with_writes_in_it_already_is_never_served_nor_moved(
         assert steps.zygote.run(step).returncode == 0 and out.read_text() == "mine\n"
     steps.zygote.close()
     assert (upper_of(session) / "etc" / "mine").read_text() == "mine\n"
+
+
+@root_only
+def test_lowers_on_one_filesystem_reached_through_other_mounts(tmp_path: Path) -> None:
+    """A change in the root is seen, though the layer below the step lies on the same
+    filesystem and is reached through a bind mount of another part of it."""
+    fs, bound = tmp_path / "fs", tmp_path / "bound"
+    fs.mkdir()
+    bound.mkdir()
+    run(["mount", "-t", "tmpfs", "tmpfs", str(fs)])
+    try:
+        root = fs / "root"
+        for d in ("etc", "proc", "sys", "dev", "run", "usr"):
+            (root / d).mkdir(parents=True)
+        run(["mount", "--bind", "-o", "ro", "/usr", str(root / "usr")])
+        for name in ("bin", "sbin", "lib", "lib64"):
+            if Path("/", name).is_symlink():
+                (root / name).symlink_to(os.readlink(Path("/", name)))
+        (root / "etc" / "motd").write_text("old\n")
+        (upper_of(fs / "x" / "layer") / "etc").mkdir(parents=True)
+        run(["mount", "--bind", str(fs / "x"), str(bound)])
+        with Zygote(Mode.NOOP, tmp_path / "z") as zygote:
+            steps = Steps(zygote, root, tmp_path / "s")
+            (tmp_path / "s").mkdir()
+            below = (bound / "layer",)
+            look = f"cat /etc/motd; {DEV}"
+            first = steps.run(look, lower_layers=below)[1]
+            assert steps.run(look, lower_layers=below)[1] == first  # kept
+            (root / "etc" / "motd.new").write_text("new\n")
+            os.rename(root / "etc" / "motd.new", root / "etc" / "motd")
+            assert steps.run(look, lower_layers=below)[1].startswith("new\n")
+    finally:
+        for m in (bound, fs / "root" / "usr", fs):
+            run(["umount", "-l", str(m)], check=False)

@@ -10,13 +10,16 @@ layer reports every entry made, removed or renamed there and every change of an
 inode's metadata (FAN_REPORT_DFID_NAME: the directory's handle and the entry's name).
 File data needs no watching: an overlay reads it from the lower inode itself.
 
-An event counts if the entry it names lies in a lower layer, or is one of the
-directories on a lower layer's path (renamed, removed, a symlink replaced). Its
-directory is opened by handle and named by /proc/self/fd. A directory that can no
-longer be opened (ESTALE) was removed since: its removal is an event of its own in a
-directory that still exists, or whose removal is one, up to one that exists. A full
-queue, an unknown filesystem, more than LIMIT events, or anything not understood:
-changed.
+An event counts if the entry it names lies in a lower dir: its directory is opened by
+handle through the lower dir's own mount (a directory below the lower dir is always
+reached so, and named as the kernel names the lower dir) and named by /proc/self/fd. A
+directory that can no longer be opened (ESTALE) was removed since: its removal is an
+event of its own in a directory that still exists, or whose removal is one, up to one
+that exists. A full queue, more than LIMIT events, or anything not understood: changed.
+What is on the way to a lower dir is checked by name at each use: each lower dir's name
+must still lead to the same directory (a symlink replaced, as disco's layers/pending, or
+a parent renamed), with the same owner, mode and mtime (a new sandbox's upper dir takes
+them from it).
 
 Imported by the zygote: keep it free of imports beyond the few builtins.
 """
@@ -74,55 +77,80 @@ def overlay_lowers(ops: list[Any]) -> list[str]:
     return out
 
 
+class Lower:
+    """One lower dir of a kept namespace's overlays, open: how it was named, where the
+    kernel found it, and what its name led to then."""
+
+    def __init__(self, named: str, fd: int, fsid: bytes, mount: int) -> None:
+        self.named, self.fd, self.fsid, self.mount = named, fd, fsid, mount
+        self.found = os.readlink(f"/proc/self/fd/{fd}")
+        self.stat = _key(os.fstat(fd))
+
+    def moved(self) -> bool:
+        """Whether its name leads elsewhere now (a symlink on the way replaced, a parent
+        renamed), or its own owner, mode or times changed (a new sandbox's upper dir
+        would take them)."""
+        try:
+            return _key(os.stat(self.named)) != self.stat
+        except OSError:
+            return True
+
+
+def _key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+
+
+def _mount_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+        for line in f:
+            if line.startswith(b"mnt_id:"):
+                return int(line.split()[1])
+    return -fd  # no mount id said: a mount of its own
+
+
 class Lowers:
     """A fanotify group watching the filesystems of lower layers."""
 
     def __init__(self) -> None:
         self.fd = -1
-        self.mounts: dict[bytes, int] = {}  # fsid: a descriptor on that filesystem
+        self.marked: set[bytes] = set()  # the filesystems (fsid) we watch
         if os.uname().machine not in _FSID_AT:
             return
         fd = libc.fanotify_init(FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME, os.O_RDONLY)
         self.fd = fd if fd >= 0 else -1
 
-    def watch(self, paths: list[str]) -> list[tuple[bytes, str]] | None:
-        """Watch the filesystems of `paths` from now on. Each path as named and as the
-        kernel found it (a symlink on its way, as disco's layers/pending, is another
-        directory once it changes), with its filesystem's id, for changed(); None if we
-        cannot."""
+    def watch(self, paths: list[str]) -> list[Lower] | None:
+        """Watch the filesystems of `paths` from now on; the paths, open, for changed()
+        (close() them when done); None if we cannot."""
         if self.fd < 0:
             return None
-        out = []
+        out: list[Lower] = []
         try:
-            for path in paths:
+            for path in dict.fromkeys(paths):
                 # open_by_handle_at takes no O_PATH descriptor
                 fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
-                    key = fsid(fd)
-                    found = os.readlink(f"/proc/self/fd/{fd}")
+                    lower = Lower(path, fd, fsid(fd), _mount_id(fd))
                 except BaseException:
                     os.close(fd)
                     raise
-                out += [(key, path), (key, found)] if found != path else [(key, path)]
-                if key in self.mounts:
-                    os.close(fd)
-                    continue
-                flags = FAN_MARK_ADD | FAN_MARK_FILESYSTEM
-                if libc.fanotify_mark(self.fd, flags, MASK, AT_FDCWD, os.fsencode(path)) != 0:
-                    os.close(fd)
-                    return None
-                self.mounts[key] = fd
+                out.append(lower)
+                if lower.fsid not in self.marked:
+                    flags = FAN_MARK_ADD | FAN_MARK_FILESYSTEM
+                    if libc.fanotify_mark(self.fd, flags, MASK, AT_FDCWD, os.fsencode(path)):
+                        raise OSError(ctypes.get_errno(), "fanotify_mark")
+                    self.marked.add(lower.fsid)
         except (OSError, KeyError):
+            close(out)
             return None
         return out
 
     def close(self) -> None:
         """No more watching (the marks go with the group)."""
-        for fd in (self.fd, *self.mounts.values()):
-            if fd >= 0:
-                os.close(fd)
+        if self.fd >= 0:
+            os.close(self.fd)
         self.fd = -1
-        self.mounts = {}
+        self.marked = set()
 
     def forget(self) -> None:
         """Drop what was said so far: it is older than what is about to be looked up."""
@@ -132,11 +160,14 @@ class Lowers:
         except BlockingIOError:
             pass
 
-    def changed(self, paths: list[tuple[bytes, str]]) -> bool:
-        """Whether anything changed in or on the way to `paths` (as watch() gave them)
-        since the last call. An overlay's lower dir holds what is on its filesystem
-        below it: what is mounted there is not in the layer."""
-        seen: dict[bytes, str] = {}
+    def changed(self, lowers: list[Lower]) -> bool:
+        """Whether anything changed in `lowers` (as watch() gave them) since the last
+        call, or they are no longer what their names lead to. An overlay's lower dir
+        holds what is on its filesystem below it: what is mounted there is not in it."""
+        if any(lower.moved() for lower in lowers):
+            self.forget()
+            return True
+        seen: dict[tuple[int, bytes], str] = {}
         count = 0
         verdict = False
         try:
@@ -153,7 +184,7 @@ class Lowers:
                             verdict = True
                         else:
                             info = data[at + meta_len : at + length]
-                            verdict = self._counts(info, paths, seen)
+                            verdict = _counts(info, lowers, seen)
                     at += length
         except BlockingIOError:
             pass
@@ -161,40 +192,46 @@ class Lowers:
             return True
         return verdict
 
-    def _counts(self, info: bytes, paths: list[tuple[bytes, str]], seen: dict[bytes, str]) -> bool:
-        if len(info) < 20:
-            return True
-        kind, _, size = struct.unpack_from("<BBH", info)
-        if kind not in (INFO_DFID_NAME, INFO_DFID, INFO_FID):
-            return True
-        (hbytes,) = struct.unpack_from("<I", info, 12)
-        key = bytes(info[4 : 20 + hbytes])  # the filesystem and the directory's handle
-        on = [p for fs, p in paths if fs == key[:8]]
-        if not on:
-            return False
+
+def close(lowers: list[Lower]) -> None:
+    for lower in lowers:
+        os.close(lower.fd)
+    lowers.clear()
+
+
+def _counts(info: bytes, lowers: list[Lower], seen: dict[tuple[int, bytes], str]) -> bool:
+    """Whether the event `info` (its first record) names an entry in one of `lowers`:
+    its directory, opened by handle through that lower's own mount (where a directory
+    below it is always reached, so named as the kernel names the lower), lies there."""
+    if len(info) < 20:
+        return True
+    kind, _, size = struct.unpack_from("<BBH", info)
+    if kind not in (INFO_DFID_NAME, INFO_DFID, INFO_FID):
+        return True
+    (hbytes,) = struct.unpack_from("<I", info, 12)
+    fs, handle = bytes(info[4:12]), bytes(info[12 : 20 + hbytes])
+    for lower in lowers:
+        if lower.fsid != fs:
+            continue
+        key = (lower.mount, handle)
         where = seen.get(key)
         if where is None:
-            where = seen[key] = self._where(key)
-        if where == "":  # removed since: see the module doc
-            return False
-        if where == "?":
+            where = seen[key] = _where(lower.fd, handle)
+        if where == "?" or (where and under(where, lower.found)):
             return True
-        name = info[20 + hbytes : size].split(b"\0", 1)[0].decode(errors="surrogateescape")
-        entry = os.path.join(where, name) if name and name != "." else where
-        return any(under(entry, p) or under(p, entry) for p in on)
+    return False
 
-    def _where(self, key: bytes) -> str:
-        """The path of the directory of handle key[8:] on filesystem key[:8]; "" if it
-        was removed since, "?" if it cannot be told."""
-        mount = self.mounts.get(key[:8])
-        if mount is None:
-            return "?"
-        handle = ctypes.create_string_buffer(key[8:])
-        fd = libc.open_by_handle_at(mount, handle, os.O_PATH | os.O_CLOEXEC)
-        if fd < 0:
-            return "" if ctypes.get_errno() == ESTALE else "?"
-        try:
-            where = os.readlink(f"/proc/self/fd/{fd}")
-        finally:
-            os.close(fd)
-        return "?" if where.endswith(" (deleted)") or not where.startswith("/") else where
+
+def _where(mount: int, handle: bytes) -> str:
+    """The path of the directory of `handle`, opened through the mount of `mount`; ""
+    if it was removed since (see the module doc), "?" if it cannot be told."""
+    fd = libc.open_by_handle_at(
+        mount, ctypes.create_string_buffer(handle), os.O_PATH | os.O_CLOEXEC
+    )
+    if fd < 0:
+        return "" if ctypes.get_errno() == ESTALE else "?"
+    try:
+        where = os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    return "?" if where.endswith(" (deleted)") or not where.startswith("/") else where

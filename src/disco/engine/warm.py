@@ -30,7 +30,7 @@ import os
 import select
 
 from disco.engine.leftovers import remove
-from disco.engine.lowers import Lowers, overlay_lowers
+from disco.engine.lowers import Lower, Lowers, close, overlay_lowers
 from disco.engine.syscalls import CLONE_NEWNS, setns
 
 TYPE_CHECKING = False
@@ -78,9 +78,7 @@ class Warm:
     upper/ and work/ are) as any step's; moved to `path`, a directory of ours, once a
     step left it as it was built."""
 
-    def __init__(
-        self, ops: list[Any], path: str, home: str, lowers: list[tuple[bytes, str]] | None
-    ) -> None:
+    def __init__(self, ops: list[Any], path: str, home: str, lowers: list[Lower] | None) -> None:
         self.ops = ops
         self.path = path
         self.home = home
@@ -145,6 +143,8 @@ class Warm:
         for fd in self.dirs:
             os.close(fd)
         self.dirs = []
+        if self.lowers:
+            close(self.lowers)
         if self.ns >= 0:
             os.close(self.ns)
             self.ns = -1

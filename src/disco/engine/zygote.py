@@ -11,9 +11,11 @@ mounts their /proc. A live zygote stays in the host's namespaces, as a subreaper
 Per step the zygote unshares a fresh mount namespace, mounts the step's overlays and
 binds, pivots, starts the command there (live: posix_spawn, a vfork; NOOP: a fork that
 enters the steps' user namespace first, stepinit.step) and goes back to its own mount
-namespace with setns. Once the command and what it left running are reaped, no mount of
-the step is left and its layer may change. The answer is the exit status and the wait4
-rusage of the command's tree.
+namespace with setns. Once the command and what it left running are reaped, nothing can
+use the step's mounts and its layer may change: live, the namespace died with them;
+NOOP, we hold it, and unmount it once disco is answered, unless the step left it as
+built and the next step alike may use it again (warm.py). The answer is the exit status
+and the wait4 rusage of the command's tree.
 
 Requests and answers are marshal'ed dicts, length-prefixed. Keep this file free of
 imports beyond the few builtins.
