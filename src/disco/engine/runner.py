@@ -43,8 +43,12 @@ from disco.run import start
 KILL_GRACE = 2.0  # seconds disco waits for the zygote to be gone after asking it to stop
 
 
-def _prepare(step: Step, subs: Sequence[Submount]) -> None:
-    """Create upper/; dirs we create in upper/ copy their lower's metadata."""
+def _prepare(step: Step, subs: Sequence[Submount]) -> bool:
+    """Create upper/; dirs we create in upper/ copy their lower's metadata (times last,
+    children first: making a child dir sets its parent's). Whether upper/ is new: dirs
+    alone, as any new layer's of the same plan (a NOOP shell's layer is not)."""
+    fresh = not upper_of(step.layer).exists()
+    made: list[tuple[Path, os.stat_result]] = []
     for rel in ["", *(s.path for s in subs if not s.readonly)]:
         parts = Path(rel).parts
         for n in range(len(parts) + 1):
@@ -59,7 +63,10 @@ def _prepare(step: Step, subs: Sequence[Submount]) -> None:
                 st = src.stat()
                 os.chown(up, st.st_uid, st.st_gid)
                 os.chmod(up, stat.S_IMODE(st.st_mode))
-                os.utime(up, ns=(st.st_atime_ns, st.st_mtime_ns))
+                made.append((up, st))
+    for up, st in reversed(made):
+        os.utime(up, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return fresh
 
 
 def _stdio(spec: int | Path | None, flags: int) -> Any:
@@ -138,7 +145,8 @@ class Zygote:
                  "early": [op.wire() for op in self.early],
                  "init_root": str(self.scratch / "api" / "init"),
                  "cgroups": self.cgroup.procs,
-                 "host_network": host_network}  # fmt: skip
+                 "host_network": host_network,
+                 "tag": f"{os.getpid()}-{next(_TAGS)}"}  # fmt: skip
         try:
             self._call({"setup": setup}, "cannot start the sandbox helper")
         except BaseException:
@@ -228,12 +236,13 @@ class Zygote:
         step = _absolute(step)
         subs = self.submounts(step)
         ops = self.plan(step, subs)
-        _prepare(step, subs)
+        fresh = _prepare(step, subs)
         write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW  # never a planted link
         request = {
             "remove": self.trash,
             "layer": str(step.layer),
             "discard": str(step.layer) if discard else "",
+            "fresh": fresh,  # a kept sandbox (warm.py) serves only a new layer
             "ops": [op.wire() for op in ops],
             "hostname": step.hostname,
             "argv": list(step.argv),
@@ -377,6 +386,7 @@ def identity_userns() -> int:
 
 
 _CGROUPS = itertools.count(1)
+_TAGS = itertools.count(1)
 
 
 def _step_cgroup(limits: Limits) -> StepCgroup:

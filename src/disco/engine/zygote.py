@@ -11,9 +11,11 @@ mounts their /proc. A live zygote stays in the host's namespaces, as a subreaper
 Per step the zygote unshares a fresh mount namespace, mounts the step's overlays and
 binds, pivots, starts the command there (live: posix_spawn, a vfork; NOOP: a fork that
 enters the steps' user namespace first, stepinit.step) and goes back to its own mount
-namespace with setns. Once the command and what it left running are reaped, no mount of
-the step is left and its layer may change. The answer is the exit status and the wait4
-rusage of the command's tree.
+namespace with setns. Once the command and what it left running are reaped, nothing can
+use the step's mounts and its layer may change: live, the namespace died with them;
+NOOP, we hold it, and unmount it once disco is answered, unless the step left it as
+built and the next step alike may use it again (warm.py). The answer is the exit status
+and the wait4 rusage of the command's tree.
 
 Requests and answers are marshal'ed dicts, length-prefixed. Keep this file free of
 imports beyond the few builtins.
@@ -53,6 +55,7 @@ from disco.engine.syscalls import (
     setns,
     unshare,
 )
+from disco.engine.warm import Keeper
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing too: imported, it would cost each step's maxrss a megabyte
@@ -119,10 +122,12 @@ class Zygote:
         self.orphans = ""  # the /proc file that lists init's children
         self.orders = self.answers = -1  # our pipes to it, and its to us
         self.report = -1  # the running step says here why it could not run its command
+        self.keeper = Keeper("")  # NOOP: the steps' namespaces we hold (warm.py)
 
     def setup(self, msg: dict[str, Any]) -> None:
         """Our namespaces, and what every step binds from them (msg["ops"])."""
         self.noop = bool(msg["noop"])
+        self.keeper.tag = str(msg.get("tag", ""))
         if self.noop and os.getpid() != 1:
             raise OSError(22, "a NOOP zygote must be pid 1 of its own pid namespace")
         own_net = self.noop and not msg.get("host_network")
@@ -215,6 +220,8 @@ class Zygote:
             return {"msgs": msgs, "status": 0, "usage": (0,) * 12,
                     "wall": time.monotonic() - start, "timed_out": False}  # fmt: skip
         status, usage, timed_out, strays = self.wait(pid, req.get("timeout") or 0)
+        if self.noop:
+            self.keeper.settle(req["layer"], req["discard"] == req["layer"])
         if self.report >= 0:  # the step is gone: it said why it failed, or nothing
             said = os.read(self.report, 4096).decode(errors="replace")
             os.close(self.report)
@@ -225,11 +232,13 @@ class Zygote:
             msgs["K"] = " ".join(map(str, strays))
         return {"msgs": msgs, "status": status, "usage": tuple(usage),
                 "wall": time.monotonic() - start, "timed_out": timed_out,
-                "copied": copied_links(work)}  # fmt: skip
+                "copied": copied_links(work) if os.path.isdir(work) else []}  # fmt: skip
 
     def spawn(self, req: dict[str, Any], stdio: list[int | None]) -> tuple[int, dict[str, str]]:
         """The step's mount namespace, and the command started in it; (0, why) if not.
         The operations name the paths in the step's layer relative to it."""
+        if self.noop:
+            return self.spawn_warm(req, stdio)
         unshare(CLONE_NEWNS)
         umask = os.umask(0)
         try:
@@ -257,6 +266,37 @@ class Zygote:
         finally:
             os.umask(umask)
             # Back home: the step's namespace is now its processes' alone.
+            setns(self.base, CLONE_NEWNS)
+
+    def spawn_warm(
+        self, req: dict[str, Any], stdio: list[int | None]
+    ) -> tuple[int, dict[str, str]]:
+        """NOOP: spawn() in the namespace the last step left unchanged, if this step's
+        is alike and nothing below it changed; else in one built anew, which we hold
+        (and keep, if the step leaves it as built and keeping pays): warm.py."""
+        keeper, fresh = self.keeper, bool(req.get("fresh"))
+        if keeper.enter(req["ops"], fresh):
+            try:
+                return self.fork_step(req, stdio), {}
+            finally:
+                setns(self.base, CLONE_NEWNS)
+        warm = keeper.build(req["ops"], req["layer"], fresh)
+        unshare(CLONE_NEWNS)
+        umask = os.umask(0)
+        try:
+            warm.unshared()
+            os.chdir(req["layer"])
+            for i, op in enumerate(req["ops"]):
+                try:
+                    do(tuple(op))
+                except OSError as e:
+                    keeper.retire()
+                    return 0, {"E": f"{i} {e.errno or 0}"}
+            os.umask(umask)
+            warm.built()
+            return self.fork_step(req, stdio), {}
+        finally:
+            os.umask(umask)
             setns(self.base, CLONE_NEWNS)
 
     def fork_step(self, req: dict[str, Any], stdio: list[int | None]) -> int:
@@ -381,7 +421,18 @@ def main() -> None:
     zygote = Zygote(req_fd, rep_fd)
     gc.freeze()
     gc.disable()
-    while (msg := receive(req_fd)) is not None:
+    try:
+        serve(zygote, req_fd, rep_fd)
+    finally:
+        zygote.keeper.close()
+
+
+def serve(zygote: Zygote, req_fd: int, rep_fd: int) -> None:
+    while True:
+        zygote.keeper.idle(req_fd)
+        msg = receive(req_fd)
+        if msg is None:
+            break
         try:
             if "setup" in msg:
                 zygote.setup(msg["setup"])
@@ -405,6 +456,7 @@ def main() -> None:
             break
         # Cleaning up after the step while disco reads its changes: its work dir, its
         # layer if disco has no use for it, and the layers disco was done with before.
+        zygote.keeper.tidy()
         if "layer" in msg:
             remove_all([os.path.join(msg["layer"], "work"), msg["discard"], *msg["remove"]])
 
