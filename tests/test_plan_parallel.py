@@ -152,3 +152,32 @@ def _alive(process: tuple[int, str]) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2 :].split()[19] == process[1]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: nothing to share")
+@pytest.mark.parametrize("where", ["first", "middle"])
+def test_the_two_dances_share_the_cpus_half_and_half(
+    cmd: Run, state: Path, tmp_path: Path, scratch_root: Path, where: str
+) -> None:
+    """Each dance's steps (base's zygote too, started before the fork when a prefix is
+    shared) run on a half of the CPUs of their own."""
+    cpus = {"zcpus": {"scripts/10-cpus": "#!/bin/bash\ngrep Cpus_allowed_list /proc/self/status\n"}}
+    spec = {**BASE, **cpus}
+    changed = "alpha" if where == "first" else "beta"
+    spec[changed] = {**BASE[changed], f"files/etc/{changed}.conf": "changed\n"}
+    base = make_server(tmp_path / "base", {**BASE, **cpus})
+    head = make_server(tmp_path / "head", spec)
+    _, lines = run_plan(cmd, state, scratch_root, base, head, {})
+    said = [line.split(":", 1)[1].strip() for line in lines if "Cpus_allowed_list" in line]
+    assert len(said) == 2, lines
+    halves = [set(_cpus(text)) for text in said]
+    assert halves[0] and halves[1] and not halves[0] & halves[1]
+    assert halves[0] | halves[1] == os.sched_getaffinity(0)
+
+
+def _cpus(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        out += range(int(first), int(last or first) + 1)
+    return out

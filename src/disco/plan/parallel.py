@@ -13,6 +13,10 @@ runs in a process of its own, forked once base has danced the shared prefix:
   before the fork (the child's is a copy of it: the same filesystem);
 - its records come back as JSON beside it.
 
+The two dances share the CPUs half and half while both run (`Cores`): each is a chain of
+processes that hand over to each other (disco, its zygote, a step), and left to the
+scheduler the two chains often wait on the same core while the other idles.
+
 It dies with the parent (PR_SET_PDEATHSIG), and SIGINT or SIGTERM unwinds its dance
 (its zygotes stopped, their cgroups removed) before it exits; the parent ends it so when
 it is interrupted itself (`Child.stop`).
@@ -81,10 +85,13 @@ class Child:
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
+        self.cores = Cores()
         self.pid = os.fork()
         self.status: int | None = None
         if self.pid == 0:
+            self.cores.take(1)
             self._child(parent, work)
+        self.cores.take(0, besides=self.pid)
 
     def _child(self, parent: int, work: Callable[[Sink], dict[str, Any]]) -> None:
         status = 1
@@ -122,6 +129,7 @@ class Child:
         if self.status is None:
             _, code = os.waitpid(self.pid, 0)
             self.status = os.waitstatus_to_exitcode(code)
+            self.cores.give_back()
         return self.status
 
     def stop(self) -> None:
@@ -152,6 +160,36 @@ class Child:
             message, hint, code = result["error"]
             raise DiscoError(message, hint, code)
         return result
+
+
+class Cores:
+    """The CPUs this process may use, split in two halves: one for each dance."""
+
+    def __init__(self) -> None:
+        self.all = sorted(os.sched_getaffinity(0))
+
+    def take(self, half: int, besides: int = 0) -> None:
+        """Keep this process and its children (base's zygote, started before the fork),
+        but for `besides`, to one half."""
+        if len(self.all) > 1:
+            mid = len(self.all) // 2
+            _set(self.all[mid:] if half else self.all[:mid], besides)
+
+    def give_back(self) -> None:
+        if len(self.all) > 1:
+            _set(self.all)
+
+
+def _set(cpus: list[int], besides: int = 0) -> None:
+    pids = [0]
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in Path(f"/proc/self/task/{task}/children").read_text().split()]
+    for pid in pids:
+        if pid == besides and pid:
+            continue
+        with contextlib.suppress(OSError):  # a child that has just ended
+            os.sched_setaffinity(pid, cpus)
 
 
 def _write_all(fd: int, data: bytes) -> None:
