@@ -101,6 +101,54 @@ def test_a_file_where_the_target_has_a_directory_fails_the_module(
     assert (scratch_root / "srv/taken").is_dir()
 
 
+# ---- files/ staged while the module's first template runs ----
+
+
+@pytest.mark.parametrize("noop", [True, False], ids=["noop", "live"])
+def test_files_staged_during_a_template_lie_on_what_the_step_before_wrote(
+    cmd: Run, tmp_path: Path, scratch_root: Path, noop: bool
+) -> None:
+    """files/ is staged while the template runs, over the previous module's script
+    layer (NOOP: stacked, not yet folded): a directory that script made keeps its mode."""
+    server = make_server(tmp_path / "srv", {
+        "a": {"scripts/10-a.sh": "mkdir -m 700 /srv/d\n"},
+        "b": {"requires": "a\n", "templates/srv/b.conf": "echo b\n", "files/srv/d/x": "x\n"},
+    })  # fmt: skip
+    result = dance(cmd, server, scratch_root, noop=noop)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # One record of /srv/d, a's: b's staging kept the mode a gave it.
+    assert "perms=[root:root 700]" in record_of(result, "/srv/d")[0]
+    assert "Created" in record_of(result, "/srv/d/x")[0]
+    if not noop:
+        assert (scratch_root / "srv/d").stat().st_mode & 0o777 == 0o700
+        assert (scratch_root / "srv/d/x").read_text() == "x\n"
+
+
+@pytest.mark.parametrize("template", ["echo ok\n", "exit 3\n"], ids=["ok", "fails"])
+def test_a_files_error_found_during_a_template_is_said_after_it(
+    cmd: Run, tmp_path: Path, scratch_root: Path, template: str
+) -> None:
+    """The template runs (and its failure is said) before files/'s problem is: as if
+    files/ were staged after it."""
+    (scratch_root / "srv/taken").mkdir()
+    server = make_server(tmp_path / "srv", {
+        "m": {"templates/srv/t.conf": template, "files/srv/taken": "x\n",
+              "scripts/10-s.sh": "touch /srv/ran\n"},
+    })  # fmt: skip
+    for noop in (True, False):
+        result = dance(cmd, server, scratch_root, noop=noop)
+        assert result.returncode == 1
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        if template == "exit 3\n":
+            assert len(errors) == 1 and "template srv/t.conf exited with status 3" in errors[0]
+        else:
+            assert len(errors) == 1 and "delivery of files and templates" in errors[0], errors
+        assert records(result) == []
+    assert (scratch_root / "srv/taken").is_dir()
+    assert not (scratch_root / "srv/t.conf").exists()
+    assert not (scratch_root / "srv/ran").exists()
+
+
 # ---- NOOP: a step's changes read while the next template runs ----
 
 
