@@ -3,6 +3,7 @@ real layer. Whiteouts and trusted.* xattrs need root."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -11,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from disco.engine.change_text import content_diff, header
 from disco.engine.changes import (
@@ -390,6 +393,21 @@ def test_sensitive_globs() -> None:
         assert is_sensitive(path, DEFAULT_SENSITIVE), path
     for path in NOT_SECRETS:
         assert not is_sensitive(path, DEFAULT_SENSITIVE), path
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    globs=st.lists(st.text("/ab*?.[]!", min_size=1, max_size=6), max_size=5),
+    path=st.text("/ab.x", min_size=1, max_size=8),
+)
+def test_sensitive_globs_the_last_match_wins(globs: list[str], path: str) -> None:
+    """One regex for all globs says what the globs say one after the other."""
+    hit = False
+    for glob in globs:
+        negate = glob.startswith("!")
+        if fnmatch.fnmatchcase(path, glob[1:] if negate else glob):
+            hit = not negate
+    assert is_sensitive(path, globs) == hit
 
 
 def test_load_sensitive(tmp_path: Path) -> None:

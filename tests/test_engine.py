@@ -178,6 +178,45 @@ def test_a_template_sees_the_step_before_and_the_report_keeps_dance_order(
     assert not (scratch_root / "srv/a.out").exists()
 
 
+def test_a_steps_changes_are_read_while_the_next_modules_template_runs(
+    cmd: Run, tmp_path: Path, scratch_root: Path, state: Path
+) -> None:
+    """NOOP: the `diff` of a module's last step (2000 files to read) lies within the next
+    module's template step, not before it (the report's start offsets say when)."""
+    many = "mkdir /srv/many; for i in $(seq 2000); do : > /srv/many/$i; done\n"
+    server = make_server(tmp_path / "srv", {
+        "a": {"scripts/10-a.sh": many},
+        "b": {"requires": "a\n", "templates/srv/b.conf": "sleep 1; echo b\n"},
+    })  # fmt: skip
+    result = dance(cmd, server, scratch_root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((state / "reports" / "last.json").read_text())
+    [diff] = [r for r in report["records"] if r["step"] == "diff" and r["item"] == "10-a.sh"]
+    [template] = [r for r in report["records"] if r["step"] == "template"]
+    assert diff["wall"] > 0.05  # the reading takes long enough to tell where it lies
+    assert template["start"] - 0.05 <= diff["start"], (diff, template)
+    assert diff["start"] + diff["wall"] <= template["start"] + template["wall"], (diff, template)
+
+
+def test_a_module_with_no_step_is_said_in_dance_order(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    """A module that runs no step says its name once the module before has said all."""
+    server = make_server(tmp_path / "srv", {
+        "a": {"scripts/10-a.sh": "echo a > /srv/a.out\n"},
+        "b": {"requires": "a\n"},
+        "c": {"requires": "b\n", "templates/srv/c.conf": "echo c\n"},
+    })  # fmt: skip
+    for noop in (True, False):
+        result = dance(cmd, server, scratch_root, noop=noop)
+        assert result.returncode == 0, result.stdout + result.stderr
+        said = [line.split(" : ")[0] for line in result.stdout.splitlines()
+                if line.startswith(("info: Processing", "info: File:"))]  # fmt: skip
+        assert said == ["info: Processing a", "info: File: file: /srv/a.out",
+                        "info: Processing b", "info: Processing c",
+                        "info: File: file: /srv/c.conf"], result.stdout  # fmt: skip
+
+
 # ---- steps: metrics of their own ----
 
 

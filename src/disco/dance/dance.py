@@ -160,10 +160,12 @@ class Dance:
                     failed.add(module.name)
                     continue
                 # Said once the module before has said all: its last step's changes are
-                # reported while this module's first step runs.
+                # reported while this module's first template runs (sandboxed()), not
+                # here. A module that ran no step says its name now.
                 self.announcement = f"Processing {module.name}"
                 ok = self.module(module)
-                self.announce()
+                if self.announcement is not None:
+                    self.announce()
                 if not ok:
                     self.outcome.failed.append(module.name)
                     failed.add(module.name)

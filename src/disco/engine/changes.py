@@ -27,10 +27,12 @@ from __future__ import annotations
 import contextlib
 import enum
 import fnmatch
+import functools
 import grp
 import hashlib
 import os
 import pwd
+import re
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -126,12 +128,24 @@ class Change:
 
 def is_sensitive(path: str, globs: Sequence[str]) -> bool:
     """Whether `path` matches `globs` (last match wins, "!glob" un-marks)."""
-    hit = False
-    for glob in globs:
+    regex, marks = _matcher(tuple(globs))
+    found = regex.fullmatch(path)
+    return found is not None and marks[found.lastindex or 0]
+
+
+@functools.lru_cache(maxsize=8)
+def _matcher(globs: tuple[str, ...]) -> tuple[re.Pattern[str], dict[int, bool]]:
+    """One regex for all `globs`, the last first, each in a group of its own: the first
+    alternative that matches the whole path is the last glob that does, and the group
+    that closes last is its own (a dance asks for each change it reads)."""
+    parts, marks, group = [], {}, 1
+    for glob in reversed(globs):
         negate = glob.startswith("!")
-        if fnmatch.fnmatchcase(path, glob[1:] if negate else glob):
-            hit = not negate
-    return hit
+        body = fnmatch.translate(glob[1:] if negate else glob).removesuffix("\\Z")
+        parts.append(f"({body})")
+        marks[group] = not negate
+        group += 1 + re.compile(body).groups
+    return re.compile("|".join(parts) or "(?!)"), marks
 
 
 def load_sensitive(etc: Path = Path("/etc/disco")) -> tuple[str, ...]:
