@@ -217,6 +217,21 @@ def test_a_module_with_no_step_is_said_in_dance_order(
                         "info: File: file: /srv/c.conf"], result.stdout  # fmt: skip
 
 
+def test_live_on_another_root_templates_and_scripts_share_one_sandbox_helper(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    """Sandboxed as NOOP's are, a live dance's scripts on another root run in the steps'
+    pid namespace of its templates' zygote: one zygote started, not two."""
+    server = make_server(tmp_path / "srv", {
+        "m": {"templates/srv/t.ns": "readlink /proc/self/ns/pid\n",
+              "scripts/10-s.sh": "readlink /proc/self/ns/pid > /srv/s.ns\n"},
+    })  # fmt: skip
+    result = dance(cmd, server, scratch_root, noop=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    template, script = ((scratch_root / "srv" / n).read_text() for n in ("t.ns", "s.ns"))
+    assert template == script != os.readlink("/proc/self/ns/pid") + "\n"
+
+
 # ---- steps: metrics of their own ----
 
 

@@ -121,11 +121,12 @@ class Dance:
             shown = binaries(found)
             self.shims = build_shims(work / "shims", self.view, shown, self.options.root)
             self.real = [Bind(src, dst) for src, dst in real_binds(self.options.root, shown)]
-            # Templates run under NOOP rules in both modes; live scripts need a zygote of
-            # their own: in the host's namespaces on /, else sandboxed as in NOOP.
+            # Templates run under NOOP rules in both modes; live scripts on / need a zygote
+            # of their own (the host's namespaces). Elsewhere they are sandboxed as in
+            # NOOP, by the same zygote: its start is paid once.
             templates = stack.enter_context(self.zygote(Mode.NOOP, "z-noop"))
             self.zygotes = {TEMPLATES: templates, SCRIPTS: templates}
-            if not self.options.noop:
+            if self.mode is not Mode.NOOP:
                 self.zygotes[SCRIPTS] = stack.enter_context(self.zygote(self.mode, "z-live"))
             if templates.unlimited:
                 self.sink.warning(
