@@ -3,6 +3,7 @@ real layer. Whiteouts and trusted.* xattrs need root."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import os
@@ -21,6 +22,8 @@ from disco.engine.changes import (
     DEFAULT_SENSITIVE,
     Change,
     ChangeKind,
+    Meta,
+    _with_perms,
     is_sensitive,
     load_sensitive,
     read_changes,
@@ -408,6 +411,12 @@ def test_sensitive_globs_the_last_match_wins(globs: list[str], path: str) -> Non
         if fnmatch.fnmatchcase(path, glob[1:] if negate else glob):
             hit = not negate
     assert is_sensitive(path, globs) == hit
+
+
+def test_a_changes_owner_names_replace_only_its_perms() -> None:
+    """_with_perms is dataclasses.replace(perms=) for every field Meta has."""
+    meta = Meta(*(f"v{i}" for i in range(len(dataclasses.fields(Meta)))))  # type: ignore[arg-type]
+    assert _with_perms(meta, "root:root 644") == dataclasses.replace(meta, perms="root:root 644")
 
 
 def test_load_sensitive(tmp_path: Path) -> None:

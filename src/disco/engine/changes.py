@@ -35,7 +35,7 @@ import pwd
 import re
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from disco.engine.lower import (
@@ -293,6 +293,7 @@ class _Reader:
         self.upper, self.root = upper, lowers[-1]
         self.lower: Dirs = view(lowers)
         self.exclude = tuple("/" + e.strip("/") for e in exclude)
+        self.prefixes = tuple(e.rstrip("/") + "/" for e in self.exclude)  # one call a path
         self.sensitive = tuple(sensitive)
         self.host = self.root == "/"
         self._before: _Names | None = None
@@ -331,7 +332,7 @@ class _Reader:
         self.walk(self.upper, "", self.lower, opaque=False)
 
     def excluded(self, path: str) -> bool:
-        return any(path == e or path.startswith(e.rstrip("/") + "/") for e in self.exclude)
+        return path in self.exclude or path.startswith(self.prefixes)
 
     def device(self, rel: str) -> str:
         """stat %D of the target path, or of its nearest existing ancestor."""
@@ -378,9 +379,9 @@ class _Reader:
         old: str | None, new: str | None,
     ) -> None:  # fmt: skip
         if before is not None:
-            before = replace(before, perms=self.names_before.perms(before))
+            before = _with_perms(before, self.names_before.perms(before))
         if after is not None:
-            after = replace(after, perms=self.names_after.perms(after))
+            after = _with_perms(after, self.names_after.perms(after))
         hidden = is_sensitive(path, self.sensitive)
         old_path = None if old is None else Path(old)
         new_path = None if new is None else Path(new)
@@ -425,6 +426,12 @@ class _Reader:
     def deleted_below(self, path: str, merged: Dirs) -> None:
         for name, (old, sub) in listing(merged).items():
             self.deleted(f"{path}/{name}", old, sub)
+
+
+def _with_perms(m: Meta, perms: str) -> Meta:
+    """dataclasses.replace(m, perms=perms), at a fifth of its cost (each change read)."""
+    return Meta(m.kind, m.device, m.mode, perms, m.selinux, m.md5, m.target, m.uid, m.gid,
+                m.size, m.mtime_ns, m.xattrs, m.rdev)  # fmt: skip
 
 
 def specific(meta: Meta) -> list[tuple[str, str | None]]:
