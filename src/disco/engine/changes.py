@@ -352,9 +352,10 @@ class _Reader:
             self.devices[rel] = (dev, in_dir and st is not None)
         return self.devices[rel]
 
-    def meta(self, p: str, path: str) -> Meta:
-        """The entry's metadata; its `perms` (owner names) are filled in by add()."""
-        st = os.lstat(p)
+    def meta(self, p: str, path: str, st: os.stat_result | None = None) -> Meta:
+        """The entry's metadata (`st`: its lstat, if the caller has it); its `perms`
+        (owner names) are filled in by add()."""
+        st = os.lstat(p) if st is None else st
         fmt, bits = stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)
         empty = fmt == stat.S_IFREG and st.st_size == 0
         selinux, xattrs = _xattrs(p)
@@ -405,7 +406,7 @@ class _Reader:
                 if old is not None:
                     self.deleted(path, old, merged)
                 continue
-            after = self.meta(new, path)
+            after = self.meta(new, path, st)
             if old is None:
                 self.add(path, ChangeKind.CREATED, None, after, None, new)
             else:
