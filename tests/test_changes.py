@@ -3,6 +3,8 @@ real layer. Whiteouts and trusted.* xattrs need root."""
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -11,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from disco.engine.change_text import content_diff, header
 from disco.engine.changes import (
@@ -18,6 +22,8 @@ from disco.engine.changes import (
     DEFAULT_SENSITIVE,
     Change,
     ChangeKind,
+    Meta,
+    _with_perms,
     is_sensitive,
     load_sensitive,
     read_changes,
@@ -390,6 +396,27 @@ def test_sensitive_globs() -> None:
         assert is_sensitive(path, DEFAULT_SENSITIVE), path
     for path in NOT_SECRETS:
         assert not is_sensitive(path, DEFAULT_SENSITIVE), path
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    globs=st.lists(st.text("/ab*?.[]!", min_size=1, max_size=6), max_size=5),
+    path=st.text("/ab.x", min_size=1, max_size=8),
+)
+def test_sensitive_globs_the_last_match_wins(globs: list[str], path: str) -> None:
+    """One regex for all globs says what the globs say one after the other."""
+    hit = False
+    for glob in globs:
+        negate = glob.startswith("!")
+        if fnmatch.fnmatchcase(path, glob[1:] if negate else glob):
+            hit = not negate
+    assert is_sensitive(path, globs) == hit
+
+
+def test_a_changes_owner_names_replace_only_its_perms() -> None:
+    """_with_perms is dataclasses.replace(perms=) for every field Meta has."""
+    meta = Meta(*(f"v{i}" for i in range(len(dataclasses.fields(Meta)))))  # type: ignore[arg-type]
+    assert _with_perms(meta, "root:root 644") == dataclasses.replace(meta, perms="root:root 644")
 
 
 def test_load_sensitive(tmp_path: Path) -> None:

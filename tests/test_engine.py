@@ -101,6 +101,54 @@ def test_a_file_where_the_target_has_a_directory_fails_the_module(
     assert (scratch_root / "srv/taken").is_dir()
 
 
+# ---- files/ staged while the module's first template runs ----
+
+
+@pytest.mark.parametrize("noop", [True, False], ids=["noop", "live"])
+def test_files_staged_during_a_template_lie_on_what_the_step_before_wrote(
+    cmd: Run, tmp_path: Path, scratch_root: Path, noop: bool
+) -> None:
+    """files/ is staged while the template runs, over the previous module's script
+    layer (NOOP: stacked, not yet folded): a directory that script made keeps its mode."""
+    server = make_server(tmp_path / "srv", {
+        "a": {"scripts/10-a.sh": "mkdir -m 700 /srv/d\n"},
+        "b": {"requires": "a\n", "templates/srv/b.conf": "echo b\n", "files/srv/d/x": "x\n"},
+    })  # fmt: skip
+    result = dance(cmd, server, scratch_root, noop=noop)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # One record of /srv/d, a's: b's staging kept the mode a gave it.
+    assert "perms=[root:root 700]" in record_of(result, "/srv/d")[0]
+    assert "Created" in record_of(result, "/srv/d/x")[0]
+    if not noop:
+        assert (scratch_root / "srv/d").stat().st_mode & 0o777 == 0o700
+        assert (scratch_root / "srv/d/x").read_text() == "x\n"
+
+
+@pytest.mark.parametrize("template", ["echo ok\n", "exit 3\n"], ids=["ok", "fails"])
+def test_a_files_error_found_during_a_template_is_said_after_it(
+    cmd: Run, tmp_path: Path, scratch_root: Path, template: str
+) -> None:
+    """The template runs (and its failure is said) before files/'s problem is: as if
+    files/ were staged after it."""
+    (scratch_root / "srv/taken").mkdir()
+    server = make_server(tmp_path / "srv", {
+        "m": {"templates/srv/t.conf": template, "files/srv/taken": "x\n",
+              "scripts/10-s.sh": "touch /srv/ran\n"},
+    })  # fmt: skip
+    for noop in (True, False):
+        result = dance(cmd, server, scratch_root, noop=noop)
+        assert result.returncode == 1
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        if template == "exit 3\n":
+            assert len(errors) == 1 and "template srv/t.conf exited with status 3" in errors[0]
+        else:
+            assert len(errors) == 1 and "delivery of files and templates" in errors[0], errors
+        assert records(result) == []
+    assert (scratch_root / "srv/taken").is_dir()
+    assert not (scratch_root / "srv/t.conf").exists()
+    assert not (scratch_root / "srv/ran").exists()
+
+
 # ---- NOOP: a step's changes read while the next template runs ----
 
 
@@ -128,6 +176,60 @@ def test_a_template_sees_the_step_before_and_the_report_keeps_dance_order(
              "/srv/b.conf : Created", "b-said", "/srv/b.out : Created"]  # fmt: skip
     assert [at(t) for t in order] == sorted(at(t) for t in order), result.stdout
     assert not (scratch_root / "srv/a.out").exists()
+
+
+def test_a_steps_changes_are_read_while_the_next_modules_template_runs(
+    cmd: Run, tmp_path: Path, scratch_root: Path, state: Path
+) -> None:
+    """NOOP: the `diff` of a module's last step (2000 files to read) lies within the next
+    module's template step, not before it (the report's start offsets say when)."""
+    many = "mkdir /srv/many; for i in $(seq 2000); do : > /srv/many/$i; done\n"
+    server = make_server(tmp_path / "srv", {
+        "a": {"scripts/10-a.sh": many},
+        "b": {"requires": "a\n", "templates/srv/b.conf": "sleep 1; echo b\n"},
+    })  # fmt: skip
+    result = dance(cmd, server, scratch_root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((state / "reports" / "last.json").read_text())
+    [diff] = [r for r in report["records"] if r["step"] == "diff" and r["item"] == "10-a.sh"]
+    [template] = [r for r in report["records"] if r["step"] == "template"]
+    assert diff["wall"] > 0.05  # the reading takes long enough to tell where it lies
+    assert template["start"] - 0.05 <= diff["start"], (diff, template)
+    assert diff["start"] + diff["wall"] <= template["start"] + template["wall"], (diff, template)
+
+
+def test_a_module_with_no_step_is_said_in_dance_order(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    """A module that runs no step says its name once the module before has said all."""
+    server = make_server(tmp_path / "srv", {
+        "a": {"scripts/10-a.sh": "echo a > /srv/a.out\n"},
+        "b": {"requires": "a\n"},
+        "c": {"requires": "b\n", "templates/srv/c.conf": "echo c\n"},
+    })  # fmt: skip
+    for noop in (True, False):
+        result = dance(cmd, server, scratch_root, noop=noop)
+        assert result.returncode == 0, result.stdout + result.stderr
+        said = [line.split(" : ")[0] for line in result.stdout.splitlines()
+                if line.startswith(("info: Processing", "info: File:"))]  # fmt: skip
+        assert said == ["info: Processing a", "info: File: file: /srv/a.out",
+                        "info: Processing b", "info: Processing c",
+                        "info: File: file: /srv/c.conf"], result.stdout  # fmt: skip
+
+
+def test_live_on_another_root_templates_and_scripts_share_one_sandbox_helper(
+    cmd: Run, tmp_path: Path, scratch_root: Path
+) -> None:
+    """Sandboxed as NOOP's are, a live dance's scripts on another root run in the steps'
+    pid namespace of its templates' zygote: one zygote started, not two."""
+    server = make_server(tmp_path / "srv", {
+        "m": {"templates/srv/t.ns": "readlink /proc/self/ns/pid\n",
+              "scripts/10-s.sh": "readlink /proc/self/ns/pid > /srv/s.ns\n"},
+    })  # fmt: skip
+    result = dance(cmd, server, scratch_root, noop=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    template, script = ((scratch_root / "srv" / n).read_text() for n in ("t.ns", "s.ns"))
+    assert template == script != os.readlink("/proc/self/ns/pid") + "\n"
 
 
 # ---- steps: metrics of their own ----

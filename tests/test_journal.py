@@ -116,6 +116,33 @@ def test_a_finished_commit_is_in_the_history_with_its_originals(tmp_path: Path) 
     assert paths.index("/etc/tree/sub/b") < paths.index("/etc/tree/sub")  # content first
 
 
+def test_the_next_commit_archives_the_done_journal_on_disk_not_the_one_it_made(
+    tmp_path: Path,
+) -> None:
+    """The last commit's journal is known without reading it back, unless txn/done is
+    another one since (another process's): then that one is read and archived."""
+    root, txn = tmp_path / "root", tmp_path / "txn"
+    (root / "etc").mkdir(parents=True)
+    txn.mkdir()
+
+    def one(name: str, dance: str) -> None:
+        upper = tmp_path / f"upper-{name}"
+        write(upper / "etc" / name, name.encode())
+        commit(txn, read_changes(upper, [root], exclude=()), root, dance, name, "exec")
+
+    one("a", "1")
+    one("b", "1")  # archives a's, as it made it
+    assert load(txn / "history/1/commits/1").module == "a"
+    os.rename(txn / "done", tmp_path / "b-done")  # another process retires b's and
+    other = json.loads((tmp_path / "b-done/journal.json").read_bytes())
+    other.update(dance="2", module="other", entries=[])  # leaves a done journal of its own
+    (txn / "done").mkdir()
+    (txn / "done/journal.json").write_text(json.dumps(other))
+    one("c", "1")
+    assert load(txn / "history/2/commits/1").module == "other"
+    assert not (txn / "history/1/commits/2").exists()
+
+
 def points(tmp: Path) -> int:
     """How many commit points the commit of build() has: one per operation, and three
     (journal.new flushed, renamed to journal; the journal moved to txn/done)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from disco.dance.environment import (
     set_current_module,
     step_env,
 )
-from disco.dance.layers import Layers
+from disco.dance.layers import Early, Layers
 from disco.dance.options import Drifted, Guard, Options, Outcome, Split, Watch
 from disco.dance.reporting import ChangeReport, Sink
 from disco.engine.cgroups import SETTING as SANDBOX
@@ -120,11 +121,12 @@ class Dance:
             shown = binaries(found)
             self.shims = build_shims(work / "shims", self.view, shown, self.options.root)
             self.real = [Bind(src, dst) for src, dst in real_binds(self.options.root, shown)]
-            # Templates run under NOOP rules in both modes; live scripts need a zygote of
-            # their own: in the host's namespaces on /, else sandboxed as in NOOP.
+            # Templates run under NOOP rules in both modes; live scripts on / need a zygote
+            # of their own (the host's namespaces). Elsewhere they are sandboxed as in
+            # NOOP, by the same zygote: its start is paid once.
             templates = stack.enter_context(self.zygote(Mode.NOOP, "z-noop"))
             self.zygotes = {TEMPLATES: templates, SCRIPTS: templates}
-            if not self.options.noop:
+            if self.mode is not Mode.NOOP:
                 self.zygotes[SCRIPTS] = stack.enter_context(self.zygote(self.mode, "z-live"))
             if templates.unlimited:
                 self.sink.warning(
@@ -159,10 +161,12 @@ class Dance:
                     failed.add(module.name)
                     continue
                 # Said once the module before has said all: its last step's changes are
-                # reported while this module's first step runs.
+                # reported while this module's first template runs (sandboxed()), not
+                # here. A module that ran no step says its name now.
                 self.announcement = f"Processing {module.name}"
                 ok = self.module(module)
-                self.announce()
+                if self.announcement is not None:
+                    self.announce()
                 if not ok:
                     self.outcome.failed.append(module.name)
                     failed.add(module.name)
@@ -200,10 +204,13 @@ class Dance:
     def module(self, module: Module) -> bool:
         set_current_module(self.view, self.plan.node, module.name)
         templates = template_names(module.part("templates"))
+        early = Early()
         for rel in templates:
-            if not self.template(module, rel):
+            if not self.template(module, rel, early):
+                if early.layer is not None:
+                    self.layers.drop(early.layer)
                 return False
-        if not self.deliver(module, bool(templates)):
+        if not self.deliver(module, bool(templates), early):
             return False
         # As run-parts: files only, and no hidden ones (an editor's swap file).
         scripts = (
@@ -234,19 +241,22 @@ class Dance:
                 return False
         return True
 
-    def deliver(self, module: Module, templates: bool) -> bool:
-        """Stage files/ and the templates' outputs into a layer, no sandbox needed; then
-        it is reported and committed (or stacked) like any step's."""
-        sources = [Source(module.part("files"), f"{module.name}/files")]
+    def deliver(self, module: Module, templates: bool, early: Early) -> bool:
+        """Stage files/ (unless staged `early`) and the templates' outputs into a layer,
+        no sandbox needed; then it is reported and committed (or stacked) like any step's."""
+        sources = [] if early.done else [Source(module.part("files"), f"{module.name}/files")]
         if templates:
             tree = self.view.out(module.name) / "tree"
             sources.append(Source(tree, f"{module.name}/templates", keep_owner=False))
-        if not any(s.tree.is_dir() for s in sources):
+        if early.layer is None and not any(s.tree.is_dir() for s in sources):
             return True
-        layer = self.layers.new()
+        layer = early.layer or self.layers.new()
         try:
             with self.meter.measure(module.name, "fetch", None):
-                upper_of(layer).mkdir()
+                if early.error is not None:
+                    raise early.error
+                if early.layer is None:
+                    upper_of(layer).mkdir()
                 stage(sources, upper_of(layer), self.layers.lowers())
         except DiscoError as e:
             self.layers.drop(layer)
@@ -257,9 +267,27 @@ class Dance:
         self.layers.fold_pending()
         return self.settle(module, "fetch", layer, frozenset())
 
+    def stage_files(self, module: Module, early: Early) -> None:
+        """Stage files/ into the delivery's layer while the module's first template runs:
+        the view it is staged over does not change until the template has run (NOOP
+        folds, live commits, only between steps), and no step sees the layer yet."""
+        if early.done:
+            return
+        early.done = True
+        files = module.part("files")
+        if not files.is_dir():
+            return
+        early.layer = self.layers.new()
+        try:
+            upper_of(early.layer).mkdir()
+            stage([Source(files, f"{module.name}/files")], upper_of(early.layer),
+                  self.layers.lowers())  # fmt: skip
+        except DiscoError as e:  # said by deliver(), if the templates succeed
+            early.error = e
+
     # -- steps ----------------------------------------------------------------------
 
-    def template(self, module: Module, rel: str) -> bool:
+    def template(self, module: Module, rel: str, early: Early) -> bool:
         """Run a template; its output waits in the view, with the template's mode and its
         directories' modes, to be delivered."""
         templates = module.part("templates")
@@ -273,8 +301,9 @@ class Dance:
             path = f"{VIEW_AT}/modules/{module.name}/templates/{rel}"
             layer = self.layers.new()  # its writes are discarded with it, by the zygote
             result = self.sandboxed(
-                ("bash", path), layer, TEMPLATES, True, stdout=out, discard=True
-            )
+                ("bash", path), layer, TEMPLATES, True, stdout=out, discard=True,
+                meanwhile=lambda: self.stage_files(module, early),
+            )  # fmt: skip
             self.meter.add(record(module.name, "template", rel, result))
             self.downloads(module.name, rel)
             os.fchmod(fd, stat.S_IMODE((templates / rel).stat().st_mode))
@@ -380,8 +409,10 @@ class Dance:
         intercept: bool,
         stdout: Path | None = None,
         discard: bool = False,
+        meanwhile: Callable[[], None] | None = None,
     ) -> StepResult:
-        """Run a template (TEMPLATES: always under NOOP rules) or a script (SCRIPTS)."""
+        """Run a template (TEMPLATES: always under NOOP rules) or a script (SCRIPTS);
+        `meanwhile` is done while a template runs."""
         noop = self.options.noop or kind == TEMPLATES
         # The last step's changes are read and reported while this one runs, if its
         # output cannot come between them (a template's goes to a file); else first.
@@ -411,6 +442,8 @@ class Dance:
             discard,
         )
         self.announce()
+        if meanwhile is not None and overlap:
+            meanwhile()
         result = zygote.result()
         self.layers.fold_pending()
         return result

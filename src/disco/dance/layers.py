@@ -15,6 +15,7 @@ from pathlib import Path
 
 from disco.engine.sandbox import upper_of
 from disco.engine.stack import copy_dir_meta, fold
+from disco.errors import DiscoError
 from disco.run import run
 
 # Reads a layer over its lowers and reports its changes: (module, label, layer, lowers).
@@ -31,6 +32,16 @@ class Pending:
     layer: Path
     shown: Path  # the name steps stack it under (a symlink to it): one plan for all
     reported: bool = False
+
+
+@dataclass
+class Early:
+    """A module's files/ staged into its delivery's layer while its first template runs
+    (Dance.stage_files): the layer, or what went wrong, said once the templates have run."""
+
+    layer: Path | None = None
+    error: DiscoError | None = None
+    done: bool = False
 
 
 class Layers:

@@ -84,13 +84,16 @@ def content_diff(change: Change, style: str = "normal", bound: Bound = BOUND) ->
         return ""
     if change.sensitive:
         return "(content hidden: sensitive)"
-    if any(p is not None and b"\0" in _probe(p) for p in (old, new)):
-        return "Binary files differ"
     if old is None or new is None:  # all lines added or all removed: no need for diff
         one = new if old is None else old
         assert one is not None
         with os.fdopen(open_regular(one), "rb") as f:  # never through a planted link
+            if b"\0" in f.read(_PROBE):  # one open for the probe and the lines
+                return "Binary files differ"
+            f.seek(0)
             return _one_sided(f, old is None, change.path, style, bound)
+    if any(b"\0" in _probe(p) for p in (old, new)):
+        return "Binary files differ"
     fds: list[int] = []
     try:
         for side in (old, new):

@@ -27,13 +27,15 @@ from __future__ import annotations
 import contextlib
 import enum
 import fnmatch
+import functools
 import grp
 import hashlib
 import os
 import pwd
+import re
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from disco.engine.lower import (
@@ -126,12 +128,24 @@ class Change:
 
 def is_sensitive(path: str, globs: Sequence[str]) -> bool:
     """Whether `path` matches `globs` (last match wins, "!glob" un-marks)."""
-    hit = False
-    for glob in globs:
+    regex, marks = _matcher(tuple(globs))
+    found = regex.fullmatch(path)
+    return found is not None and marks[found.lastindex or 0]
+
+
+@functools.lru_cache(maxsize=8)
+def _matcher(globs: tuple[str, ...]) -> tuple[re.Pattern[str], dict[int, bool]]:
+    """One regex for all `globs`, the last first, each in a group of its own: the first
+    alternative that matches the whole path is the last glob that does, and the group
+    that closes last is its own (a dance asks for each change it reads)."""
+    parts, marks, group = [], {}, 1
+    for glob in reversed(globs):
         negate = glob.startswith("!")
-        if fnmatch.fnmatchcase(path, glob[1:] if negate else glob):
-            hit = not negate
-    return hit
+        body = fnmatch.translate(glob[1:] if negate else glob).removesuffix("\\Z")
+        parts.append(f"({body})")
+        marks[group] = not negate
+        group += 1 + re.compile(body).groups
+    return re.compile("|".join(parts) or "(?!)"), marks
 
 
 def load_sensitive(etc: Path = Path("/etc/disco")) -> tuple[str, ...]:
@@ -279,6 +293,7 @@ class _Reader:
         self.upper, self.root = upper, lowers[-1]
         self.lower: Dirs = view(lowers)
         self.exclude = tuple("/" + e.strip("/") for e in exclude)
+        self.prefixes = tuple(e.rstrip("/") + "/" for e in self.exclude)  # one call a path
         self.sensitive = tuple(sensitive)
         self.host = self.root == "/"
         self._before: _Names | None = None
@@ -317,7 +332,7 @@ class _Reader:
         self.walk(self.upper, "", self.lower, opaque=False)
 
     def excluded(self, path: str) -> bool:
-        return any(path == e or path.startswith(e.rstrip("/") + "/") for e in self.exclude)
+        return path in self.exclude or path.startswith(self.prefixes)
 
     def device(self, rel: str) -> str:
         """stat %D of the target path, or of its nearest existing ancestor."""
@@ -337,9 +352,10 @@ class _Reader:
             self.devices[rel] = (dev, in_dir and st is not None)
         return self.devices[rel]
 
-    def meta(self, p: str, path: str) -> Meta:
-        """The entry's metadata; its `perms` (owner names) are filled in by add()."""
-        st = os.lstat(p)
+    def meta(self, p: str, path: str, st: os.stat_result | None = None) -> Meta:
+        """The entry's metadata (`st`: its lstat, if the caller has it); its `perms`
+        (owner names) are filled in by add()."""
+        st = os.lstat(p) if st is None else st
         fmt, bits = stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)
         empty = fmt == stat.S_IFREG and st.st_size == 0
         selinux, xattrs = _xattrs(p)
@@ -364,9 +380,9 @@ class _Reader:
         old: str | None, new: str | None,
     ) -> None:  # fmt: skip
         if before is not None:
-            before = replace(before, perms=self.names_before.perms(before))
+            before = _with_perms(before, self.names_before.perms(before))
         if after is not None:
-            after = replace(after, perms=self.names_after.perms(after))
+            after = _with_perms(after, self.names_after.perms(after))
         hidden = is_sensitive(path, self.sensitive)
         old_path = None if old is None else Path(old)
         new_path = None if new is None else Path(new)
@@ -390,7 +406,7 @@ class _Reader:
                 if old is not None:
                     self.deleted(path, old, merged)
                 continue
-            after = self.meta(new, path)
+            after = self.meta(new, path, st)
             if old is None:
                 self.add(path, ChangeKind.CREATED, None, after, None, new)
             else:
@@ -411,6 +427,12 @@ class _Reader:
     def deleted_below(self, path: str, merged: Dirs) -> None:
         for name, (old, sub) in listing(merged).items():
             self.deleted(f"{path}/{name}", old, sub)
+
+
+def _with_perms(m: Meta, perms: str) -> Meta:
+    """dataclasses.replace(m, perms=perms), at a fifth of its cost (each change read)."""
+    return Meta(m.kind, m.device, m.mode, perms, m.selinux, m.md5, m.target, m.uid, m.gid,
+                m.size, m.mtime_ns, m.xattrs, m.rdev)  # fmt: skip
 
 
 def specific(meta: Meta) -> list[tuple[str, str | None]]:

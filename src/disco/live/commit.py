@@ -111,7 +111,33 @@ def commit_ops(
         (journal.where / AFTER).write_bytes(times_data(journal.dirs_after or ()))
         os.rename(journal.where, txn / DONE)  # on disk with the next commit's flush
         point()
-        return replace(journal, where=txn / DONE)
+        journal = replace(journal, where=txn / DONE)
+        _remember(txn, journal)
+        return journal
+
+
+def _done(txn: Path) -> Journal | None:
+    """txn/done's journal: the one this process left there, unless it is another now;
+    else read (a dance's next commit asks for the last, which it made)."""
+    where = txn / DONE
+    try:
+        st = os.stat(where / "journal.json")
+    except FileNotFoundError:
+        return load(where) if where.exists() else None  # no json: load() says so
+    known = _DONE.get(txn)
+    if known is not None and known[0] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
+        return known[1]
+    return load(where)
+
+
+def _remember(txn: Path, journal: Journal) -> None:
+    with contextlib.suppress(OSError):
+        st = os.stat(journal.where / "journal.json")
+        _DONE.clear()  # one dance's txn at a time
+        _DONE[txn] = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), journal)
+
+
+_DONE: dict[Path, tuple[tuple[int, int, int, int], Journal]] = {}
 
 
 def _prepare(
@@ -175,7 +201,7 @@ def _write_journal(
             "dirs": [list(d) for d in dirs], BOOT: boot_id(),
             COPIES: {c.name: md5_of(c) for c in copies}}  # fmt: skip
     (new / "journal.json").write_bytes(json.dumps(data, separators=(",", ":")).encode())
-    last = load(txn / DONE) if (txn / DONE).exists() else None
+    last = _done(txn)
     if last is not None and os.stat(last.root).st_dev != os.stat(txn).st_dev:
         syncfs(last.root)  # the last commit's operations, where txn's flush does not reach
     syncfs(txn)  # journal.new whole on disk, and with it the last commit's operations
