@@ -125,7 +125,8 @@ def debian_root(root: Path, tmp_path: Path) -> Path:
         deb = tiny_deb(tmp_path, name)
         # dpkg's log is the host's unless told: --root moves only its databases.
         log = f"--log={root}/var/log/dpkg.log"
-        subprocess.run(["dpkg", f"--root={root}", log, "-i", str(deb)], check=True, capture_output=True)
+        dpkg = ["dpkg", f"--root={root}", log, "-i", str(deb)]
+        subprocess.run(dpkg, check=True, capture_output=True)
     return root
 
 
