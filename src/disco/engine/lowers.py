@@ -54,6 +54,7 @@ libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, cty
 
 
 def under(path: str, top: str) -> bool:
+    # mounts.under's twin: mounts.py imports dataclasses and pathlib, too much for the zygote.
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 

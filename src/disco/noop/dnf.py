@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from disco.engine.mounts import Mount, read_mounts, submounts
+from disco.engine.mounts import Mount, read_mounts, submounts, under
 from disco.errors import CommandError
 from disco.run import run
 
@@ -216,7 +216,7 @@ def fetch(root: Path, cache: Path, inside: set[str], argv: Sequence[str]) -> tup
             except CommandError as e:
                 last = [line for line in e.stderr.strip().splitlines() if line.strip()]
                 raise Refused(f"dnf cannot fetch it: {last[-1] if last else e}") from e
-            rel, upper = max(((r, u) for r, u in uppers if not r or _under(CACHE, r)),
+            rel, upper = max(((r, u) for r, u in uppers if not r or under(CACHE, r)),
                              key=lambda ru: len(ru[0]))  # fmt: skip
             made = upper / os.path.relpath(CACHE, rel or ".")
             tree = work / "tree"
@@ -229,7 +229,3 @@ def fetch(root: Path, cache: Path, inside: set[str], argv: Sequence[str]) -> tup
         os.rename(tree, final)
         shutil.rmtree(old, ignore_errors=True)
     return key, len(files)
-
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
