@@ -32,6 +32,15 @@ CORPUS := uuid-runtime acct sysstat at tcpdump iputils-arping iputils-clockdiff 
 	usbmuxd pcscd fcgiwrap incron vnstat debsums molly-guard lzip rename sudo cron hdparm
 TEST_DEBS ?= /var/cache/disco-tests/debs
 
+# How every target here installs $$missing: without recommended packages (chromium's
+# are about 150 more on Debian 12, avahi-daemon among them: an mDNS daemon), and with a policy-rc.d that refuses every daemon start meanwhile, as in a
+# chroot (one already there is left as it is).
+APT_INSTALL = made=; [ -e /usr/sbin/policy-rc.d ] || { printf '\#!/bin/sh\nexit 101\n' \
+	  > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; made=1; }; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends -o DPkg::Lock::Timeout=600 $$missing >/dev/null; \
+	rc=$$?; [ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc
+
 .PHONY: demo test lint bench bench-deps install system-deps test-deps test-debs test-image venv clean
 
 demo: venv
@@ -67,9 +76,8 @@ lint: venv
 	$(BIN)/lint-imports
 
 # CFEngine 3 and Puppet 7 are the peers the engine bench measures against
-# (bench/bench_engine.py). Installing them must not start their daemons (cf-serverd
-# listens on the network, the puppet agent calls its server): a policy-rc.d that refuses
-# every start is in place for the install, as in a chroot.
+# (bench/bench_engine.py); cf-serverd listens on the network, the puppet agent calls its
+# server: APT_INSTALL keeps their daemons from starting.
 # Byte-compiled first, as `pip install` leaves an installed disco: an editable one under
 # PYTHONDONTWRITEBYTECODE would compile every module at every start (~0.2 s).
 BENCH_APT_PACKAGES := cfengine3 puppet
@@ -84,11 +92,7 @@ bench-deps:
 	[ -z "$$missing" ] && exit 0; \
 	command -v apt-get >/dev/null || { echo "no apt-get: install $$missing for bench_engine"; exit 0; }; \
 	[ "$$(id -u)" = 0 ] || { echo "error: installing $$missing needs root"; exit 1; }; \
-	made=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
-	  chmod 755 /usr/sbin/policy-rc.d; made=1; }; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	  -o DPkg::Lock::Timeout=600 $$missing >/dev/null; \
-	rc=$$?; [ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc
+	$(APT_INSTALL)
 
 # disco for the whole system: its own virtual environment, commands linked into PREFIX.
 install: system-deps
@@ -104,8 +108,7 @@ system-deps:
 	[ -z "$$missing" ] && exit 0; \
 	[ "$$(id -u)" = 0 ] || { echo "error: missing packages:" $$missing "; install them with apt-get as root"; exit 1; }; \
 	echo "installing:" $$missing; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	  -o DPkg::Lock::Timeout=600 $$missing >/dev/null
+	$(APT_INSTALL)
 
 venv: system-deps $(VENV)/.installed
 
