@@ -26,7 +26,7 @@ from disco.engine.sandbox import (
     upper_of,
 )
 from disco.errors import CommandError, DiscoError
-from disco.run import run
+from disco.run import run, start, wait_exit
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, namespaces)")
 MOUNTINFO = Path("/proc/self/mountinfo")
@@ -390,3 +390,18 @@ def test_a_zygote_that_cannot_set_up_says_why_and_is_gone(tmp_path: Path) -> Non
             assert "import zygote" not in Path(f"/proc/{pid}/cmdline").read_text()
         except OSError:
             pass
+
+
+def test_wait_exit_is_woken_by_the_exit_and_gives_up_at_its_timeout() -> None:
+    quick = start(["sh", "-c", "exit 3"])
+    assert wait_exit(quick, 5.0)
+    assert quick.returncode == 3  # reaped, its status kept
+    assert wait_exit(quick, 0.0)  # and again, once reaped
+    slow = start(["sleep", "30"])
+    try:
+        began = time.monotonic()
+        assert not wait_exit(slow, 0.2)
+        assert slow.returncode is None and time.monotonic() - began < 5
+    finally:
+        slow.kill()
+        slow.wait()

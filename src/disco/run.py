@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import shlex
 import subprocess
 import tempfile
@@ -70,6 +71,23 @@ def start(argv: Sequence[str], *, pass_fds: Sequence[int] = ()) -> subprocess.Po
         return subprocess.Popen(list(argv), env={}, stdin=stdin, pass_fds=tuple(pass_fds))
     except OSError as e:
         raise CommandError(argv, 127, f"cannot run {argv[0]}: {e.strerror}") from e
+
+
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait for `proc` to exit (and reap it), at most `timeout` seconds; whether it did.
+    Woken by the kernel when it exits (a pidfd), where Popen.wait(timeout) polls with
+    sleeps that overshoot the exit by up to 50 ms."""
+    if proc.poll() is None:
+        fd = os.pidfd_open(proc.pid)
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if not poller.poll(int(timeout * 1000)):
+                return False
+        finally:
+            os.close(fd)
+    proc.wait()
+    return True
 
 
 def read_output(

@@ -9,7 +9,6 @@ import os
 import select
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from disco.engine.sandbox import (
 )
 from disco.engine.syscalls import CLONE_NEWPID, setns, unshare
 from disco.errors import CommandError, DiscoError
-from disco.run import start
+from disco.run import start, wait_exit
 
 KILL_GRACE = 2.0  # seconds disco waits for the zygote to be gone after asking it to stop
 
@@ -174,9 +173,7 @@ class Zygote:
             for fd in (self.req, self.rep, self.mountinfo_fd):  # at end of file, the zygote
                 os.close(fd)  # kills what it runs, and exits
             self.req = self.rep = self.mountinfo_fd = -1
-        try:
-            self.proc.wait(timeout=KILL_GRACE + 5)
-        except subprocess.TimeoutExpired:
+        if not wait_exit(self.proc, KILL_GRACE + 5):
             self.proc.kill()
             self.proc.wait()
         self.cgroup.remove()  # empty now: its steps died with their pid namespaces
