@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -41,6 +42,8 @@ from pathlib import Path
 
 from disco.dance.environment import VIEW_AT, step_env
 from disco.engine.mounts import MS_PRIVATE, MS_REC, Mount
+from disco.engine.runner import Zygote
+from disco.engine.sandbox import Mode, Step
 from disco.engine.syscalls import CLONE_NEWNS, unshare
 
 BIN = Path(sys.executable).parent
@@ -192,6 +195,47 @@ def floor(server: Path, n: int, tmp: Path) -> float:
     return wall
 
 
+def sandboxes_alone(server: Path, n: int, tmp: Path, per_module: bool = False) -> float:
+    """The floor's own commands, each in a NOOP step's sandbox (DESIGN §7: a fresh layer
+    over the real root, in the steps' namespaces), from one zygote as a dance has it, and
+    nothing else of disco: no fetch, change reading, fold or report. A lower bound of what
+    any dance that sandboxes each step costs (it is cheaper than a dance's: no layer
+    stacks below its steps, so a step that wrote nothing leaves its sandbox to the next).
+    `per_module`: a module's template and script in one sandbox (the script's bash runs
+    the template's first), what a design with one sandbox a module would pay at least."""
+    fake, layers = tmp / "floor", tmp / "sandboxes"
+    layers.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(layers)], check=True)
+    env = step_env("bench", noop=True, intercept=False)
+    env["PATH"] = env["PATH"].replace(f"{VIEW_AT}/bin", f"{fake}/bin")
+    count = iter(range(1 << 30))
+    try:
+        with Zygote(Mode.NOOP, layers / "z") as zygote:
+
+            def step(argv: tuple[str, ...], stdout: Path | None = None) -> None:
+                layer = layers / f"s{next(count)}"
+                plan = Step(argv, Path("/"), layer, (), Mode.NOOP, env=env, hostname="bench",
+                            stdout=stdout)  # fmt: skip
+                result = zygote.run(plan, discard=True)
+                if result.returncode != 0:
+                    raise SystemExit(f"a sandboxed floor step failed: {argv}")
+
+            start = time.perf_counter()
+            for i in range(n):
+                name = f"m{i:04d}"
+                template = server / "modules" / name / "templates" / "etc" / "bench"
+                template /= f"{name}.cfg"
+                script = SCRIPT.format(name).replace("/etc/bench", f"{fake}/etc/bench")
+                if per_module:
+                    step(("bash", "-c", f"bash {shlex.quote(str(template))} > /tmp/out\n{script}"))
+                    continue
+                step(("bash", str(template)), stdout=layers / "out")
+                step(("bash", "-c", script))
+            return time.perf_counter() - start
+    finally:
+        subprocess.run(["umount", "-l", str(layers)], check=False)
+
+
 def codes() -> list[tuple[str, str | None]]:
     """The trees of disco to measure: (label, src dir), or the installed one."""
     spec = os.environ.get("DISCO_SRCS", "")
@@ -260,6 +304,8 @@ def workload(n: int, tmp: Path) -> None:
         disco(server, noop_states[label], "--noop", src=src)
     for run in range(RUNS):
         rows.setdefault("floor", []).append(floor(server, n, tmp))
+        rows.setdefault("sandboxes", []).append(sandboxes_alone(server, n, tmp))
+        rows.setdefault("per-module", []).append(sandboxes_alone(server, n, tmp, per_module=True))
         for label, src in codes():
             wall, peak = disco(server, noop_states[label], "--noop", src=src)
             rows.setdefault(f"noop{label}", []).append(wall)
@@ -305,6 +351,12 @@ def report(
 ) -> None:
     print(f"N={n} (medians of {RUNS}, runs alternated)")
     print(f"  bash-fork floor            {m['floor']:7.2f} s")
+    # What the sandboxes of DESIGN §7 cost by themselves: the goals below cannot be met
+    # by any dance that pays more than they allow for its sandboxes alone.
+    for what, key in (("a NOOP sandbox a step", "sandboxes"),
+                      ("one a module", "per-module")):  # fmt: skip
+        print(f"  floor's commands, {what + ',':<22} {m[key]:5.2f} s   {m[key] / m['floor']:5.2f}x"
+              " floor (nothing else of disco)")  # fmt: skip
     for label, _src in codes():
         said = f" [{label}]" if label else ""
         for what, key, goal in (("NOOP on /", "noop", "1.35"), ("live, fresh", "live", "1.35"),
