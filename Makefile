@@ -33,8 +33,9 @@ CORPUS := uuid-runtime acct sysstat at tcpdump iputils-arping iputils-clockdiff 
 TEST_DEBS ?= /var/cache/disco-tests/debs
 
 # How every target here installs $$missing: without recommended packages (chromium's
-# are about 150 more on Debian 12, avahi-daemon among them: an mDNS daemon), and with a policy-rc.d that refuses every daemon start meanwhile, as in a
-# chroot (one already there is left as it is).
+# are about 150 more on Debian 12, avahi-daemon among them: an mDNS daemon), and with a
+# policy-rc.d that refuses every daemon start meanwhile, as in a chroot (one already
+# there is left as it is).
 APT_INSTALL = made=; [ -e /usr/sbin/policy-rc.d ] || { printf '\#!/bin/sh\nexit 101\n' \
 	  > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; made=1; }; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
