@@ -9,6 +9,8 @@ in chain order), run as `cf-agent --no-lock -f promises.cf`, and as a Puppet man
 
 - NOOP on this machine's root (left unchanged) vs the bash-fork floor: each template
   and script run once by bash, with nothing around them;
+- the floor's own commands each in a NOOP step's sandbox, then a module's template and
+  script in one, with nothing else of disco: what no dance can go below (issue 26);
 - live into a fresh scratch root, and again converged, vs the floor, and vs cf-agent
   and puppet into a fresh directory and again converged; peak RSS;
 - a module whose script creates 5000 files: what its changes and commit cost per file;
